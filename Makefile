@@ -1,0 +1,38 @@
+# Every target creates .venv when it is missing and installs the project into it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench fuzz chaos firmware clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	@scripts/system-deps.sh demo || true
+	$(BIN)/fieldgate demo
+
+firmware:
+	$(MAKE) -C firmware-bridge
+
+test: $(STAMP)
+	scripts/system-deps.sh test
+	$(MAKE) -C firmware-bridge test
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check gateway adapters pushservice
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	scripts/system-deps.sh demo
+	$(MAKE) -C firmware-bridge
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) firmware-bridge/build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,93 @@
+"""The interface every device transport implements.
+
+An adapter moves one message to one target and says what happened; it keeps no durability of its
+own (the store does), so anything it has not confirmed will be offered again.
+
+Lifetime follows trio's structured concurrency: the router starts an adapter with
+``await nursery.start(adapter.run)`` (``run`` calls ``task_status.started()`` once it accepts
+deliveries, even while its device or broker is still unreachable) and stops it by cancelling that
+nursery. ``deliver`` may be called concurrently for different targets; the router never has more
+than one delivery in flight per target.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from gateway.config import Target
+
+
+@dataclass(frozen=True)
+class Message:
+    """A decrypted, journalled message on its way to the devices of one route."""
+
+    id: str  # stable across restarts and redeliveries (the journal's id)
+    route: str
+    body: bytes
+    received_at: float  # Unix time the gateway received it
+    expires_at: float | None  # Unix time after which it must never reach a device
+    content_type: str | None = None
+
+    def remaining_lifetime(self, now: float | None = None) -> float | None:
+        """Seconds until expiry (negative once expired); ``None`` when it never expires."""
+        if self.expires_at is None:
+            return None
+        return self.expires_at - (time.time() if now is None else now)
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """The target confirmed the message (PUBACK, the device's application ACK, ...)."""
+
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class RetryLater:
+    """Not delivered this time; the router retries with backoff (``after`` is a floor)."""
+
+    reason: str
+    after: float | None = None
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """The target refused the message for good; it goes to the dead letters with ``reason``."""
+
+    reason: str
+
+
+Outcome = Delivered | RetryLater | Rejected
+
+
+@dataclass(frozen=True)
+class Health:
+    """What an adapter reports about itself for the status endpoint."""
+
+    ok: bool
+    state: str  # e.g. "connected", "connecting", "port missing"
+    detail: str = ""
+    since: float = field(default_factory=time.time)
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+class Adapter(abc.ABC):
+    """One configured transport instance (``[adapters.NAME]``)."""
+
+    name: str
+
+    @abc.abstractmethod
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the connection (reconnects included) until cancelled."""
+
+    @abc.abstractmethod
+    async def deliver(self, message: Message, target: Target) -> Outcome:
+        """Deliver ``message`` to ``target`` and wait for the transport's confirmation."""
+
+    @abc.abstractmethod
+    def health(self) -> Health:
+        """A snapshot of the adapter's state."""

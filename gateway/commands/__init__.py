@@ -1,0 +1,1 @@
+"""The ``fieldgate`` subcommands (see :mod:`gateway.cli`)."""

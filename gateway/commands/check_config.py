@@ -1,0 +1,18 @@
+"""``fieldgate check-config``: validate a configuration file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "validate a configuration file"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Not implemented yet."""
+
+
+def run(args: argparse.Namespace) -> int:
+    """Not implemented yet."""
+    print("fieldgate: this command is not implemented yet", file=sys.stderr)
+    return 1

@@ -1,0 +1,18 @@
+"""``fieldgate run``: run the gateway."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "run the gateway"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Not implemented yet."""
+
+
+def run(args: argparse.Namespace) -> int:
+    """Not implemented yet."""
+    print("fieldgate: this command is not implemented yet", file=sys.stderr)
+    return 1

@@ -1,0 +1,19 @@
+"""``fieldgate version``."""
+
+from __future__ import annotations
+
+import argparse
+
+from gateway import __version__
+
+HELP = "print the version"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """No arguments."""
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print ``fieldgate X.Y.Z``."""
+    print(f"fieldgate {__version__}")
+    return 0

@@ -1,0 +1,1 @@
+"""A reference RFC 8030 push service for development, tests and the demo."""

@@ -1,0 +1,18 @@
+"""run the reference RFC 8030 push service."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "run the reference RFC 8030 push service"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Not implemented yet."""
+
+
+def run(args: argparse.Namespace) -> int:
+    """Not implemented yet."""
+    print("fieldgate: this command is not implemented yet", file=sys.stderr)
+    return 1

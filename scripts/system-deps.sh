@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Make sure the system packages the tests (or the demo) need are present.
+# As root: installs what is missing with apt-get. Otherwise: prints the exact command and fails.
+# Usage: scripts/system-deps.sh test|demo
+set -euo pipefail
+what=${1:-test}
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have mosquitto || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+have cc || need+=(gcc)
+have make || need+=(make)
+if [ "$what" = test ]; then
+  have nghttp || need+=(nghttp2-client)
+  have clang || need+=(clang)
+  [ -e /usr/lib/llvm-14/lib/clang/14.0.6/lib/linux/libclang_rt.fuzzer-x86_64.a ] || ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-*.a >/dev/null 2>&1 || need+=(libclang-rt-14-dev)
+  have systemd-analyze || need+=(systemd)
+fi
+
+[ ${#need[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" = 0 ] && have apt-get; then
+  echo "system-deps: installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # mosquitto's package enables a system-wide broker; the tests start their own on free ports.
+  if have systemctl; then systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
+  exit 0
+fi
+
+echo "system-deps: missing ${need[*]}; run:" >&2
+echo "  sudo apt-get install -y ${need[*]}" >&2
+exit 1
