@@ -1,0 +1,1 @@
+"""Benchmarks: each figure printed beside its floor measured in the same run."""

@@ -1,0 +1,176 @@
+"""Counters, gauges and histograms for ``/metrics`` (Prometheus text exposition 0.0.4).
+
+One :class:`Metrics` registry per gateway process, passed to whoever counts (no global state).
+Metric and label names follow Prometheus conventions: ``fieldgate_`` prefix, ``_total`` on
+counters, base units (seconds, bytes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+LabelValues = tuple[str, ...]
+
+# Delivery latency buckets in seconds: 1 ms to 5 min covers an MQTT PUBACK on loopback up to a
+# device that was offline for minutes.
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _format_labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
+    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+def _format_number(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+@dataclass
+class _Metric:
+    name: str
+    help: str
+    labelnames: tuple[str, ...]
+
+    def _key(self, labels: dict[str, str]) -> LabelValues:
+        if set(labels) != set(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {tuple(labels)}")
+        return tuple(str(labels[n]) for n in self.labelnames)
+
+
+@dataclass
+class Counter(_Metric):
+    """A monotonically increasing count."""
+
+    values: dict[LabelValues, float] = field(default_factory=dict)
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        """Add ``amount`` (never negative) to the series with these labels."""
+        key = self._key(labels)
+        self.values[key] = self.values.get(key, 0.0) + amount
+
+    def get(self, **labels: str) -> float:
+        """The current value of one series (0 when never incremented)."""
+        return self.values.get(self._key(labels), 0.0)
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        for key, value in sorted(self.values.items()):
+            lines.append(f"{self.name}{_format_labels(self.labelnames, key)} {_format_number(value)}")
+        return lines
+
+
+@dataclass
+class Gauge(_Metric):
+    """A value that goes up and down."""
+
+    values: dict[LabelValues, float] = field(default_factory=dict)
+
+    def set(self, value: float, **labels: str) -> None:
+        """Set the series with these labels."""
+        self.values[self._key(labels)] = value
+
+    def get(self, **labels: str) -> float:
+        """The current value of one series (0 when never set)."""
+        return self.values.get(self._key(labels), 0.0)
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge"]
+        for key, value in sorted(self.values.items()):
+            lines.append(f"{self.name}{_format_labels(self.labelnames, key)} {_format_number(value)}")
+        return lines
+
+
+@dataclass
+class Histogram(_Metric):
+    """Observations counted into cumulative buckets."""
+
+    buckets: tuple[float, ...] = DEFAULT_BUCKETS
+    counts: dict[LabelValues, list[int]] = field(default_factory=dict)
+    sums: dict[LabelValues, float] = field(default_factory=dict)
+
+    def observe(self, value: float, **labels: str) -> None:
+        """Record one observation."""
+        key = self._key(labels)
+        counts = self.counts.setdefault(key, [0] * (len(self.buckets) + 1))
+        for i, bound in enumerate(self.buckets):
+            if value <= bound:
+                counts[i] += 1
+        counts[-1] += 1
+        self.sums[key] = self.sums.get(key, 0.0) + value
+
+    def count(self, **labels: str) -> int:
+        """How many observations one series has."""
+        counts = self.counts.get(self._key(labels))
+        return counts[-1] if counts else 0
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        for key, counts in sorted(self.counts.items()):
+            for bound, n in zip((*self.buckets, math.inf), counts, strict=True):
+                le = f'le="{_format_number(bound)}"'
+                lines.append(f"{self.name}_bucket{_format_labels(self.labelnames, key, le)} {n}")
+            labels = _format_labels(self.labelnames, key)
+            lines.append(f"{self.name}_sum{labels} {_format_number(self.sums[key])}")
+            lines.append(f"{self.name}_count{labels} {counts[-1]}")
+        return lines
+
+
+class Metrics:
+    """The registry: create each metric once, then count through the returned object."""
+
+    def __init__(self) -> None:
+        self._metrics: dict[str, Counter | Gauge | Histogram] = {}
+
+    def _register(self, metric: Counter | Gauge | Histogram) -> None:
+        if metric.name in self._metrics:
+            raise ValueError(f"metric {metric.name} registered twice")
+        self._metrics[metric.name] = metric
+
+    def counter(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Counter:
+        """Register a counter (name should end in ``_total``)."""
+        metric = Counter(name, help, tuple(labelnames))
+        self._register(metric)
+        return metric
+
+    def gauge(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Gauge:
+        """Register a gauge."""
+        metric = Gauge(name, help, tuple(labelnames))
+        self._register(metric)
+        return metric
+
+    def histogram(
+        self,
+        name: str,
+        help: str,
+        labelnames: Sequence[str] = (),
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+    ) -> Histogram:
+        """Register a histogram."""
+        metric = Histogram(name, help, tuple(labelnames), tuple(buckets))
+        self._register(metric)
+        return metric
+
+    def get(self, name: str) -> Counter | Gauge | Histogram:
+        """A registered metric by name (KeyError when unknown)."""
+        return self._metrics[name]
+
+    def render(self) -> str:
+        """The whole registry in the Prometheus text format."""
+        lines: list[str] = []
+        for metric in self._metrics.values():
+            lines.extend(metric.render())
+        return "\n".join(lines) + "\n"
