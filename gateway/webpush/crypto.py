@@ -18,11 +18,12 @@ The two empty forms (decided here, tested in ``tests/test_crypto.py``):
 
 - **One record holding only the delimiter** (what Firefox and our :func:`encrypt` send): an
   authenticated empty message; decrypts to ``b""``.
-- **A header with no record at all** (what ``http_ece.encrypt(b"")`` and so pywebpush send):
-  accepted as ``b""`` after the header checks, without any key agreement. Such a body carries no
-  authentication tag, so anyone who knows the push resource can produce it; it therefore means
-  no more than a payload-less push, which RFC 8030 lets anyone with the push resource send
-  unencrypted anyway. Rejecting it would break interoperability with http-ece/pywebpush.
+- **A header with no record at all** (what ``http_ece.encrypt(b"")`` produces): rejected as
+  ``truncated_record``. It carries no authentication tag, so anyone who knows the push resource
+  could forge it, and it is exactly what a real message cut off after its header looks like.
+  No sender in the wild emits it: pywebpush and the npm ``web-push`` send an empty message as a
+  push with no body at all (RFC 8030 allows that; it is not an ``aes128gcm`` body and is never
+  passed to :func:`decrypt`).
 
 The key schedule uses ``hmac.digest`` (one-shot OpenSSL HMAC) for the HKDF steps: every
 derived value is at most one SHA-256 block, so HKDF-Expand is a single HMAC, and the one-shot
@@ -202,10 +203,10 @@ def decrypt_records(payload: bytes, *, record_size: int, cek: bytes, nonce: byte
     """Decrypt the records that follow the header (RFC 8188 §2), raising :class:`DecryptError`.
 
     ``payload`` is cut into ``record_size``-octet records (the last may be shorter); record SEQ
-    uses ``nonce XOR SEQ``. An empty payload (header only) is the empty message.
+    uses ``nonce XOR SEQ``. At least one record is required (see the module docstring).
     """
     if not payload:
-        return b""
+        raise DecryptError("truncated_record", "no record after the header")
     aead = AESGCM(cek)
     if len(payload) <= record_size:  # a single record: every Web Push message (RFC 8291 §4)
         if len(payload) < TAG_LENGTH + 1:
@@ -334,8 +335,8 @@ def _decrypt_webpush(
     except ValueError:
         raise DecryptError("bad_keyid", "keyid is not an uncompressed P-256 point") from None
     payload = body[header.length :]
-    if not payload:
-        return b""  # header-only empty form: see the module docstring
+    if not payload:  # checked before the 70 µs ECDH: a header-only body is refused anyway
+        raise DecryptError("truncated_record", "no record after the header")
     ecdh_secret = private_key.exchange(_ECDH, sender)
     cek, nonce = content_keys(header.salt, webpush_ikm(ecdh_secret, auth_secret, ua_public, keyid))
     return decrypt_records(payload, record_size=header.record_size, cek=cek, nonce=nonce)
