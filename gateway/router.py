@@ -1,0 +1,402 @@
+"""The router: journalled messages to adapters, one delivery per target of their route.
+
+One worker task per (route, target): it walks that target's queue in message order and retries
+the head with exponential backoff and full jitter until it is delivered, rejected (a dead letter)
+or expired, so a device sees its route's messages in arrival order, and a broken or hung target
+holds up nobody else. Retry times are written to the store, so a restart resumes the schedule.
+
+Finished deliveries are committed by one task in batches (group commit, as on ingest): while one
+commit waits for its fsync the next batch gathers. A delivery confirmed by the device but not yet
+committed when the gateway dies is delivered again after the restart (at least once); a graceful
+stop commits everything confirmed.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import trio
+
+from adapters.base import Adapter, Delivered, Message, Outcome, Rejected, RetryLater
+from gateway.config import RouteConfig, Target
+from gateway.logs import get_logger
+from gateway.metrics import Metrics
+from gateway.store import PendingDelivery, Resolution, Store, StoreCounts, target_key
+
+log = get_logger("router")
+
+# A misbehaving adapter that asks for an immediate retry gets at most 10 attempts a second per
+# target: enough to recover fast, little enough for a Raspberry Pi's CPU and the journal.
+RETRY_FLOOR = 0.1
+# Deliveries read from the store per round trip: big enough to amortise the thread hop
+# (~50-100 us), small enough that a queue drop-oldest shortens is noticed soon.
+FETCH_BATCH = 64
+# Drops closer together than this belong to one burst, logged once at its start and summed at
+# its end.
+DROP_BURST_GAP = 10.0
+# Dedupe records are pruned this often at most (and ten times per retention period at least).
+PRUNE_INTERVAL = 3600.0
+
+
+def retry_delay(
+    attempt: int, base: float, cap: float, floor: float, rand: Callable[[], float]
+) -> float:
+    """Seconds before retry number ``attempt`` (1 for the first): full jitter, never below floor.
+
+    ``uniform(0, min(cap, base * 2 ** (attempt - 1)))`` spreads a fleet of gateways whose devices
+    failed together (AWS Architecture Blog, "Exponential Backoff And Jitter").
+    """
+    ceiling = min(cap, base * 2.0 ** min(max(attempt - 1, 0), 62))
+    return max(floor, ceiling * rand())
+
+
+@dataclass
+class _TargetState:
+    route: str
+    key: str
+    adapter: str
+    last_delivery_at: float | None = None
+    last_error: str | None = None
+    retrying: int = 0  # attempts on the message at the head of the queue
+
+
+@dataclass
+class _DropBurst:
+    started_at: float
+    last_at: float
+    count: int
+
+
+class Router:
+    """Delivers journalled messages to adapters; see the module docstring."""
+
+    def __init__(
+        self,
+        store: Store,
+        routes: Sequence[RouteConfig],
+        adapters: Mapping[str, Adapter],
+        metrics: Metrics,
+        *,
+        on_ack: Callable[[Sequence[str]], None],
+        clock: Callable[[], float] = time.time,
+        retry_floor: float = RETRY_FLOOR,
+        rng: random.Random | None = None,
+    ) -> None:
+        for route in routes:
+            for target in route.deliver:
+                if target.adapter not in adapters:
+                    raise ValueError(
+                        f"route {route.name}: target adapter {target.adapter!r} is not configured"
+                    )
+        self._store = store
+        self._routes = tuple(routes)
+        self._adapters = dict(adapters)
+        self._on_ack = on_ack
+        self._clock = clock
+        self._retry_floor = retry_floor
+        self._rng = rng or random.Random()
+        self._wake = trio.Event()
+        self._resolved: list[Resolution] = []
+        self._resolved_event = trio.Event()
+        self._housekeeping_wake = trio.Event()
+        self._bursts: dict[str, _DropBurst] = {}
+        self._targets = {
+            (route.name, target_key(i, t)): _TargetState(route.name, target_key(i, t), t.adapter)
+            for route in self._routes
+            for i, t in enumerate(route.deliver)
+        }
+        self._m_journalled = metrics.counter(
+            "fieldgate_messages_journalled_total", "Messages committed to the journal", ["route"]
+        )
+        self._m_duplicate = metrics.counter(
+            "fieldgate_messages_duplicate_total", "Pushed messages already seen (redeliveries)"
+        )
+        self._m_deliveries = metrics.counter(
+            "fieldgate_deliveries_total",
+            "Delivery attempts by outcome",
+            ["route", "adapter", "outcome"],
+        )
+        self._m_retried = metrics.counter(
+            "fieldgate_deliveries_retried_total", "Retries scheduled", ["route", "adapter"]
+        )
+        self._m_expired = metrics.counter(
+            "fieldgate_messages_expired_total", "Messages expired before delivery", ["route"]
+        )
+        self._m_dropped = metrics.counter(
+            "fieldgate_messages_dropped_total", "Messages dropped or refused", ["route", "reason"]
+        )
+        self._m_dead = metrics.counter(
+            "fieldgate_dead_letters_total", "Messages moved to the dead letters", ["reason"]
+        )
+        self._m_depth = metrics.gauge(
+            "fieldgate_queue_depth", "Undelivered messages in the journal", ["route"]
+        )
+        self._m_bytes = metrics.gauge(
+            "fieldgate_queue_bytes", "Bytes of undelivered messages in the journal", ["route"]
+        )
+        self._m_latency = metrics.histogram(
+            "fieldgate_delivery_latency_seconds",
+            "From receipt by the gateway to confirmation by the target",
+            ["route", "adapter"],
+        )
+
+    # -- the agent's side ------------------------------------------------------------------
+
+    def notify(self) -> None:
+        """New messages were ingested (call from the trio thread): wake the workers."""
+        self._take_counts()
+        self._wake.set()
+        self._wake = trio.Event()
+
+    def snapshot(self) -> dict[str, object]:
+        """Per route: queue, last message, last delivery, last error; per adapter: health."""
+        usage = self._store.queue_usage()
+        routes: dict[str, object] = {}
+        for route in self._routes:
+            q = usage.get(route.name)
+            targets = {
+                s.key: {
+                    "adapter": s.adapter,
+                    "last_delivery_at": s.last_delivery_at,
+                    "last_error": s.last_error,
+                    "retrying": s.retrying,
+                }
+                for s in self._targets.values()
+                if s.route == route.name
+            }
+            deliveries = [
+                s.last_delivery_at for s in self._targets.values() if s.route == route.name
+            ]
+            errors = [s.last_error for s in self._targets.values() if s.route == route.name]
+            routes[route.name] = {
+                "queue_messages": q.messages if q else 0,
+                "queue_bytes": q.bytes if q else 0,
+                "last_message_at": q.last_received_at if q else None,
+                "last_delivery_at": max((d for d in deliveries if d is not None), default=None),
+                "last_error": next((e for e in errors if e is not None), None),
+                "targets": targets,
+            }
+        adapters: dict[str, object] = {}
+        for name, adapter in self._adapters.items():
+            health = adapter.health()
+            adapters[name] = {
+                "ok": health.ok,
+                "state": health.state,
+                "detail": health.detail,
+                "since": health.since,
+                "counters": dict(health.counters),
+            }
+        return {"routes": routes, "adapters": adapters}
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the adapters, then deliver until cancelled (committing what was confirmed)."""
+        try:
+            async with trio.open_nursery() as adapter_nursery:
+                for adapter in self._adapters.values():
+                    await adapter_nursery.start(adapter.run)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._committer)
+                    nursery.start_soon(self._housekeeping)
+                    for route in self._routes:
+                        for i, target in enumerate(route.deliver):
+                            nursery.start_soon(self._worker, route, i, target)
+                    self._take_counts()
+                    task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._flush()
+
+    async def _worker(self, route: RouteConfig, index: int, target: Target) -> None:
+        key = target_key(index, target)
+        adapter = self._adapters[target.adapter]
+        state = self._targets[(route.name, key)]
+        cursor: str | None = None  # the last message handed to this target
+        while True:
+            wake = self._wake  # taken before reading: a notify during the read is not lost
+            batch = await trio.to_thread.run_sync(
+                functools.partial(
+                    self._store.pending_deliveries,
+                    route.name,
+                    key,
+                    after_id=cursor,
+                    limit=FETCH_BATCH,
+                )
+            )
+            if not batch:
+                await wake.wait()
+                continue
+            for pending in batch:
+                await self._deliver(route, key, target, adapter, state, pending)
+                cursor = pending.message.id
+
+    async def _deliver(
+        self,
+        route: RouteConfig,
+        key: str,
+        target: Target,
+        adapter: Adapter,
+        state: _TargetState,
+        pending: PendingDelivery,
+    ) -> None:
+        """Deliver one message to one target until delivered, rejected or expired."""
+        message = pending.message
+        attempts = pending.attempts
+        next_at = pending.next_attempt_at
+        r, a = route.name, target.adapter
+        while True:
+            now = self._clock()
+            if _expired(message, now):
+                self._resolve(Resolution(message.id, route.name, key, "expired"))
+                state.retrying = 0
+                return
+            if next_at > now:
+                wait = next_at - now
+                if message.expires_at is not None:
+                    wait = min(wait, message.expires_at - now)
+                await trio.sleep(max(wait, 0.0))
+                continue
+            outcome = await self._attempt(adapter, message, target)
+            now = self._clock()
+            if isinstance(outcome, Delivered):
+                self._m_deliveries.inc(route=r, adapter=a, outcome="delivered")
+                self._m_latency.observe(max(now - message.received_at, 0.0), route=r, adapter=a)
+                self._resolve(Resolution(message.id, route.name, key, "delivered"))
+                state.last_delivery_at = now
+                state.retrying = 0
+                return
+            if isinstance(outcome, Rejected):
+                self._m_deliveries.inc(route=r, adapter=a, outcome="rejected")
+                log.warning(
+                    "route %s target %s rejected message %s: %s",
+                    route.name, key, message.id, outcome.reason,
+                )  # fmt: skip
+                self._resolve(Resolution(message.id, route.name, key, "rejected", outcome.reason))
+                state.last_error = f"rejected: {outcome.reason}"
+                state.retrying = 0
+                return
+            attempts += 1
+            delay = retry_delay(
+                attempts, route.retry_base, route.retry_cap, self._retry_floor, self._rng.random
+            )
+            delay = max(delay, outcome.after or 0.0)
+            next_at = now + delay
+            self._m_deliveries.inc(route=r, adapter=a, outcome="retry_later")
+            self._m_retried.inc(route=r, adapter=a)
+            state.last_error = outcome.reason
+            state.retrying = attempts
+            if attempts == 1:
+                log.info(
+                    "route %s target %s: message %s not delivered (%s), retrying",
+                    route.name, key, message.id, outcome.reason,
+                )  # fmt: skip
+            await trio.to_thread.run_sync(
+                self._store.schedule_retry,
+                message.id, route.name, key, attempts, next_at, outcome.reason,
+            )  # fmt: skip
+
+    async def _attempt(self, adapter: Adapter, message: Message, target: Target) -> Outcome:
+        try:
+            return await adapter.deliver(message, target)
+        except Exception as exc:  # an adapter bug must not stop the route: retry it
+            log.exception("adapter %s raised on delivery of message %s", adapter.name, message.id)
+            return RetryLater(f"adapter error: {type(exc).__name__}")
+
+    # -- committing ------------------------------------------------------------------------
+
+    def _resolve(self, resolution: Resolution) -> None:
+        self._resolved.append(resolution)
+        self._resolved_event.set()
+
+    async def _committer(self) -> None:
+        while True:
+            await self._resolved_event.wait()
+            self._resolved_event = trio.Event()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if not self._resolved:
+            return
+        batch, self._resolved = self._resolved, []
+        released = await trio.to_thread.run_sync(self._store.resolve, batch)
+        self._take_counts(released)
+
+    def _take_counts(self, released: Sequence[str] = ()) -> None:
+        """Turn the store's events into metrics, drop logs and acks; refresh the gauges."""
+        counts = self._store.take_counts()
+        self._count(counts)
+        for route, usage in self._store.queue_usage().items():
+            self._m_depth.set(usage.messages, route=route)
+            self._m_bytes.set(usage.bytes, route=route)
+        acks = [*released, *counts.released_acks]
+        if acks:
+            self._on_ack(acks)
+
+    def _count(self, counts: StoreCounts) -> None:
+        if counts.empty():
+            return
+        for route, n in counts.journalled.items():
+            self._m_journalled.inc(n, route=route)
+        if counts.duplicates:
+            self._m_duplicate.inc(counts.duplicates)
+        for route, n in counts.expired.items():
+            self._m_expired.inc(n, route=route)
+        for reason, n in counts.dead_letters.items():
+            self._m_dead.inc(n, reason=reason)
+        for (route, reason), n in counts.dropped.items():
+            self._m_dropped.inc(n, route=route, reason=reason)
+            self._note_drops(route, reason, n)
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    def _note_drops(self, route: str, reason: str, n: int) -> None:
+        now = self._clock()
+        burst = self._bursts.get(route)
+        if burst is None:
+            self._bursts[route] = _DropBurst(now, now, n)
+            log.warning("route %s: queue full (%s), dropping messages", route, reason)
+            self._housekeeping_wake.set()
+        else:
+            burst.last_at = now
+            burst.count += n
+
+    def _end_bursts(self, now: float) -> float | None:
+        """Log bursts that are over; return when the next one could end."""
+        next_end: float | None = None
+        for route, burst in list(self._bursts.items()):
+            end = burst.last_at + DROP_BURST_GAP
+            if end <= now:
+                log.warning(
+                    "route %s: %d messages dropped in %.0f s (queue full)",
+                    route, burst.count, burst.last_at - burst.started_at,
+                )  # fmt: skip
+                del self._bursts[route]
+            else:
+                next_end = end if next_end is None else min(next_end, end)
+        return next_end
+
+    async def _housekeeping(self) -> None:
+        """Prune dedupe records now and then; close drop bursts. Sleeps otherwise."""
+        interval = min(PRUNE_INTERVAL, max(self._store.dedupe_retention / 10, 1.0))
+        next_prune = self._clock()
+        while True:
+            now = self._clock()
+            if now >= next_prune:
+                pruned = await trio.to_thread.run_sync(self._store.prune)
+                if pruned:
+                    log.info("pruned %d dedupe records", pruned)
+                next_prune = now + interval
+            burst_end = self._end_bursts(now)
+            wake_at = next_prune if burst_end is None else min(next_prune, burst_end)
+            self._housekeeping_wake = trio.Event()
+            with trio.move_on_after(max(wake_at - self._clock(), 0.0)):
+                await self._housekeeping_wake.wait()
+
+
+def _expired(message: Message, now: float) -> bool:
+    return message.expires_at is not None and message.expires_at <= now

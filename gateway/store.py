@@ -1,0 +1,654 @@
+"""The durable store: subscriptions, the message journal, dedupe records, acks owed, dead letters.
+
+One SQLite file in the state directory (WAL, ``synchronous=FULL``, mode 0600). Every method is
+synchronous and thread-safe (one connection behind a lock); async callers use
+``trio.to_thread.run_sync``. The store decides what is durable; policy about *when* to deliver or
+retry lives in the router.
+
+Lifecycle of a message: :meth:`Store.ingest` journals it with one pending delivery per target of
+its route (one transaction per batch: group commit); the router reads a target's queue with
+:meth:`Store.pending_deliveries`, reports retries with :meth:`Store.schedule_retry` and finished
+deliveries with :meth:`Store.resolve`; the message row is deleted when no delivery is left
+(flash wear: the journal holds only what is undelivered). The dedupe record of its push message
+URL stays for ``journal.dedupe_retention`` (:meth:`Store.prune`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adapters.base import Message
+from gateway.config import JournalConfig, RouteConfig
+from gateway.logs import get_logger
+from gateway.store_schema import migrate
+from gateway.store_types import (
+    DeadLetter,
+    Incoming,
+    IngestResult,
+    PendingDelivery,
+    QueueUsage,
+    Resolution,
+    StoreCounts,
+    StoreError,
+    SubscriptionRecord,
+    target_key,
+)
+
+__all__ = [
+    "DeadLetter",
+    "Incoming",
+    "IngestResult",
+    "PendingDelivery",
+    "QueueUsage",
+    "Resolution",
+    "Store",
+    "StoreCounts",
+    "StoreError",
+    "SubscriptionRecord",
+    "target_key",
+]
+
+DB_NAME = "journal.sqlite3"
+# Another process (``fieldgate dead-letters`` beside the running gateway) may hold the write lock
+# for one commit; an fsync on a slow SD card takes tens of milliseconds, so wait up to 5 s.
+BUSY_TIMEOUT_MS = 5000
+# Group- or other-accessible bits: the file holds private keys and plaintext.
+_OPEN_TO_OTHERS = 0o077
+
+log = get_logger("store")
+
+
+@dataclass
+class _Usage:
+    messages: int = 0
+    bytes: int = 0
+    last_received_at: float | None = None
+
+
+def _check_private(path: Path, what: str, fix: str) -> None:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & _OPEN_TO_OTHERS:
+        raise StoreError(
+            f"{what} {path} is accessible by group or others (mode {mode:03o}); it holds private "
+            f"keys and message plaintext: run `chmod {fix} {path}`"
+        )
+
+
+def _prepare_files(state_dir: Path) -> Path:
+    if not state_dir.exists():
+        state_dir.mkdir(mode=0o700, parents=True)
+    if not state_dir.is_dir():
+        raise StoreError(f"state directory {state_dir} exists and is not a directory")
+    _check_private(state_dir, "state directory", "700")
+    db = state_dir / DB_NAME
+    if db.exists():
+        for path in (db, db.with_name(DB_NAME + "-wal"), db.with_name(DB_NAME + "-shm")):
+            if path.exists():
+                _check_private(path, "journal file", "600")
+    else:
+        # Create it 0600 ourselves: SQLite would use 0644 (and gives -wal/-shm the db's mode).
+        os.close(os.open(db, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    return db
+
+
+class Store:
+    """The gateway's SQLite journal. Use :meth:`open`."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        journal: JournalConfig,
+        routes: Sequence[RouteConfig],
+        clock: Callable[[], float],
+    ) -> None:
+        self._conn = conn
+        self.path = path
+        self._journal = journal
+        self._routes = {route.name: route for route in routes}
+        self._clock = clock
+        self._lock = threading.Lock()
+        # Counts and queue usage have their own lock, held only for dict updates, so the trio
+        # thread can read them without waiting for a commit's fsync.
+        self._stats_lock = threading.Lock()
+        self._counts = StoreCounts()
+        self._usage: dict[str, _Usage] = {}
+        self.transactions = 0  # committed write transactions (group commit is observable)
+        self._load_usage()
+
+    @classmethod
+    def open(
+        cls,
+        state_dir: Path,
+        *,
+        journal: JournalConfig,
+        routes: Sequence[RouteConfig],
+        clock: Callable[[], float] = time.time,
+    ) -> Store:
+        """Open (creating if needed) the journal in ``state_dir``; raise :class:`StoreError`."""
+        db = _prepare_files(Path(state_dir))
+        try:
+            conn = sqlite3.connect(str(db), check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open journal {db}: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"journal {db}: the filesystem does not support WAL ({mode})")
+            # FULL: the WAL is fsynced at every commit. An acknowledged message must be on disk:
+            # after the DELETE the push service forgets it, so NORMAL (which may lose the last
+            # commits on power loss) would lose messages the sender was told were received.
+            conn.execute("PRAGMA synchronous = FULL")
+            old = migrate(conn, str(db))
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(f"journal {db} is not a usable SQLite database: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        store = cls(conn, db, journal, routes, clock)
+        if old == 0:
+            log.info("created journal %s", db)
+        return store
+
+    def close(self) -> None:
+        """Close the connection (everything committed is already durable)."""
+        with self._lock:
+            self._conn.close()
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            self._load_usage()
+            raise
+        self._conn.execute("COMMIT")
+        self.transactions += 1
+
+    def _load_usage(self) -> None:
+        rows = self._conn.execute(
+            "SELECT route, count(*), coalesce(sum(length(body)), 0), max(received_at) "
+            "FROM messages GROUP BY route"
+        ).fetchall()
+        with self._stats_lock:
+            self._usage = {r: _Usage(int(n), int(b), t) for r, n, b, t in rows}
+
+    def _usage_of(self, route: str) -> _Usage:
+        usage = self._usage.get(route)
+        if usage is None:
+            usage = self._usage[route] = _Usage()
+        return usage
+
+    def _total_bytes(self) -> int:
+        return sum(u.bytes for u in self._usage.values())
+
+    def _publish(self, counts: StoreCounts) -> None:
+        with self._stats_lock:
+            self._counts.merge(counts)
+
+    # -- subscriptions ---------------------------------------------------------------------
+
+    def subscriptions(self) -> list[SubscriptionRecord]:
+        """Every stored subscription, by route name."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT route, subscription_url, push_url, set_url, private_key_der, auth_secret,"
+                " created_at, distributed_at FROM subscriptions ORDER BY route"
+            ).fetchall()
+        return [
+            SubscriptionRecord(r[0], r[1], r[2], r[3], bytes(r[4]), bytes(r[5]), r[6], r[7])
+            for r in rows
+        ]
+
+    def save_subscription(self, record: SubscriptionRecord) -> None:
+        """Insert or replace the subscription of ``record.route``."""
+        with self._lock, self._transaction():
+            self._conn.execute(
+                "INSERT OR REPLACE INTO subscriptions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.route,
+                    record.subscription_url,
+                    record.push_url,
+                    record.set_url,
+                    record.private_key_der,
+                    record.auth_secret,
+                    record.created_at,
+                    record.distributed_at,
+                ),
+            )
+
+    def delete_subscription(self, route: str) -> None:
+        """Forget a route's subscription (no error when there is none)."""
+        with self._lock, self._transaction():
+            self._conn.execute("DELETE FROM subscriptions WHERE route = ?", (route,))
+
+    # -- ingest ----------------------------------------------------------------------------
+
+    def ingest(self, batch: Sequence[Incoming]) -> list[IngestResult]:
+        """Journal a batch in ONE transaction (group commit) and say which may be acked now."""
+        counts = StoreCounts()
+        with self._lock:
+            now = self._clock()
+            with self._transaction():
+                results = [self._ingest_one(incoming, now, counts) for incoming in batch]
+        self._publish(counts)
+        return results
+
+    def _owe_ack(self, url: str) -> None:
+        self._conn.execute("INSERT OR IGNORE INTO acks VALUES (?, 'owed')", (url,))
+
+    def _dead_letter(self, incoming: Incoming, reason: str, now: float) -> None:
+        self._conn.execute(
+            "INSERT INTO dead_letters (reason, route, target, push_message_url, headers,"
+            " raw_body, plaintext, received_at, dead_at, expires_at)"
+            " VALUES (?, ?, NULL, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                reason,
+                incoming.route,
+                incoming.push_message_url,
+                json.dumps([list(h) for h in incoming.headers]),
+                incoming.raw_body,
+                incoming.plaintext,
+                incoming.received_at,
+                now,
+                incoming.expires_at,
+            ),
+        )
+
+    def _ingest_one(self, incoming: Incoming, now: float, counts: StoreCounts) -> IngestResult:
+        url = incoming.push_message_url
+        if self._conn.execute("SELECT 1 FROM dedupe WHERE url = ?", (url,)).fetchone():
+            counts.duplicates += 1
+            row = self._conn.execute("SELECT state FROM acks WHERE url = ?", (url,)).fetchone()
+            if row and row[0] == "held":
+                return IngestResult(url, "duplicate", None, ack_now=False)
+            self._owe_ack(url)  # the service did not see our DELETE: owe it again
+            return IngestResult(url, "duplicate", None, ack_now=True)
+
+        route = self._routes.get(incoming.route) if incoming.route is not None else None
+        reason = incoming.dead_reason
+        if reason is None and incoming.route is None:
+            reason = "unknown_subscription"
+        elif reason is None and route is None:
+            reason = "unknown_route"
+        elif reason is None and incoming.plaintext is None:
+            reason = "no_plaintext"
+        if reason is not None or route is None or incoming.plaintext is None:
+            reason = reason or "unknown_route"
+            self._dead_letter(incoming, reason, now)
+            self._conn.execute("INSERT INTO dedupe VALUES (?, ?)", (url, now))
+            self._owe_ack(url)
+            counts.dead_letters[reason] = counts.dead_letters.get(reason, 0) + 1
+            return IngestResult(url, "dead_lettered", None, ack_now=True)
+
+        if incoming.expires_at is not None and incoming.expires_at <= now:
+            self._conn.execute("INSERT INTO dedupe VALUES (?, ?)", (url, now))
+            self._owe_ack(url)
+            counts.expired[route.name] = counts.expired.get(route.name, 0) + 1
+            return IngestResult(url, "expired", None, ack_now=True)
+
+        if not self._make_room(route, len(incoming.plaintext), counts):
+            # Not journalled, yet acknowledged: otherwise the service redelivers it forever.
+            self._owe_ack(url)
+            key = (route.name, "queue_full")
+            counts.dropped[key] = counts.dropped.get(key, 0) + 1
+            return IngestResult(url, "refused", None, ack_now=True)
+
+        message_id = self._insert_message(
+            route, url, incoming.plaintext, incoming.received_at, incoming.expires_at, None
+        )
+        self._conn.execute("INSERT INTO dedupe VALUES (?, ?)", (url, now))
+        counts.journalled[route.name] = counts.journalled.get(route.name, 0) + 1
+        if route.ack == "delivered" and route.deliver:
+            self._conn.execute("INSERT OR REPLACE INTO acks VALUES (?, 'held')", (url,))
+            return IngestResult(url, "journalled", message_id, ack_now=False)
+        self._owe_ack(url)
+        return IngestResult(url, "journalled", message_id, ack_now=True)
+
+    def _insert_message(
+        self,
+        route: RouteConfig,
+        url: str,
+        body: bytes,
+        received_at: float,
+        expires_at: float | None,
+        only_target: str | None,
+        ack_policy: str | None = None,
+    ) -> str:
+        targets = [target_key(i, t) for i, t in enumerate(route.deliver)]
+        if only_target is not None and only_target in targets:
+            targets = [only_target]
+        if not targets:
+            return ""  # a route that delivers nowhere: nothing to keep
+        cursor = self._conn.execute(
+            "INSERT INTO messages (route, push_message_url, body, received_at, expires_at,"
+            " ack_policy) VALUES (?, ?, ?, ?, ?, ?)",
+            (route.name, url, body, received_at, expires_at, ack_policy or route.ack),
+        )
+        message_id = cursor.lastrowid
+        self._conn.executemany(
+            "INSERT INTO deliveries (route, target, message_id) VALUES (?, ?, ?)",
+            [(route.name, key, message_id) for key in targets],
+        )
+        with self._stats_lock:
+            usage = self._usage_of(route.name)
+            usage.messages += 1
+            usage.bytes += len(body)
+            usage.last_received_at = received_at
+        return str(message_id)
+
+    def _make_room(self, route: RouteConfig, size: int, counts: StoreCounts) -> bool:
+        """Apply the route's queue-full policy so ``size`` more bytes fit; False: refuse it."""
+        usage = self._usage_of(route.name)
+
+        def full() -> bool:
+            return (
+                usage.messages + 1 > route.queue_max_messages
+                or usage.bytes + size > route.queue_max_bytes
+                or self._total_bytes() + size > self._journal.max_bytes
+            )
+
+        if not full():
+            return True
+        if size > min(route.queue_max_bytes, self._journal.max_bytes):
+            return False  # would never fit, whatever we drop
+        if route.queue_full == "refuse-newest":
+            return False
+        while full() and usage.messages > 0:
+            row = self._conn.execute(
+                "SELECT id FROM messages WHERE route = ? ORDER BY id LIMIT 1", (route.name,)
+            ).fetchone()
+            if row is None:
+                break
+            self._remove_message(int(row[0]), counts)
+            key = (route.name, "queue_full")
+            counts.dropped[key] = counts.dropped.get(key, 0) + 1
+        return not full()
+
+    def _remove_message(self, message_id: int, counts: StoreCounts) -> None:
+        """Delete a message and what is left of its deliveries; release a held ack."""
+        row = self._conn.execute(
+            "SELECT route, push_message_url, length(body), ack_policy FROM messages WHERE id = ?",
+            (message_id,),
+        ).fetchone()
+        if row is None:
+            return
+        route, url, size, policy = row
+        self._conn.execute("DELETE FROM deliveries WHERE message_id = ?", (message_id,))
+        self._conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+        with self._stats_lock:
+            usage = self._usage_of(route)
+            usage.messages -= 1
+            usage.bytes -= int(size)
+        if policy == "delivered":
+            cursor = self._conn.execute(
+                "UPDATE acks SET state = 'owed' WHERE url = ? AND state = 'held'", (url,)
+            )
+            if cursor.rowcount:
+                counts.released_acks.append(url)
+
+    # -- acknowledgements ------------------------------------------------------------------
+
+    def mark_acked(self, push_message_urls: Sequence[str]) -> None:
+        """The upstream DELETE of these succeeded (404/410 included): they are owed no more."""
+        if not push_message_urls:
+            return
+        with self._lock, self._transaction():
+            self._conn.executemany(
+                "DELETE FROM acks WHERE url = ? AND state = 'owed'",
+                [(u,) for u in push_message_urls],
+            )
+
+    def pending_acks(self) -> list[str]:
+        """Acks owed but not yet sent (after a restart the agent sends them)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT url FROM acks WHERE state = 'owed' ORDER BY url"
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    # -- deliveries (the router's side) ----------------------------------------------------
+
+    def pending_deliveries(
+        self, route: str, target: str, *, after_id: str | None = None, limit: int = 64
+    ) -> list[PendingDelivery]:
+        """The next deliveries owed to one target, oldest first, after message ``after_id``."""
+        after = int(after_id) if after_id else 0
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT m.id, m.route, m.body, m.received_at, m.expires_at, m.push_message_url,"
+                " d.attempts, d.next_attempt_at FROM deliveries d JOIN messages m"
+                " ON m.id = d.message_id WHERE d.route = ? AND d.target = ? AND d.message_id > ?"
+                " ORDER BY d.message_id LIMIT ?",
+                (route, target, after, limit),
+            ).fetchall()
+        return [
+            PendingDelivery(
+                Message(str(r[0]), r[1], bytes(r[2]), r[3], r[4]), r[5], int(r[6]), float(r[7])
+            )
+            for r in rows
+        ]
+
+    def schedule_retry(
+        self,
+        message_id: str,
+        route: str,
+        target: str,
+        attempts: int,
+        next_attempt_at: float,
+        error: str,
+    ) -> None:
+        """Persist a failed attempt so the retry schedule survives a restart."""
+        with self._lock, self._transaction():
+            self._conn.execute(
+                "UPDATE deliveries SET attempts = ?, next_attempt_at = ?, last_error = ?"
+                " WHERE route = ? AND target = ? AND message_id = ?",
+                (attempts, next_attempt_at, error, route, target, int(message_id)),
+            )
+
+    def resolve(self, resolutions: Sequence[Resolution]) -> list[str]:
+        """Finish deliveries in one transaction; prune messages with none left.
+
+        Rejected deliveries become dead letters. Returns the push message URLs of
+        ``delivered``-policy messages whose every target is now done: their ack is owed.
+        """
+        counts = StoreCounts()
+        with self._lock:
+            now = self._clock()
+            with self._transaction():
+                touched: dict[int, bool] = {}  # message id -> expired for some target
+                for r in resolutions:
+                    mid = int(r.message_id)
+                    if r.end == "rejected":
+                        self._dead_letter_delivery(mid, r, now, counts)
+                    cursor = self._conn.execute(
+                        "DELETE FROM deliveries WHERE route = ? AND target = ? AND message_id = ?",
+                        (r.route, r.target, mid),
+                    )
+                    if cursor.rowcount:
+                        touched[mid] = touched.get(mid, False) or r.end == "expired"
+                for mid, expired in touched.items():
+                    left = self._conn.execute(
+                        "SELECT 1 FROM deliveries WHERE message_id = ? LIMIT 1", (mid,)
+                    ).fetchone()
+                    if left:
+                        continue
+                    if expired:
+                        route = self._conn.execute(
+                            "SELECT route FROM messages WHERE id = ?", (mid,)
+                        ).fetchone()
+                        if route:
+                            counts.expired[route[0]] = counts.expired.get(route[0], 0) + 1
+                    self._remove_message(mid, counts)
+        released = counts.released_acks
+        counts.released_acks = []
+        self._publish(counts)
+        return released
+
+    def _dead_letter_delivery(
+        self, message_id: int, r: Resolution, now: float, counts: StoreCounts
+    ) -> None:
+        row = self._conn.execute(
+            "SELECT push_message_url, body, received_at, expires_at FROM messages WHERE id = ?",
+            (message_id,),
+        ).fetchone()
+        if row is None:
+            return
+        reason = r.reason or "rejected"
+        self._conn.execute(
+            "INSERT INTO dead_letters (reason, route, target, push_message_url, headers, raw_body,"
+            " plaintext, received_at, dead_at, expires_at) VALUES (?, ?, ?, ?, '[]', x'', ?, ?,"
+            " ?, ?)",
+            (reason, r.route, r.target, row[0], row[1], row[2], now, row[3]),
+        )
+        counts.dead_letters[reason] = counts.dead_letters.get(reason, 0) + 1
+
+    # -- statistics and housekeeping -------------------------------------------------------
+
+    def take_counts(self) -> StoreCounts:
+        """What happened since the last call (never blocks on a commit)."""
+        with self._stats_lock:
+            counts, self._counts = self._counts, StoreCounts()
+        return counts
+
+    def queue_usage(self) -> dict[str, QueueUsage]:
+        """Undelivered messages and bytes per route (never blocks on a commit)."""
+        with self._stats_lock:
+            return {
+                route: QueueUsage(u.messages, u.bytes, u.last_received_at)
+                for route, u in self._usage.items()
+            }
+
+    def prune(self) -> int:
+        """Forget dedupe records older than ``journal.dedupe_retention``; return how many."""
+        with self._lock:
+            cutoff = self._clock() - self._journal.dedupe_retention
+            with self._transaction():
+                cursor = self._conn.execute(
+                    "DELETE FROM dedupe WHERE seen_at < ? AND url NOT IN (SELECT url FROM acks)",
+                    (cutoff,),
+                )
+        return cursor.rowcount
+
+    @property
+    def dedupe_retention(self) -> float:
+        """Seconds a push message URL is remembered (``journal.dedupe_retention``)."""
+        return self._journal.dedupe_retention
+
+    def dedupe_records(self) -> int:
+        """How many push message URLs are remembered."""
+        with self._lock:
+            return int(self._conn.execute("SELECT count(*) FROM dedupe").fetchone()[0])
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    _DEAD_COLUMNS = (
+        "id, reason, route, target, push_message_url, headers, raw_body, plaintext, received_at,"
+        " dead_at, expires_at"
+    )
+
+    @staticmethod
+    def _dead_from_row(r: Any) -> DeadLetter:
+        headers = tuple((str(k), str(v)) for k, v in json.loads(str(r[5])))
+        plaintext = r[7]
+        return DeadLetter(
+            id=int(r[0]),
+            reason=str(r[1]),
+            route=None if r[2] is None else str(r[2]),
+            target=None if r[3] is None else str(r[3]),
+            push_message_url=None if r[4] is None else str(r[4]),
+            headers=headers,
+            raw_body=bytes(r[6]),
+            plaintext=None if plaintext is None else bytes(plaintext),
+            received_at=float(r[8]),
+            dead_at=float(r[9]),
+            expires_at=None if r[10] is None else float(r[10]),
+        )
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """All dead letters, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {self._DEAD_COLUMNS} FROM dead_letters ORDER BY id"
+            ).fetchall()
+        return [self._dead_from_row(r) for r in rows]
+
+    def dead_letter(self, dead_id: int) -> DeadLetter | None:
+        """One dead letter, or None."""
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {self._DEAD_COLUMNS} FROM dead_letters WHERE id = ?", (dead_id,)
+            ).fetchone()
+        return None if row is None else self._dead_from_row(row)
+
+    def replay_dead_letter(self, dead_id: int) -> str:
+        """Put a dead letter back into its route's journal; return the new message id.
+
+        It goes to the target that rejected it when that target still exists, else to every
+        target of the route; it gets a fresh ``max_age`` (the operator asked for it now) and the
+        ``stored`` policy (its upstream ack was sent when it died). Raises :class:`StoreError`
+        when it cannot be replayed.
+        """
+        counts = StoreCounts()
+        with self._lock:
+            now = self._clock()
+            with self._transaction():
+                row = self._conn.execute(
+                    f"SELECT {self._DEAD_COLUMNS} FROM dead_letters WHERE id = ?", (dead_id,)
+                ).fetchone()
+                if row is None:
+                    raise StoreError(f"no dead letter {dead_id}")
+                dead = self._dead_from_row(row)
+                route = self._routes.get(dead.route or "")
+                if dead.plaintext is None:
+                    raise StoreError(
+                        f"dead letter {dead_id} ({dead.reason}) has no plaintext to deliver"
+                    )
+                if route is None:
+                    raise StoreError(
+                        f"dead letter {dead_id}: route {dead.route!r} is not configured"
+                    )
+                if not self._make_room(route, len(dead.plaintext), counts):
+                    raise StoreError(f"route {route.name}: queue full, not replayed")
+                message_id = self._insert_message(
+                    route,
+                    dead.push_message_url or f"dead-letter:{dead_id}",
+                    dead.plaintext,
+                    now,
+                    now + route.max_age,
+                    dead.target,
+                    ack_policy="stored",
+                )
+                self._conn.execute("DELETE FROM dead_letters WHERE id = ?", (dead_id,))
+                counts.journalled[route.name] = counts.journalled.get(route.name, 0) + 1
+        self._publish(counts)
+        return message_id
+
+    def purge_dead_letters(self, ids: Sequence[int] | None = None) -> int:
+        """Delete the given dead letters (all when ``ids`` is None); return how many."""
+        with self._lock, self._transaction():
+            if ids is None:
+                cursor = self._conn.execute("DELETE FROM dead_letters")
+                return cursor.rowcount
+            total = 0
+            for dead_id in ids:
+                total += self._conn.execute(
+                    "DELETE FROM dead_letters WHERE id = ?", (dead_id,)
+                ).rowcount
+            return total

@@ -1,0 +1,113 @@
+"""The journal's SQLite schema and its migrations.
+
+``MIGRATIONS[i]`` takes a database from version ``i`` to ``i + 1``; a released migration is never
+edited, a change is a new entry. Version 0 is an empty file.
+
+Layout chosen for flash wear (every page a commit touches is written twice: WAL, checkpoint):
+journal rows are deleted once delivered; pending deliveries are one ``WITHOUT ROWID`` b-tree
+ordered by (route, target, message) so a target's queue is contiguous; the acks still owed live
+in their own small table instead of updating the large dedupe table. Message ids use
+AUTOINCREMENT: an id is never reused (devices may dedupe by it, and the router's per-target
+cursor relies on ids only growing).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from gateway.store_types import StoreError
+
+SCHEMA_V1 = """
+CREATE TABLE subscriptions (
+    route TEXT PRIMARY KEY,
+    subscription_url TEXT NOT NULL,
+    push_url TEXT NOT NULL,
+    set_url TEXT,
+    private_key_der BLOB NOT NULL,
+    auth_secret BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    distributed_at REAL
+);
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    route TEXT NOT NULL,
+    push_message_url TEXT NOT NULL,
+    body BLOB NOT NULL,
+    received_at REAL NOT NULL,
+    expires_at REAL,
+    ack_policy TEXT NOT NULL
+);
+CREATE TABLE deliveries (
+    route TEXT NOT NULL,
+    target TEXT NOT NULL,
+    message_id INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    PRIMARY KEY (route, target, message_id)
+) WITHOUT ROWID;
+CREATE INDEX deliveries_by_message ON deliveries (message_id);
+CREATE TABLE dedupe (
+    url TEXT PRIMARY KEY,
+    seen_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX dedupe_by_age ON dedupe (seen_at);
+CREATE TABLE acks (
+    url TEXT PRIMARY KEY,
+    state TEXT NOT NULL CHECK (state IN ('held', 'owed'))
+) WITHOUT ROWID;
+CREATE TABLE dead_letters (
+    id INTEGER PRIMARY KEY,
+    reason TEXT NOT NULL,
+    route TEXT,
+    target TEXT,
+    push_message_url TEXT,
+    headers TEXT NOT NULL,
+    raw_body BLOB NOT NULL,
+    plaintext BLOB,
+    received_at REAL NOT NULL,
+    dead_at REAL NOT NULL,
+    expires_at REAL
+);
+"""
+
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1,)
+CURRENT_VERSION = len(MIGRATIONS)
+
+
+def _version(conn: sqlite3.Connection) -> int:
+    has_table = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+    ).fetchone()
+    if not has_table:
+        return 0
+    row = conn.execute("SELECT version FROM schema_version").fetchone()
+    return int(row[0]) if row else 0
+
+
+def migrate(conn: sqlite3.Connection, path: str) -> int:
+    """Bring the schema to :data:`CURRENT_VERSION` in one transaction; return the old version."""
+    old = _version(conn)
+    if old > CURRENT_VERSION:
+        raise StoreError(
+            f"{path}: journal schema version {old} is newer than this fieldgate understands "
+            f"({CURRENT_VERSION}); run the newer fieldgate or move the file away"
+        )
+    if old == CURRENT_VERSION:
+        return old
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if old == 0:
+            conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            conn.execute("INSERT INTO schema_version VALUES (0)")
+        for script in MIGRATIONS[old:]:
+            # executescript() would COMMIT first; run statement by statement inside ours.
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        conn.execute("UPDATE schema_version SET version = ?", (CURRENT_VERSION,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return old

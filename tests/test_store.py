@@ -1,0 +1,389 @@
+"""The durable store on a real SQLite file: modes, ingest, dedupe, acks, queues, dead letters."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from gateway.config import JournalConfig, LogTarget, RouteConfig
+from gateway.store import (
+    DB_NAME,
+    Incoming,
+    Resolution,
+    Store,
+    StoreError,
+    SubscriptionRecord,
+    target_key,
+)
+
+
+class Clock:
+    """A settable clock for expiry and retention."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def route(name: str = "r", **kw: object) -> RouteConfig:
+    targets = kw.pop("deliver", (LogTarget("a"),))
+    return RouteConfig(name=name, deliver=targets, **kw)  # type: ignore[arg-type]
+
+
+def incoming(
+    url: str, body: bytes = b"x" * 100, route_name: str | None = "r", **kw: object
+) -> Incoming:
+    fields: dict[str, object] = {
+        "push_message_url": url,
+        "route": route_name,
+        "plaintext": body,
+        "raw_body": b"\x00cipher",
+        "headers": (("content-encoding", "aes128gcm"),),
+        "received_at": 1_700_000_000.0,
+        "expires_at": None,
+    }
+    fields.update(kw)
+    return Incoming(**fields)  # type: ignore[arg-type]
+
+
+def open_store(
+    tmp_path: Path, *routes: RouteConfig, clock: Clock | None = None, **journal: object
+) -> Store:
+    return Store.open(
+        tmp_path / "state",
+        journal=JournalConfig(**journal),  # type: ignore[arg-type]
+        routes=routes or (route(),),
+        clock=clock or Clock(),
+    )
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+# -- files ------------------------------------------------------------------------------------
+
+
+def test_creates_private_state_dir_and_files(tmp_path):
+    store = open_store(tmp_path)
+    store.ingest([incoming("u1")])
+    state = tmp_path / "state"
+    assert mode(state) == 0o700
+    assert mode(state / DB_NAME) == 0o600
+    assert mode(state / (DB_NAME + "-wal")) == 0o600
+    conn = sqlite3.connect(state / DB_NAME)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.close()
+
+
+def test_refuses_group_readable_state_dir(tmp_path):
+    (tmp_path / "state").mkdir(mode=0o755)
+    (tmp_path / "state").chmod(0o755)
+    with pytest.raises(StoreError, match="chmod 700"):
+        open_store(tmp_path)
+
+
+def test_refuses_group_readable_db_file(tmp_path):
+    open_store(tmp_path).close()
+    (tmp_path / "state" / DB_NAME).chmod(0o640)
+    with pytest.raises(StoreError, match="chmod 600"):
+        open_store(tmp_path)
+
+
+def test_refuses_a_file_as_state_dir(tmp_path):
+    (tmp_path / "state").write_text("not a dir")
+    with pytest.raises(StoreError, match="not a directory"):
+        open_store(tmp_path)
+
+
+def test_refuses_a_db_that_is_not_sqlite(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    db = state / DB_NAME
+    db.write_bytes(b"this is not a database" * 100)
+    db.chmod(0o600)
+    with pytest.raises(StoreError, match="not a usable SQLite database"):
+        open_store(tmp_path)
+
+
+def test_refuses_a_newer_schema(tmp_path):
+    open_store(tmp_path).close()
+    conn = sqlite3.connect(tmp_path / "state" / DB_NAME)
+    conn.execute("UPDATE schema_version SET version = 99")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this fieldgate"):
+        open_store(tmp_path)
+
+
+def test_reopen_keeps_schema_and_data(tmp_path):
+    store = open_store(tmp_path)
+    store.ingest([incoming("u1")])
+    store.close()
+    store = open_store(tmp_path)
+    assert store.queue_usage()["r"].messages == 1
+    assert store.pending_acks() == ["u1"]
+    store.close()
+
+
+# -- subscriptions ----------------------------------------------------------------------------
+
+
+def test_subscriptions_upsert_delete_and_survive_reopen(tmp_path):
+    store = open_store(tmp_path)
+    record = SubscriptionRecord("r", "https://p/s/1", "https://p/push/1", None, b"k", b"a", 1.0)
+    store.save_subscription(record)
+    renewed = SubscriptionRecord(
+        "r", "https://p/s/2", "https://p/push/2", "https://p/set/1", b"k2", b"a2", 2.0, 3.0
+    )
+    store.save_subscription(renewed)
+    store.save_subscription(SubscriptionRecord("q", "s", "p", None, b"k", b"a", 1.0))
+    store.close()
+    store = open_store(tmp_path)
+    assert store.subscriptions()[1] == renewed
+    store.delete_subscription("q")
+    store.delete_subscription("absent")
+    assert [s.route for s in store.subscriptions()] == ["r"]
+    store.close()
+
+
+# -- ingest, dedupe, acks ---------------------------------------------------------------------
+
+
+def test_batch_is_one_transaction_and_acked_after_commit(tmp_path):
+    store = open_store(tmp_path)
+    before = store.transactions
+    results = store.ingest([incoming(f"u{i}") for i in range(50)])
+    assert store.transactions == before + 1
+    assert {r.status for r in results} == {"journalled"}
+    assert all(r.ack_now for r in results)
+    assert len({r.message_id for r in results}) == 50
+    assert len(store.pending_acks()) == 50
+    store.mark_acked([f"u{i}" for i in range(50)])
+    assert store.pending_acks() == []
+    assert store.take_counts().journalled == {"r": 50}
+    store.close()
+
+
+def test_duplicates_in_a_batch_across_batches_and_restarts(tmp_path):
+    store = open_store(tmp_path)
+    first = store.ingest([incoming("u1"), incoming("u1")])
+    assert [r.status for r in first] == ["journalled", "duplicate"]
+    store.mark_acked(["u1"])
+    store.close()
+    store = open_store(tmp_path)
+    again = store.ingest([incoming("u1")])
+    assert again[0].status == "duplicate"
+    assert again[0].ack_now  # our DELETE was lost: owe it again
+    assert store.pending_acks() == ["u1"]
+    assert store.queue_usage()["r"].messages == 1
+    assert store.take_counts().duplicates == 1
+    store.close()
+
+
+def test_delivered_policy_holds_the_ack_until_every_target_resolved(tmp_path):
+    r = route(ack="delivered", deliver=(LogTarget("a"), LogTarget("b")))
+    store = open_store(tmp_path, r)
+    [result] = store.ingest([incoming("u1")])
+    assert (result.status, result.ack_now) == ("journalled", False)
+    assert store.pending_acks() == []
+    assert store.ingest([incoming("u1")])[0].ack_now is False  # redelivery absorbed
+    mid = result.message_id
+    assert mid is not None
+    assert store.resolve([Resolution(mid, "r", target_key(0, LogTarget("a")), "delivered")]) == []
+    released = store.resolve([Resolution(mid, "r", target_key(1, LogTarget("b")), "delivered")])
+    assert released == ["u1"]
+    assert store.pending_acks() == ["u1"]
+    assert store.queue_usage()["r"].messages == 0  # pruned
+    assert store.ingest([incoming("u1")])[0].ack_now is True
+    store.close()
+
+
+def test_poison_messages_are_dead_lettered_and_acked(tmp_path):
+    store = open_store(tmp_path)
+    results = store.ingest(
+        [
+            incoming("bad", plaintext=None, dead_reason="auth_tag_mismatch"),
+            incoming("nosub", route_name=None, plaintext=None),
+            incoming("gone", route_name="removed-route"),
+        ]
+    )
+    assert [r.status for r in results] == ["dead_lettered"] * 3
+    assert all(r.ack_now for r in results)
+    assert [d.reason for d in store.dead_letters()] == [
+        "auth_tag_mismatch",
+        "unknown_subscription",
+        "unknown_route",
+    ]
+    dead = store.dead_letters()[0]
+    assert dead.raw_body == b"\x00cipher"
+    assert dead.headers == (("content-encoding", "aes128gcm"),)
+    assert store.ingest([incoming("bad", plaintext=None, dead_reason="x")])[0].status == "duplicate"
+    assert store.take_counts().dead_letters == {
+        "auth_tag_mismatch": 1,
+        "unknown_subscription": 1,
+        "unknown_route": 1,
+    }
+    store.close()
+
+
+def test_already_expired_message_is_not_journalled(tmp_path):
+    clock = Clock()
+    store = open_store(tmp_path, clock=clock)
+    [result] = store.ingest([incoming("u1", expires_at=clock.now - 1)])
+    assert (result.status, result.ack_now) == ("expired", True)
+    assert store.queue_usage().get("r") is None or store.queue_usage()["r"].messages == 0
+    assert store.take_counts().expired == {"r": 1}
+    store.close()
+
+
+# -- bounded queue ----------------------------------------------------------------------------
+
+
+def test_refuse_newest_acks_and_counts(tmp_path):
+    store = open_store(tmp_path, route(queue_max_messages=2, queue_full="refuse-newest"))
+    results = store.ingest([incoming(f"u{i}", body=bytes([i])) for i in range(4)])
+    assert [r.status for r in results] == ["journalled", "journalled", "refused", "refused"]
+    assert all(r.ack_now for r in results)
+    assert sorted(store.pending_acks()) == ["u0", "u1", "u2", "u3"]
+    pending = store.pending_deliveries("r", "0:a")
+    assert [p.message.body for p in pending] == [b"\x00", b"\x01"]
+    assert store.take_counts().dropped == {("r", "queue_full"): 2}
+    store.close()
+
+
+def test_drop_oldest_by_count_and_bytes(tmp_path):
+    store = open_store(tmp_path, route(queue_max_messages=3, queue_max_bytes=250))
+    store.ingest([incoming(f"u{i}", body=bytes([i]) * 100) for i in range(4)])
+    pending = store.pending_deliveries("r", "0:a")
+    assert [p.message.body[0] for p in pending] == [2, 3]  # 250 bytes hold two of them
+    assert store.take_counts().dropped == {("r", "queue_full"): 2}
+    assert store.queue_usage()["r"].bytes == 200
+    store.close()
+
+
+def test_drop_oldest_releases_held_acks(tmp_path):
+    store = open_store(tmp_path, route(ack="delivered", queue_max_messages=1))
+    store.ingest([incoming("u0")])
+    store.ingest([incoming("u1")])
+    assert store.take_counts().released_acks == ["u0"]
+    assert store.pending_acks() == ["u0"]
+    store.close()
+
+
+def test_global_journal_limit(tmp_path):
+    store = open_store(tmp_path, route("a"), route("b", queue_full="refuse-newest"), max_bytes=300)
+    store.ingest([incoming("a1", route_name="a", body=b"a" * 200)])
+    [refused] = store.ingest([incoming("b1", route_name="b", body=b"b" * 200)])
+    assert refused.status == "refused"
+    [dropping] = store.ingest([incoming("a2", route_name="a", body=b"A" * 200)])
+    assert dropping.status == "journalled"
+    assert store.queue_usage()["a"].messages == 1
+    store.close()
+
+
+def test_a_message_larger_than_the_queue_is_refused_even_with_drop_oldest(tmp_path):
+    store = open_store(tmp_path, route(queue_max_bytes=50))
+    store.ingest([incoming("small", body=b"s")])
+    [big] = store.ingest([incoming("big", body=b"b" * 51)])
+    assert big.status == "refused"
+    assert store.queue_usage()["r"].messages == 1  # nothing dropped for a hopeless case
+    store.close()
+
+
+# -- deliveries, retries, pruning -------------------------------------------------------------
+
+
+def test_retry_state_survives_reopen_and_resolve_prunes(tmp_path):
+    store = open_store(tmp_path)
+    [r] = store.ingest([incoming("u1")])
+    assert r.message_id is not None
+    store.schedule_retry(r.message_id, "r", "0:a", 3, 1_700_000_100.0, "broker down")
+    store.close()
+    store = open_store(tmp_path)
+    [pending] = store.pending_deliveries("r", "0:a")
+    assert (pending.attempts, pending.next_attempt_at) == (3, 1_700_000_100.0)
+    assert store.pending_deliveries("r", "0:a", after_id=r.message_id) == []
+    store.resolve([Resolution(r.message_id, "r", "0:a", "delivered")])
+    conn = sqlite3.connect(tmp_path / "state" / DB_NAME)
+    assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 0
+    store.close()
+
+
+def test_message_ids_are_never_reused(tmp_path):
+    store = open_store(tmp_path)
+    [first] = store.ingest([incoming("u1")])
+    assert first.message_id is not None
+    store.resolve([Resolution(first.message_id, "r", "0:a", "delivered")])
+    [second] = store.ingest([incoming("u2")])
+    assert second.message_id is not None
+    assert int(second.message_id) > int(first.message_id)
+    store.close()
+
+
+def test_expired_resolution_counts_once_per_message(tmp_path):
+    store = open_store(tmp_path, route(deliver=(LogTarget("a"), LogTarget("b"))))
+    [r] = store.ingest([incoming("u1")])
+    assert r.message_id is not None
+    store.take_counts()
+    store.resolve(
+        [
+            Resolution(r.message_id, "r", "0:a", "expired"),
+            Resolution(r.message_id, "r", "1:b", "expired"),
+        ]
+    )
+    assert store.take_counts().expired == {"r": 1}
+    store.close()
+
+
+def test_dedupe_records_pruned_after_retention(tmp_path):
+    clock = Clock()
+    store = open_store(tmp_path, clock=clock, dedupe_retention=100.0)
+    store.ingest([incoming("old")])
+    store.mark_acked(["old"])
+    clock.now += 50
+    store.ingest([incoming("owed")])
+    clock.now += 60
+    assert store.prune() == 1
+    assert store.dedupe_records() == 1
+    clock.now += 1000
+    assert store.prune() == 0  # "owed" still has an ack owed: remembered until it is sent
+    store.mark_acked(["owed"])
+    assert store.prune() == 1
+    store.close()
+
+
+# -- dead letters -----------------------------------------------------------------------------
+
+
+def test_rejected_delivery_becomes_a_replayable_dead_letter(tmp_path):
+    store = open_store(tmp_path, route(deliver=(LogTarget("a"), LogTarget("b"))))
+    [r] = store.ingest([incoming("u1", body=b"hello")])
+    assert r.message_id is not None
+    store.resolve([Resolution(r.message_id, "r", "1:b", "rejected", "too big for device")])
+    [dead] = store.dead_letters()
+    assert (dead.reason, dead.target, dead.plaintext) == ("too big for device", "1:b", b"hello")
+    new_id = store.replay_dead_letter(dead.id)
+    assert store.dead_letters() == []
+    assert [p.message.id for p in store.pending_deliveries("r", "1:b")] == [new_id]
+    assert [p.message.id for p in store.pending_deliveries("r", "0:a")] == [r.message_id]
+    store.close()
+
+
+def test_replay_refuses_what_cannot_be_delivered(tmp_path):
+    store = open_store(tmp_path)
+    store.ingest([incoming("bad", plaintext=None, dead_reason="auth_tag_mismatch")])
+    [dead] = store.dead_letters()
+    with pytest.raises(StoreError, match="no plaintext"):
+        store.replay_dead_letter(dead.id)
+    with pytest.raises(StoreError, match="no dead letter 999"):
+        store.replay_dead_letter(999)
+    assert store.purge_dead_letters([dead.id, 999]) == 1
+    assert store.purge_dead_letters() == 0
+    store.close()
