@@ -1,0 +1,325 @@
+"""One HTTP/2 connection: requests in, responses and server pushes out, flow control respected."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+import trio
+from h2.errors import ErrorCodes
+
+from pushservice.http import ConnectionInfo, MonitorRequest, Request, Response, text_response
+
+if TYPE_CHECKING:
+    from pushservice.service import PushService
+
+# Bytes asked of the socket per read; 64 KiB matches h2's default max inbound window.
+RECEIVE_SIZE = 65536
+# Connection-level receive window we grant (bodies up to this need no WINDOW_UPDATE round trip).
+CONNECTION_WINDOW = 1 << 20
+
+
+@dataclass
+class _PendingRequest:
+    headers: list[tuple[str, str]]
+    body: bytearray = field(default_factory=bytearray)
+    answered: bool = False
+
+
+@dataclass
+class _Outbound:
+    data: bytearray
+    end: bool
+
+
+@dataclass
+class _QueuedPush:
+    parent: int
+    promise: list[tuple[str, str]]
+    response: list[tuple[str, str]]
+    body: bytes
+
+
+class H2Session:
+    """Drives an ``h2.H2Connection`` over a trio stream; the service pushes through it."""
+
+    def __init__(
+        self,
+        service: PushService,
+        stream: trio.abc.Stream,
+        info: ConnectionInfo,
+        initial: bytes = b"",
+    ) -> None:
+        self.service = service
+        self.stream = stream
+        self.info = info
+        self._initial = initial
+        config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        self.conn = h2.connection.H2Connection(config=config)
+        s = service.settings
+        self.conn.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: s.max_concurrent_streams,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: s.max_header_bytes,
+            },
+        )
+        self.conn.decoder.max_header_list_size = s.max_header_bytes
+        self._requests: dict[int, _PendingRequest] = {}
+        self._outbound: dict[int, _Outbound] = {}
+        self._push_queue: list[_QueuedPush] = []
+        self._want_write = trio.Event()
+        self._cancel: trio.CancelScope | None = None
+        self.goaway_sent = False
+        self.closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Serve until the peer goes away, a protocol error, or a fault closes the connection."""
+        self.conn.initiate_connection()
+        self.conn.increment_flow_control_window(CONNECTION_WINDOW)
+        self._wake()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cancel = nursery.cancel_scope
+                nursery.start_soon(self._writer)
+                await self._reader()
+                # Peer closed or protocol error: flush what h2 queued (e.g. GOAWAY), then stop.
+                data = self.conn.data_to_send()
+                if data:
+                    with trio.move_on_after(1):
+                        await self.stream.send_all(data)
+                nursery.cancel_scope.cancel()
+        finally:
+            self.closed = True
+            self.service.session_closed(self)
+
+    def abort(self) -> None:
+        """Stop at once; the caller closes the socket (fault: drop connections)."""
+        self.closed = True
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+    def goaway(self, last_stream_id: int | None) -> None:
+        """Send GOAWAY, answer monitors 204, close when the remaining streams finish."""
+        if self.goaway_sent or self.closed:
+            return
+        self.goaway_sent = True
+        last = self.conn.highest_inbound_stream_id if last_stream_id is None else last_stream_id
+        self.conn.close_connection(last_stream_id=last)
+        self._wake()
+
+    async def _reader(self) -> None:
+        faults = self.service.faults
+        if self._initial:
+            self._feed(self._initial)
+        while not self.closed:
+            await faults.wait_thawed()
+            try:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not data:
+                return
+            await faults.wait_thawed()
+            if not self._feed(bytes(data)):
+                return
+
+    async def _writer(self) -> None:
+        faults = self.service.faults
+        while True:
+            await self._want_write.wait()
+            self._want_write = trio.Event()
+            await faults.wait_thawed()
+            data = self.conn.data_to_send()
+            if data:
+                try:
+                    await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self.abort()
+                    return
+            if self.goaway_sent and self._all_streams_done():
+                self.abort()
+                return
+
+    def _all_streams_done(self) -> bool:
+        return (
+            not self._outbound
+            and not self._push_queue
+            and not any(not s.closed for s in self.conn.streams.values())
+        )
+
+    def _wake(self) -> None:
+        self._want_write.set()
+
+    # -- inbound -----------------------------------------------------------------------------
+    def _feed(self, data: bytes) -> bool:
+        """Process bytes from the peer; False once the connection is finished."""
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self.service.log.info("h2 protocol error from client: %s", type(exc).__name__)
+            self._wake()
+            return False
+        for event in events:
+            self._on_event(event)
+        self._flush()
+        self._wake()
+        return not isinstance(events[-1] if events else None, h2.events.ConnectionTerminated)
+
+    def _on_event(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            assert event.stream_id is not None and event.headers is not None
+            headers = [(str(k), str(v)) for k, v in event.headers]
+            self._requests[event.stream_id] = _PendingRequest(headers)
+        elif isinstance(event, h2.events.DataReceived):
+            assert event.stream_id is not None and event.data is not None
+            self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            pending = self._requests.get(event.stream_id)
+            if pending is not None and not pending.answered:
+                pending.body += event.data
+                if len(pending.body) > self.service.settings.max_body:
+                    pending.answered = True
+                    limit = self.service.settings.max_body
+                    self.respond(event.stream_id, text_response(413, f"body over {limit} bytes"))
+        elif isinstance(event, h2.events.StreamEnded):
+            assert event.stream_id is not None
+            pending = self._requests.pop(event.stream_id, None)
+            if pending is not None and not pending.answered:
+                self._dispatch(event.stream_id, pending)
+        elif isinstance(event, h2.events.StreamReset):
+            assert event.stream_id is not None
+            self._stream_gone(event.stream_id)
+        elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+            pass  # _flush after every batch sends what the new windows allow
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.closed = True
+
+    def _stream_gone(self, stream_id: int) -> None:
+        self._requests.pop(stream_id, None)
+        self._outbound.pop(stream_id, None)
+        self.service.monitor_stream_closed(self, stream_id)
+
+    def _dispatch(self, stream_id: int, pending: _PendingRequest) -> None:
+        pseudo = {k: v for k, v in pending.headers if k.startswith(":")}
+        headers = [(k.lower(), v) for k, v in pending.headers if not k.startswith(":")]
+        authority = pseudo.get(":authority") or next((v for k, v in headers if k == "host"), "")
+        info = self.info
+        if pseudo.get(":scheme") and pseudo[":scheme"] != info.scheme:
+            info = ConnectionInfo(pseudo[":scheme"], info.peer_is_loopback, True)
+        req = Request(
+            method=pseudo.get(":method", ""),
+            path=pseudo.get(":path", ""),
+            authority=authority,
+            headers=headers,
+            body=bytes(pending.body),
+            conn=self.info if info is self.info else info,
+        )
+        if self.goaway_sent:
+            self.conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        result = self.service.resources.handle(req, self.service.clock())
+        if isinstance(result, MonitorRequest):
+            if not self.conn.remote_settings.enable_push:
+                self.respond(stream_id, text_response(400, "monitoring needs server push"))
+                return
+            self.service.start_monitor(self, stream_id, req, result)
+        else:
+            self.respond(stream_id, result)
+
+    # -- outbound ----------------------------------------------------------------------------
+    def respond(self, stream_id: int, response: Response) -> None:
+        """Send a complete response on a stream (ignored if the stream is gone)."""
+        headers = [(":status", str(response.status))]
+        headers += [(k, v) for k, v in response.headers if k != "content-length"]
+        headers.append(("content-length", str(len(response.body))))
+        try:
+            self.conn.send_headers(stream_id, headers, end_stream=not response.body)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+            return
+        if response.body:
+            self._outbound[stream_id] = _Outbound(bytearray(response.body), True)
+        self._flush()
+        self._wake()
+
+    def stream_open(self, stream_id: int) -> bool:
+        """Whether a monitor stream can still carry pushes."""
+        stream = self.conn.streams.get(stream_id)
+        return stream is not None and not stream.closed and not self.closed
+
+    def push(
+        self,
+        parent: int,
+        promise: list[tuple[str, str]],
+        response: list[tuple[str, str]],
+        body: bytes,
+    ) -> bool:
+        """Server-push one response on ``parent``; False if that stream can no longer push."""
+        if self.closed or self.goaway_sent or not self.stream_open(parent):
+            return False
+        self._push_queue.append(_QueuedPush(parent, promise, response, body))
+        self._drain_push_queue()
+        self._flush()
+        self._wake()
+        return True
+
+    def _drain_push_queue(self) -> None:
+        # Pushed streams count against the client's SETTINGS_MAX_CONCURRENT_STREAMS (RFC 7540
+        # §8.2.2); h2 does not check that for pushes, so we queue beyond it.
+        while self._push_queue:
+            limit = self.conn.remote_settings.max_concurrent_streams
+            if self.conn.open_outbound_streams >= limit:
+                return
+            item = self._push_queue.pop(0)
+            if not self.stream_open(item.parent):
+                continue
+            promised = self.conn.get_next_available_stream_id()
+            try:
+                self.conn.push_stream(item.parent, promised, item.promise)
+            except (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError):
+                continue
+            if self.service.faults.take_reset():
+                self.conn.reset_stream(promised, ErrorCodes.CANCEL)
+                continue
+            headers = [*item.response, ("content-length", str(len(item.body)))]
+            self.conn.send_headers(promised, headers, end_stream=not item.body)
+            if item.body:
+                self._outbound[promised] = _Outbound(bytearray(item.body), True)
+
+    def end_monitor(self, stream_id: int, status: int) -> None:
+        """Finish a monitoring GET with ``status`` (404 expired, 204 on GOAWAY)."""
+        if self.stream_open(stream_id):
+            self.respond(stream_id, Response(status))
+
+    def _flush(self) -> None:
+        """Start queued pushes and send buffered bodies as far as the peer's windows allow."""
+        while True:
+            queued = len(self._push_queue)
+            self._drain_push_queue()
+            self._send_buffered()
+            self._drain_push_queue()  # ended streams free slots for queued pushes
+            if not self._push_queue or len(self._push_queue) == queued:
+                return
+
+    def _send_buffered(self) -> None:
+        for stream_id in list(self._outbound):
+            out = self._outbound[stream_id]
+            try:
+                while out.data:
+                    window = self.conn.local_flow_control_window(stream_id)
+                    size = min(window, self.conn.max_outbound_frame_size, len(out.data))
+                    if size <= 0:
+                        break
+                    self.conn.send_data(stream_id, bytes(out.data[:size]))
+                    del out.data[:size]
+                if not out.data:
+                    if out.end:
+                        self.conn.end_stream(stream_id)
+                    del self._outbound[stream_id]
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+                self._outbound.pop(stream_id, None)
