@@ -4,15 +4,41 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-HELP = "run the gateway"
+import trio
+
+from gateway.config import ConfigError, load_config
+from gateway.logs import setup_logging
+
+HELP = "run the gateway (as systemd's ExecStart does)"
+
+EXIT_CONFIG = 2
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Not implemented yet."""
+    """``--config FILE``."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path("/etc/fieldgate/config.toml"),
+        help="configuration file (default: %(default)s)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    """Not implemented yet."""
-    print("fieldgate: this command is not implemented yet", file=sys.stderr)
-    return 1
+    """Load the configuration, then run until SIGTERM or SIGINT."""
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(config.log.level)
+    from gateway.app import run_gateway
+    from gateway.store import StoreError
+
+    try:
+        return trio.run(run_gateway, config)
+    except StoreError as exc:
+        print(f"fieldgate: {exc}", file=sys.stderr)
+        return EXIT_CONFIG

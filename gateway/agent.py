@@ -1,0 +1,705 @@
+"""The user agent's trio shell: one HTTP/2 connection to the push service, kept alive.
+
+The protocol itself is :class:`~gateway.webpush.useragent.UserAgentProtocol` (sans-IO); this
+module owns the socket, TLS, time and tasks:
+
+* the **supervisor** (:meth:`Agent.run`) opens a connection, and when it fails opens the next one
+  after an exponential, fully jittered backoff (``Retry-After`` honoured, reset after a healthy
+  period); on GOAWAY the next connection opens at once while the old one finishes its streams;
+* each **session** (:class:`_Session`) reads frames, writes what the protocol queues, pings when
+  the line has been quiet for a keepalive interval (a dead path is found within two), makes sure
+  every route is subscribed (in one set), monitors each set (``Prefer: wait=0`` first), and hands
+  pushed messages to the committer;
+* the **committer** journals every message that arrived together in one transaction (group
+  commit) and only then queues their DELETEs: acknowledge after durability.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Literal
+from urllib.parse import urlsplit
+
+import trio
+
+from gateway.backoff import Backoff
+from gateway.config import Config, RouteConfig
+from gateway.http1 import HttpError, client_ssl_context, is_loopback_host, post_json
+from gateway.ingest import Ingestor
+from gateway.logs import get_logger
+from gateway.metrics import Metrics
+from gateway.store import Incoming, Store, SubscriptionRecord
+from gateway.webpush import useragent as ua
+from gateway.webpush.crypto import PushSubscriptionInfo, SubscriptionKeys
+
+log = get_logger("agent")
+
+READ_CHUNK = 64 * 1024
+# A connection that carried traffic this long counts as healthy (resets the backoff): from config.
+# GOAWAY: how long the old connection may take to finish its streams once the next one is open.
+GOAWAY_GRACE = 30.0
+# Distribution of push resources: retried with backoff between these bounds until accepted.
+DISTRIBUTE_BACKOFF_BASE = 5.0
+DISTRIBUTE_BACKOFF_CAP = 3600.0
+# Re-monitoring after a 5xx without Retry-After, and re-subscribing a route after a failure.
+RETRY_FLOOR = 1.0
+
+State = Literal["starting", "connecting", "connected", "backoff", "stopped"]
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason for a network failure, with the root cause trio wraps inside."""
+    parts = []
+    seen: BaseException | None = exc
+    while seen is not None and len(parts) < 3:
+        text = str(seen).strip()
+        parts.append(f"{type(seen).__name__}: {text}" if text else type(seen).__name__)
+        seen = seen.__cause__ or seen.__context__
+    return " <- ".join(parts)
+
+
+class SessionEnded(Exception):
+    """Why a connection ended (the text goes to the log and the status page)."""
+
+
+@dataclass
+class _Pending:
+    """A request whose answer a task is waiting for."""
+
+    done: trio.Event
+    result: ua.Event | None = None
+
+
+class AgentStatus:
+    """What the status endpoint shows about the upstream side (mutated by the agent only)."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.state: State = "starting"
+        self.since = time.time()
+        self.last_error: str | None = None
+        self.connections = 0
+        self.sets: set[str] = set()
+        self.last_message_at: float | None = None
+
+    def set_state(self, state: State, error: str | None = None) -> None:
+        if state != self.state:
+            self.state = state
+            self.since = time.time()
+        if error is not None:
+            self.last_error = error
+
+
+class Agent:
+    """Keeps the gateway subscribed and connected; journals and acknowledges what arrives."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        metrics: Metrics,
+        *,
+        on_journalled: Callable[[], None] = lambda: None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.push = config.push
+        self.store = store
+        self.metrics = metrics
+        self.on_journalled = on_journalled
+        self._rng = rng or random.Random()
+        parts = urlsplit(self.push.service)
+        self.origin = f"{parts.scheme}://{parts.netloc}"
+        self.status = AgentStatus(self.push.service)
+        self.ingestor = Ingestor(
+            config.routes, store.subscriptions(), max_body=self.push.max_message_bytes
+        )
+        self._session: _Session | None = None
+        self._batch: list[Incoming] = []
+        self._acked: list[str] = []
+        self._commit_wanted = trio.Event()
+        self._owed_acks: list[str] = list(store.pending_acks())
+        self._subscribe_lock = trio.Lock()
+        self._distribute_wanted = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._register_metrics()
+
+    def _register_metrics(self) -> None:
+        m = self.metrics
+        self.m_received = m.counter(
+            "fieldgate_messages_received_total", "Pushed messages received", ["route"]
+        )
+        self.m_acked = m.counter(
+            "fieldgate_messages_acknowledged_total",
+            "Push messages acknowledged upstream (DELETE done)",
+        )
+        self.m_ack_failed = m.counter(
+            "fieldgate_ack_failures_total", "DELETEs the push service did not accept"
+        )
+        self.m_dead = m.counter(
+            "fieldgate_messages_poison_total",
+            "Pushed messages dead-lettered on arrival",
+            ["reason"],
+        )
+        self.m_reconnects = m.counter(
+            "fieldgate_reconnects_total", "Connections to the push service opened after the first"
+        )
+        self.m_subscribes = m.counter(
+            "fieldgate_subscriptions_created_total", "Push subscriptions created", ["route"]
+        )
+        self.m_connected = m.gauge(
+            "fieldgate_upstream_connected", "1 while connected to the push service"
+        )
+        self.m_batch = m.histogram(
+            "fieldgate_commit_batch_messages",
+            "Messages per journal transaction (group commit)",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+        )
+
+    # ------------------------------------------------------------------------- public API
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled: the supervisor, the committer and the distributor."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._committer)
+            nursery.start_soon(self._distributor)
+            task_status.started()
+            await self._supervise(nursery)
+
+    def acknowledge(self, push_message_urls: Sequence[str]) -> None:
+        """Queue DELETEs (the router calls this for `delivered`-policy messages)."""
+        session = self._session
+        if session is not None and session.usable:
+            session.acknowledge(push_message_urls)
+        else:
+            self._owed_acks.extend(push_message_urls)
+
+    def subscription_infos(self) -> dict[str, PushSubscriptionInfo]:
+        """Each subscribed route's W3C PushSubscription."""
+        infos: dict[str, PushSubscriptionInfo] = {}
+        for record in self.store.subscriptions():
+            keys = SubscriptionKeys.from_private_bytes(record.private_key_der, record.auth_secret)
+            infos[record.route] = PushSubscriptionInfo(
+                record.push_url, keys.p256dh, keys.auth_secret
+            )
+        return infos
+
+    # -------------------------------------------------------------------------- supervisor
+
+    async def _supervise(self, nursery: trio.Nursery) -> None:
+        backoff = Backoff(self.push.backoff_base, self.push.backoff_cap, rng=self._rng)
+        while True:
+            session = _Session(self)
+            self._session = session
+            self.status.set_state("connecting")
+            if self.status.connections:
+                self.m_reconnects.inc()
+            self.status.connections += 1
+            nursery.start_soon(session.run)
+            await session.replace_wanted.wait()
+            self.m_connected.set(0)
+            if session.goaway:
+                # The service is moving us: the next connection opens now, this one drains.
+                log.info("GOAWAY from the push service: opening the next connection")
+                backoff.reset()
+                continue
+            if session.healthy_since is not None and (
+                time.monotonic() - session.healthy_since >= self.push.healthy_after
+            ):
+                backoff.reset()
+            delay = backoff.next_delay(session.retry_after)
+            self.status.set_state("backoff", session.error)
+            log.warning("connection ended (%s); reconnecting in %.1f s", session.error, delay)
+            await trio.sleep(delay)
+
+    # --------------------------------------------------------------------------- committer
+
+    def _enqueue(self, incoming: Incoming) -> None:
+        self._batch.append(incoming)
+        self._commit_wanted.set()
+
+    def _acked_upstream(self, url: str) -> None:
+        self._acked.append(url)
+        self._commit_wanted.set()
+
+    async def _committer(self) -> None:
+        # Everything that arrived while the previous transaction ran goes in the next one: the
+        # batch grows with the load, and so the fsync cost per message shrinks with it.
+        while True:
+            await self._commit_wanted.wait()
+            self._commit_wanted = trio.Event()
+            batch, self._batch = self._batch, []
+            acked, self._acked = self._acked, []
+            if acked:
+                await trio.to_thread.run_sync(self.store.mark_acked, acked)
+            if not batch:
+                continue
+            results = await trio.to_thread.run_sync(self.store.ingest, batch)
+            self.m_batch.observe(len(batch))
+            ack_now = [r.push_message_url for r in results if r.ack_now]
+            if ack_now:
+                self.acknowledge(ack_now)
+            if any(r.status == "journalled" for r in results):
+                self.on_journalled()
+
+    # ------------------------------------------------------------------------- distributor
+
+    async def _distributor(self) -> None:
+        backoff = Backoff(DISTRIBUTE_BACKOFF_BASE, DISTRIBUTE_BACKOFF_CAP, rng=self._rng)
+        routes = {r.name: r for r in self.config.routes}
+        while True:
+            await self._distribute_wanted.wait()
+            self._distribute_wanted = trio.Event()
+            pending = [
+                rec
+                for rec in self.store.subscriptions()
+                if rec.distributed_at is None
+                and routes.get(rec.route) is not None
+                and routes[rec.route].distribute_url
+            ]
+            failed = False
+            for record in pending:
+                if not await self._distribute(routes[record.route], record):
+                    failed = True
+            if failed:
+                await trio.sleep(backoff.next_delay())
+                self._distribute_wanted.set()
+            else:
+                backoff.reset()
+
+    async def _distribute(self, route: RouteConfig, record: SubscriptionRecord) -> bool:
+        assert route.distribute_url
+        keys = SubscriptionKeys.from_private_bytes(record.private_key_der, record.auth_secret)
+        info = PushSubscriptionInfo(record.push_url, keys.p256dh, keys.auth_secret)
+        body = json.dumps(info.to_json()).encode()
+        try:
+            response = await post_json(route.distribute_url, body, ca_file=self.push.ca_file)
+        except HttpError as exc:
+            log.warning("route %s: distributing its push resource failed: %s", route.name, exc)
+            return False
+        if not 200 <= response.status < 300:
+            log.warning(
+                "route %s: %s answered %d to its push resource",
+                route.name,
+                urlsplit(route.distribute_url).netloc,
+                response.status,
+            )
+            return False
+        current = self.ingestor.record(route.name)
+        if current is not None and current.push_url == record.push_url:
+            updated = replace(current, distributed_at=time.time())
+            await trio.to_thread.run_sync(self.store.save_subscription, updated)
+            self.ingestor.add(updated)
+        log.info("route %s: push resource distributed", route.name)
+        return True
+
+    # ---------------------------------------------------------------------- subscriptions
+
+    def known_set(self) -> str | None:
+        """The set the routes are collected in (the first one, when the service made several)."""
+        for record in self.store.subscriptions():
+            if record.set_url:
+                return record.set_url
+        return None
+
+    async def _save(self, record: SubscriptionRecord) -> None:
+        await trio.to_thread.run_sync(self.store.save_subscription, record)
+        self.ingestor.add(record)
+        self.m_subscribes.inc(route=record.route)
+        if record.distributed_at is None:
+            self._distribute_wanted.set()
+
+
+class _Session:
+    """One HTTP/2 connection and the tasks that serve it."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.push = agent.push
+        self.proto = ua.UserAgentProtocol(agent.origin, max_body=agent.push.max_message_bytes)
+        self.replace_wanted = trio.Event()
+        self.goaway = False
+        self.error: str | None = None
+        self.retry_after: float | None = None
+        self.healthy_since: float | None = None
+        self._closed = False
+        self._wake_writer = trio.Event()
+        self._pending: dict[int, _Pending] = {}
+        self._last_received = time.monotonic()
+        self._pong = trio.Event()
+        self._monitors: dict[int, str] = {}
+        self._cancel: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self._drained = trio.Event()
+        self._flushed = trio.Event()
+        self._closing = False
+
+    @property
+    def usable(self) -> bool:
+        """True while new requests may be sent here."""
+        return not self._closed and not self.goaway
+
+    def acknowledge(self, urls: Sequence[str]) -> None:
+        for url in urls:
+            request_id = self.proto.acknowledge(url)
+            self._pending[request_id] = _Pending(trio.Event())
+        self._flush()
+
+    def _flush(self) -> None:
+        self._wake_writer.set()
+
+    def _end(self, error: str, *, retry_after: float | None = None) -> None:
+        if self.error is None:
+            self.error = error
+        if retry_after is not None:
+            self.retry_after = retry_after
+        self._closed = True
+        self.replace_wanted.set()
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+    # --------------------------------------------------------------------------- connect
+
+    async def _open(self) -> trio.abc.Stream:
+        parts = urlsplit(self.push.service)
+        host = parts.hostname or ""
+        if parts.scheme == "https":
+            context = client_ssl_context(self.push.ca_file, alpn=["h2"])
+            tcp = await trio.open_tcp_stream(host, parts.port or 443)
+            stream = trio.SSLStream(tcp, context, server_hostname=host, https_compatible=True)
+            await stream.do_handshake()
+            if stream.selected_alpn_protocol() != "h2":
+                await stream.aclose()
+                raise SessionEnded(f"{host} did not agree to HTTP/2 (ALPN)")
+            return stream
+        if parts.scheme == "http" and is_loopback_host(host):
+            return await trio.open_tcp_stream(host, parts.port or 80)
+        raise SessionEnded(f"refusing {parts.scheme}:// to {host}: only https, or http on loopback")
+
+    async def run(self) -> None:
+        """Connect, serve until the connection ends; never raises for network trouble."""
+        try:
+            with trio.CancelScope() as scope:
+                self._cancel = scope
+                try:
+                    with trio.fail_after(self.push.connect_timeout):
+                        stream = await self._open()
+                except trio.TooSlowError:
+                    self._end(f"connecting took over {self.push.connect_timeout:g} s")
+                    return
+                async with stream:
+                    await self._serve(stream)
+        except (OSError, ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._end(describe(exc))
+        except SessionEnded as exc:
+            self._end(str(exc))
+        finally:
+            self._closed = True
+            self.replace_wanted.set()
+            for pending in self._pending.values():
+                pending.done.set()
+            # Acks that never reached this connection go to the next one.
+            unsent = self.proto.take_unsent_acks()
+            if unsent:
+                self.agent.acknowledge(unsent)
+
+    async def _guarded(self, task: Callable[[], Awaitable[None]]) -> None:
+        # Every failure of a connection's task ends the connection with a reason, never the
+        # process: the supervisor opens the next one.
+        try:
+            await task()
+        except (OSError, ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._end(describe(exc))
+        except (SessionEnded, ua.ProtocolViolation) as exc:
+            self._end(str(exc))
+        except Exception as exc:  # a bug must not take the gateway down: log it fully
+            log.exception("unexpected error on the push service connection")
+            self._end(f"internal error: {type(exc).__name__}: {exc}")
+
+    async def _serve(self, stream: trio.abc.Stream) -> None:
+        self.proto.initiate()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._guarded, partial(self._writer, stream))
+            nursery.start_soon(self._guarded, partial(self._reader, stream))
+            nursery.start_soon(self._guarded, self._keepalive)
+            nursery.start_soon(self._guarded, self._setup)
+            self._flush()
+
+    async def _writer(self, stream: trio.abc.Stream) -> None:
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer = trio.Event()
+            data = self.proto.data_to_send()
+            if data:
+                await stream.send_all(data)
+            if self._closing:
+                self._flushed.set()
+
+    async def _reader(self, stream: trio.abc.Stream) -> None:
+        while True:
+            data = bytes(await stream.receive_some(READ_CHUNK))
+            self._last_received = time.monotonic()
+            events = self.proto.receive_data(data)
+            for event in events:
+                self._dispatch(event)
+            self._flush()
+            self._check_drained()
+            if not data:
+                return
+
+    async def _keepalive(self) -> None:
+        # Traffic counts as liveness; only a quiet line is pinged, so an idle gateway wakes once
+        # per interval. No answer within the next interval: the path is dead.
+        interval = self.push.keepalive
+        while True:
+            await trio.sleep(interval)
+            if time.monotonic() - self._last_received < interval:
+                continue
+            self._pong = trio.Event()
+            self.proto.ping(os.urandom(8))
+            self._flush()
+            with trio.move_on_after(interval):
+                await self._pong.wait()
+                continue
+            self._end(f"no answer to PING within {interval:g} s")
+
+    # -------------------------------------------------------------------------- dispatch
+
+    def _dispatch(self, event: ua.Event) -> None:
+        agent = self.agent
+        if isinstance(event, ua.MessageReceived):
+            incoming = agent.ingestor.prepare(event, received_at=time.time())
+            agent.status.last_message_at = incoming.received_at
+            if incoming.dead_reason:
+                agent.m_dead.inc(reason=incoming.dead_reason)
+                log.warning(
+                    "dead letter (%s): %d-byte message for %s",
+                    incoming.dead_reason,
+                    len(event.body),
+                    incoming.route or "no known subscription",
+                )
+            else:
+                agent.m_received.inc(route=incoming.route or "")
+            agent._enqueue(incoming)
+        elif isinstance(event, ua.MessageRefused):
+            agent.m_dead.inc(reason=event.reason)
+            log.warning("refused a pushed message: %s", event.detail)
+            agent._enqueue(agent.ingestor.refused(event, received_at=time.time()))
+        elif isinstance(event, ua.AckCompleted):
+            self._pending.pop(event.request_id, None)
+            if event.ok:
+                agent.m_acked.inc()
+                agent._acked_upstream(event.message_url)
+            else:
+                # The service keeps the message and redelivers it; the dedupe record answers.
+                agent.m_ack_failed.inc()
+                log.warning("DELETE of a push message answered %d", event.status)
+        elif isinstance(event, ua.PingAcknowledged):
+            self._pong.set()
+        elif isinstance(event, ua.MonitorEnded):
+            self._monitor_ended(event)
+        elif isinstance(event, ua.GoAway):
+            self._goaway(event)
+        elif isinstance(event, ua.ConnectionClosed):
+            self._end(event.reason)
+        elif isinstance(event, ua.RequestReset) and event.kind == "monitor":
+            self._remonitor(event.url, delay=RETRY_FLOOR)
+        elif isinstance(event, ua.RequestReset) and event.kind == "ack":
+            self._pending.pop(event.request_id, None)
+            agent.m_ack_failed.inc()
+        if isinstance(
+            event, ua.Subscribed | ua.SubscribeFailed | ua.UnsubscribeCompleted | ua.RequestReset
+        ):
+            pending = self._pending.pop(event.request_id, None)
+            if pending is not None:
+                pending.result = event
+                pending.done.set()
+
+    def _goaway(self, event: ua.GoAway) -> None:
+        self.goaway = True
+        log.info("GOAWAY (error %d) %s", event.error_code, event.detail)
+        unsent = self.proto.take_unsent_acks(event.last_stream_id)
+        self.replace_wanted.set()
+        self.agent._owed_acks.extend(unsent)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._guarded, self._drain)
+
+    async def _drain(self) -> None:
+        # Let acks and pushes in flight finish, within a bound, then close.
+        self._check_drained()
+        with trio.move_on_after(GOAWAY_GRACE):
+            await self._drained.wait()
+        self.proto.close()
+        self._closing = True
+        self._flush()
+        with trio.move_on_after(1.0):
+            await self._flushed.wait()
+        self._end("drained after GOAWAY")
+
+    def _check_drained(self) -> None:
+        if self.goaway and not self.proto.has_pending_work():
+            self._drained.set()
+
+    def _monitor_ended(self, event: ua.MonitorEnded) -> None:
+        self._monitors.pop(event.request_id, None)
+        if self.goaway:
+            return
+        if event.status in (200, 204):
+            self._remonitor(event.url)
+        elif event.status in (404, 410) or 400 <= event.status < 500:
+            # RFC 8030 §7.3.1: the service expired the set and every subscription in it.
+            log.warning(
+                "the push service expired %s (HTTP %d): re-subscribing", event.url, event.status
+            )
+            assert self._nursery is not None
+            self._nursery.start_soon(self._resubscribe_set, event.url)
+        else:
+            delay = max(RETRY_FLOOR, event.retry_after or 0.0)
+            log.warning("monitoring answered %d; again in %.0f s", event.status, delay)
+            self._remonitor(event.url, delay=delay)
+
+    def _remonitor(self, url: str, *, delay: float = 0.0, wait0: bool = False) -> None:
+        if delay <= 0:
+            self._start_monitor(url, wait0=wait0)
+            return
+        assert self._nursery is not None
+
+        async def later() -> None:
+            await trio.sleep(delay)
+            if self.usable:
+                self._start_monitor(url, wait0=wait0)
+
+        self._nursery.start_soon(later)
+
+    def _start_monitor(self, url: str, *, wait0: bool) -> None:
+        if url in self._monitors.values():
+            return
+        request_id = self.proto.monitor(url, urgency=self.push.urgency, wait0=wait0)
+        self._monitors[request_id] = url
+        self.agent.status.sets.add(url)
+        self._flush()
+
+    # ----------------------------------------------------------------------------- setup
+
+    async def _request(self, send: Callable[[], int]) -> ua.Event | None:
+        request_id = send()
+        pending = _Pending(trio.Event())
+        self._pending[request_id] = pending
+        self._flush()
+        await pending.done.wait()
+        return pending.result
+
+    async def _setup(self) -> None:
+        agent = self.agent
+        # Acks owed from before (a restart, a dropped connection) go first.
+        owed, agent._owed_acks = agent._owed_acks, []
+        if owed:
+            self.acknowledge(owed)
+        await self._sync_subscriptions()
+        monitored = {rec.set_url or rec.subscription_url for rec in agent.store.subscriptions()}
+        for url in sorted(monitored):
+            self._start_monitor(url, wait0=True)
+        agent.status.set_state("connected")
+        agent.m_connected.set(1)
+        self.healthy_since = time.monotonic()
+        log.info("connected to %s, monitoring %d set(s)", agent.origin, len(monitored))
+
+    async def _sync_subscriptions(self) -> None:
+        agent = self.agent
+        async with agent._subscribe_lock:
+            records = {rec.route: rec for rec in agent.store.subscriptions()}
+            wanted = {route.name: route for route in agent.config.routes}
+            for name, record in records.items():
+                if name not in wanted:
+                    await self._unsubscribe(record)
+            for name, route in wanted.items():
+                if name not in records:
+                    await self._subscribe(route)
+
+    async def _unsubscribe(self, record: SubscriptionRecord) -> None:
+        result = await self._request(lambda: self.proto.unsubscribe(record.subscription_url))
+        if isinstance(result, ua.UnsubscribeCompleted) and (
+            200 <= result.status < 300 or result.status in (404, 410)
+        ):
+            await trio.to_thread.run_sync(self.agent.store.delete_subscription, record.route)
+            self.agent.ingestor.remove(record.route)
+            log.info("route %s removed from the configuration: unsubscribed", record.route)
+
+    async def _subscribe(self, route: RouteConfig) -> bool:
+        """Create the route's subscription in the known set; False when it must wait."""
+        agent = self.agent
+        set_url = agent.known_set()
+        for _attempt in range(2):
+            result = await self._request(
+                lambda s=set_url: self.proto.subscribe(  # type: ignore[misc]
+                    self.push.service, set_url=s, vapid_key=route.vapid_public_key, tag=route.name
+                )
+            )
+            if isinstance(result, ua.Subscribed):
+                keys = SubscriptionKeys.generate()
+                record = SubscriptionRecord(
+                    route=route.name,
+                    subscription_url=result.subscription_url,
+                    push_url=result.push_url,
+                    set_url=result.set_url,
+                    private_key_der=keys.private_bytes(),
+                    auth_secret=keys.auth_secret,
+                    created_at=time.time(),
+                )
+                await agent._save(record)
+                log.info("route %s subscribed", route.name)
+                monitor_url = record.set_url or record.subscription_url
+                if (
+                    monitor_url not in self._monitors.values()
+                    and self.agent.status.state == "connected"
+                ):
+                    self._start_monitor(monitor_url, wait0=True)
+                return True
+            if isinstance(result, ua.SubscribeFailed) and result.set_rejected and set_url:
+                log.warning("the push service refused set %s: subscribing without it", set_url)
+                set_url = None
+                continue
+            reason = getattr(result, "reason", "connection lost")
+            retry_after = getattr(result, "retry_after", None)
+            log.warning("route %s: subscribing failed: %s", route.name, reason)
+            agent.status.last_error = f"subscribe {route.name}: {reason}"
+            if self._nursery is not None and self.usable:
+                self._nursery.start_soon(
+                    self._subscribe_later, route, max(RETRY_FLOOR, retry_after or 0.0)
+                )
+            return False
+        return False
+
+    async def _subscribe_later(self, route: RouteConfig, delay: float) -> None:
+        await trio.sleep(delay * (1 + self.agent._rng.random()))
+        if not self.usable or self.agent.ingestor.record(route.name) is not None:
+            return
+        async with self.agent._subscribe_lock:
+            if self.agent.ingestor.record(route.name) is None:
+                await self._subscribe(route)
+
+    async def _resubscribe_set(self, url: str) -> None:
+        agent = self.agent
+        agent.status.sets.discard(url)
+        async with agent._subscribe_lock:
+            expired = [
+                rec
+                for rec in agent.store.subscriptions()
+                if url in (rec.set_url, rec.subscription_url)
+            ]
+            for record in expired:
+                await trio.to_thread.run_sync(agent.store.delete_subscription, record.route)
+                agent.ingestor.remove(record.route)
+            routes = {r.name: r for r in agent.config.routes}
+            for record in expired:
+                if record.route in routes:
+                    await self._subscribe(routes[record.route])

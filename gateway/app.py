@@ -1,0 +1,242 @@
+"""The gateway process: the store, the adapters, the router, the agent and the status endpoint.
+
+:class:`Gateway` wires the parts together and is the status endpoint's provider; ``fieldgate
+run`` calls :func:`run_gateway`, which adds signals and systemd notification around it.
+"""
+
+from __future__ import annotations
+
+import resource
+import signal
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import trio
+
+from adapters.base import Adapter
+from gateway import __version__
+from gateway.agent import Agent
+from gateway.config import (
+    Config,
+    LogAdapterConfig,
+    MqttAdapterConfig,
+    SerialAdapterConfig,
+)
+from gateway.logs import get_logger
+from gateway.metrics import Metrics
+from gateway.router import Router
+from gateway.sdnotify import Notifier, Watchdog, watchdog_interval
+from gateway.status import serve_status
+from gateway.store import Store
+
+log = get_logger("gateway")
+
+# SIGTERM: in-flight deliveries get this long to finish before the process exits; systemd's
+# TimeoutStopSec (90 s by default) stays well above it.
+SHUTDOWN_GRACE = 10.0
+
+
+def build_adapters(config: Config, metrics: Metrics) -> dict[str, Adapter]:
+    """One adapter instance per ``[adapters.NAME]`` table."""
+    adapters: dict[str, Adapter] = {}
+    for name, settings in config.adapters.items():
+        if isinstance(settings, MqttAdapterConfig):
+            from adapters.mqtt import MqttAdapter
+
+            adapters[name] = MqttAdapter(settings, metrics=metrics)
+        elif isinstance(settings, SerialAdapterConfig):
+            from adapters.serial import SerialAdapter
+
+            adapters[name] = SerialAdapter(settings, metrics=metrics)
+        elif isinstance(settings, LogAdapterConfig):
+            from adapters.log import LogAdapter
+
+            adapters[name] = LogAdapter(settings)
+    return adapters
+
+
+def _resident_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * resource.getpagesize()
+    except OSError:
+        return 0
+
+
+class Gateway:
+    """All the parts of one running gateway; also the status endpoint's provider."""
+
+    def __init__(self, config: Config, *, store: Store | None = None) -> None:
+        self.config = config
+        self.started_at = time.time()
+        self.registry = Metrics()
+        self.m_rss = self.registry.gauge("fieldgate_resident_memory_bytes", "Resident set size")
+        self.store = store or Store.open(
+            config.push.state_dir, journal=config.journal, routes=config.routes
+        )
+        self.adapters = build_adapters(config, self.registry)
+        self.agent = Agent(config, self.store, self.registry, on_journalled=self._journalled)
+        self.router = Router(
+            self.store,
+            config.routes,
+            self.adapters,
+            self.registry,
+            on_ack=self.agent.acknowledge,
+        )
+        self.status_address: str | None = None
+        self.progress = 0
+
+    def _journalled(self) -> None:
+        self.router.notify()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run every part until cancelled."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.router.run)
+            await nursery.start(self.agent.run)
+            if self.config.status.listen:
+                self.status_address = await nursery.start(
+                    self._serve_status, self.config.status.listen
+                )
+            task_status.started()
+
+    async def _serve_status(
+        self, listen: str, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        await serve_status(
+            listen, self, allow_remote=self.config.status.allow_remote, task_status=task_status
+        )
+
+    def close(self) -> None:
+        """Close the store (after :meth:`run` ended)."""
+        self.store.close()
+
+    # ---------------------------------------------------------------- StatusProvider
+
+    def status(self) -> dict[str, object]:
+        """The ``/status`` document (see ``gateway/status_schema.py``)."""
+        upstream = self.agent.status
+        records = {rec.route: rec for rec in self.store.subscriptions()}
+        router: Mapping[str, Any] = self.router.snapshot()
+        route_snaps: Mapping[str, Any] = router.get("routes", {})
+        now = time.time()
+        routes = []
+        for route in self.config.routes:
+            rec = records.get(route.name)
+            snap = route_snaps.get(route.name, {})
+            routes.append(
+                {
+                    "name": route.name,
+                    "ack": route.ack,
+                    "push_resource": rec.push_url if rec else None,
+                    "subscription_age": (now - rec.created_at) if rec else None,
+                    "queue_depth": int(snap.get("queue_depth", 0)),
+                    "queue_bytes": int(snap.get("queue_bytes", 0)),
+                    "last_message": snap.get("last_message"),
+                    "last_delivery": snap.get("last_delivery"),
+                    "last_error": snap.get("last_error"),
+                    "targets": [t.adapter for t in route.deliver],
+                }
+            )
+        sets: dict[str, list[str]] = {}
+        for rec in records.values():
+            sets.setdefault(rec.set_url or rec.subscription_url, []).append(rec.route)
+        adapters = []
+        for name, adapter in self.adapters.items():
+            health = adapter.health()
+            adapters.append(
+                {
+                    "name": name,
+                    "type": self.config.adapters[name].type,
+                    "ok": health.ok,
+                    "state": health.state,
+                    "detail": health.detail,
+                    "since": health.since,
+                    "counters": dict(health.counters),
+                }
+            )
+        counters: dict[str, float] = {}
+        for metric_name in (
+            "fieldgate_messages_received_total",
+            "fieldgate_messages_acknowledged_total",
+            "fieldgate_reconnects_total",
+        ):
+            metric = self.registry.get(metric_name)
+            counters[metric_name.removeprefix("fieldgate_")] = sum(
+                getattr(metric, "values", {}).values()
+            )
+        return {
+            "upstream": {
+                "state": upstream.state if upstream.state != "starting" else "connecting",
+                "since": upstream.since,
+                "service": upstream.service,
+                "last_error": upstream.last_error,
+                "last_message": upstream.last_message_at,
+            },
+            "sets": [{"url": url, "routes": sorted(names)} for url, names in sorted(sets.items())],
+            "routes": routes,
+            "adapters": adapters,
+            "counters": counters,
+            "version": __version__,
+            "uptime": now - self.started_at,
+        }
+
+    def metrics(self) -> str:
+        """Prometheus text."""
+        self.m_rss.set(_resident_bytes())
+        return self.registry.render()
+
+    def health(self) -> tuple[bool, str]:
+        """Healthy when connected upstream and every adapter is ok."""
+        upstream = self.agent.status
+        if upstream.state != "connected":
+            reason = upstream.last_error or upstream.state
+            return False, f"push service {upstream.state}: {reason}"
+        sick = [name for name, a in self.adapters.items() if not a.health().ok]
+        if sick:
+            return False, "adapter(s) not ok: " + ", ".join(sorted(sick))
+        return True, "ok"
+
+
+async def run_gateway(config: Config) -> int:
+    """Run until SIGTERM/SIGINT; systemd is told READY, STATUS, WATCHDOG and STOPPING."""
+    notifier = Notifier.from_environ()
+    gateway = Gateway(config)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(gateway.run)
+            notifier.ready(f"running {len(config.routes)} route(s)")
+            log.info("fieldgate %s running: %d route(s)", __version__, len(config.routes))
+            watchdog = Watchdog(notifier, watchdog_interval())
+            if watchdog.enabled and watchdog.period:
+                # Only under a systemd watchdog does the process wake up on a timer of its own:
+                # idle, the keepalive is the only other wake-up.
+                nursery.start_soon(_heartbeat, gateway, notifier, watchdog, watchdog.period)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.info("%s: stopping", signal.Signals(signum).name)
+                    notifier.stopping()
+                    break
+            nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE
+            nursery.cancel_scope.cancel()
+    finally:
+        gateway.close()
+    return 0
+
+
+async def _heartbeat(
+    gateway: Gateway, notifier: Notifier, watchdog: Watchdog, period: float
+) -> None:
+    # Runs in the same trio loop as everything else: if the loop is stuck this task is too,
+    # progress stops and the pings stop with it. STATUS= is refreshed on the same tick.
+    last_status = ""
+    while True:
+        watchdog.progress()
+        watchdog.tick()
+        ok, reason = gateway.health()
+        text = "ok" if ok else reason
+        if text != last_status:
+            notifier.status(text)
+            last_status = text
+        await trio.sleep(period)

@@ -1,0 +1,174 @@
+"""The agent against the reference push service over real loopback sockets."""
+
+from __future__ import annotations
+
+import ssl
+
+import requests
+import trio
+import trustme
+from pywebpush import webpush
+
+from gateway.webpush.crypto import PushSubscriptionInfo, SubscriptionKeys
+from pushservice.service import PushService
+from pushservice.settings import ServiceSettings
+from tests.agent_harness import running, wait_until
+
+
+async def test_messages_arrive_decrypted_in_the_journal_and_are_acknowledged(tmp_path):
+    async with running(tmp_path, routes=("valves", "pumps")) as run:
+        for i in range(5):
+            await run.send("valves", b"open %d" % i)
+        await run.send("pumps", b"start")
+        await wait_until(lambda: run.service.acked_count() == 6, "six acks")
+        assert run.journal("valves") == [b"open %d" % i for i in range(5)]
+        assert run.journal("pumps") == [b"start"]
+        assert run.service.pending_messages() == 0
+        await wait_until(lambda: run.store.pending_acks() == [], "the acks recorded")
+
+
+async def test_routes_share_one_set_and_one_connection(tmp_path):
+    async with running(tmp_path, routes=("a", "b", "c")) as run:
+        records = run.store.subscriptions()
+        assert len({r.set_url for r in records}) == 1 and records[0].set_url
+        assert len({r.push_url for r in records}) == 3
+        assert run.agent.status.connections == 1
+
+
+async def test_a_restart_reuses_the_subscriptions(tmp_path):
+    async with running(tmp_path) as run:
+        first = run.info("valves")
+        service = run.service
+        port = int(service.origin.rsplit(":", 1)[1])
+    # Same state directory, a new agent, the same service (kept in memory).
+    async with running(tmp_path, service=service, port=port) as run:
+        assert run.info("valves") == first
+
+
+async def test_dropped_connection_loses_nothing(tmp_path):
+    async with running(tmp_path) as run:
+        await run.send("valves", b"before")
+        await wait_until(lambda: run.service.acked_count() == 1, "first ack")
+        run.service.faults.drop_connections()
+        await run.send("valves", b"during")
+        await wait_until(lambda: run.agent.status.connections >= 2, "a reconnect")
+        await run.send("valves", b"after")
+        await wait_until(lambda: run.service.acked_count() == 3, "all acks")
+        assert run.journal("valves") == [b"before", b"during", b"after"]
+
+
+async def test_goaway_opens_the_next_connection_and_loses_nothing(tmp_path):
+    async with running(tmp_path) as run:
+        await run.send("valves", b"one")
+        await wait_until(lambda: run.service.acked_count() == 1, "first ack")
+        run.service.faults.goaway()
+        await wait_until(lambda: run.agent.status.connections >= 2, "the next connection")
+        await run.send("valves", b"two")
+        await wait_until(lambda: run.service.acked_count() == 2, "second ack")
+        assert run.journal("valves") == [b"one", b"two"]
+
+
+async def test_subscribe_5xx_with_retry_after_is_retried(tmp_path):
+    service = PushService(ServiceSettings())
+    service.faults.fail_requests(503, count=2, retry_after=1)
+    async with running(tmp_path, service=service) as run:
+        assert run.info("valves").endpoint.startswith(run.service.origin)
+
+
+async def test_expired_set_is_resubscribed_with_new_push_resources(tmp_path):
+    async with running(tmp_path, routes=("a", "b")) as run:
+        old = {r.route: r.push_url for r in run.store.subscriptions()}
+        run.service.faults.expire_sets()
+        await wait_until(
+            lambda: (
+                {r.route: r.push_url for r in run.store.subscriptions()}.keys() == {"a", "b"}
+                and not set({r.push_url for r in run.store.subscriptions()}) & set(old.values())
+            ),
+            "new subscriptions",
+        )
+        await wait_until(lambda: run.agent.status.state == "connected", "connected")
+        await run.send("a", b"to the new resource")
+        await wait_until(lambda: run.service.acked_count() == 1, "the ack")
+        assert run.journal("a") == [b"to the new resource"]
+
+
+async def test_invalid_set_leads_to_subscribing_without_it(tmp_path):
+    async with running(tmp_path, routes=("a",)) as run:
+        service = run.service
+        port = int(service.origin.rsplit(":", 1)[1])
+    service.faults.invalidate_set_links()
+    # A new route: its subscribe carries the known set link, which is now refused.
+    async with running(tmp_path, service=service, port=port, routes=("a", "b")) as run:
+        await run.send("b", b"hello b")
+        await wait_until(lambda: run.service.acked_count() >= 1, "the ack")
+        assert run.journal("b") == [b"hello b"]
+
+
+async def test_unanswered_pings_mean_a_dead_path(tmp_path):
+    async with running(tmp_path, keepalive=0.3) as run:
+        run.service.faults.freeze(True)
+        # Two keepalive intervals and a little: the agent must have given up on the path.
+        await wait_until(lambda: run.agent.status.state != "connected", "the dead path found", 3)
+        run.service.faults.freeze(False)
+        await wait_until(lambda: run.agent.status.state == "connected", "reconnected")
+        await run.send("valves", b"after the thaw")
+        await wait_until(lambda: run.journal("valves") == [b"after the thaw"], "the message")
+
+
+async def test_undecryptable_message_is_dead_lettered_and_acknowledged(tmp_path):
+    async with running(tmp_path) as run:
+        info = run.info("valves")
+        wrong = SubscriptionKeys.generate()
+        forged = PushSubscriptionInfo(info.endpoint, wrong.p256dh, wrong.auth_secret)
+        await trio.to_thread.run_sync(
+            lambda: webpush(forged.to_json(), b"not for you", ttl=60)  # type: ignore[arg-type]
+        )
+        await wait_until(lambda: run.service.acked_count() == 1, "the ack")
+        assert run.journal("valves") == []
+        dead = run.store.dead_letters()
+        assert len(dead) == 1 and dead[0].reason == "auth_tag_mismatch"
+
+
+async def test_body_over_the_limit_is_dead_lettered_and_acknowledged(tmp_path):
+    async with running(tmp_path, max_message_bytes=1000) as run:
+        await run.send("valves", b"x" * 2000)
+        await run.send("valves", b"small")
+        await wait_until(lambda: run.service.acked_count() == 2, "both acks")
+        assert run.journal("valves") == [b"small"]
+        assert [d.reason for d in run.store.dead_letters()] == ["too_large"]
+
+
+def _tls(tmp_path, name="127.0.0.1"):
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(name).configure_cert(server_context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return server_context, ca_file
+
+
+async def test_tls_with_the_service_ca(tmp_path):
+    server_context, ca_file = _tls(tmp_path)
+    async with running(tmp_path, ssl_context=server_context, ca_file=ca_file) as run:
+        assert run.service.subscribe_url.startswith("https://")
+        info = run.info("valves")
+        assert info.endpoint.startswith("https://")
+        # pywebpush verifies TLS too: its requests session trusts the test CA.
+        session = requests.Session()
+        session.verify = str(ca_file)
+        session.trust_env = False  # else REQUESTS_CA_BUNDLE from the environment wins
+        await run.send("valves", b"over tls", requests_session=session)
+        await wait_until(lambda: run.service.acked_count() == 1, "the ack")
+        assert run.journal("valves") == [b"over tls"]
+
+
+async def test_tls_with_an_unknown_ca_fails_clearly(tmp_path):
+    server_context, _ca_file = _tls(tmp_path)
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    async with running(
+        tmp_path, ssl_context=server_context, ca_file=other_ca, connected=False
+    ) as run:
+        await wait_until(lambda: run.agent.status.last_error is not None, "an error")
+        assert "CERTIFICATE_VERIFY_FAILED" in run.agent.status.last_error
+        assert run.agent.subscription_infos() == {}
