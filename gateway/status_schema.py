@@ -1,0 +1,162 @@
+"""The ``/status`` JSON document: its schema (a JSON Schema subset) and a checker.
+
+The schema is the contract between the gateway (which builds the document through its
+``StatusProvider``), the status endpoint, ``fieldgate status`` and any operator tooling.
+``docs/status-schema.md`` explains each field. Compatible changes add optional fields (every
+object accepts unknown keys); anything else bumps :data:`STATUS_SCHEMA_VERSION`.
+
+Times are Unix seconds (float, UTC) or ``null`` when the event never happened; durations are
+seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+STATUS_SCHEMA_VERSION = 1
+
+UPSTREAM_STATES = ("connecting", "connected", "backoff", "stopped")
+
+_NUMBER = {"type": "number"}
+_TIME_OR_NULL = {"type": ["number", "null"]}
+_STRING_OR_NULL = {"type": ["string", "null"]}
+
+ROUTE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": [
+        "name",
+        "push_resource",
+        "subscription_age",
+        "queue_depth",
+        "last_message",
+        "last_delivery",
+        "last_error",
+    ],
+    "properties": {
+        "name": {"type": "string"},
+        "push_resource": _STRING_OR_NULL,
+        "subscription_age": {"type": ["number", "null"]},
+        "queue_depth": {"type": "integer"},
+        "last_message": _TIME_OR_NULL,
+        "last_delivery": _TIME_OR_NULL,
+        "last_error": _STRING_OR_NULL,
+    },
+}
+
+ADAPTER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "type", "ok", "state", "detail"],
+    "properties": {
+        "name": {"type": "string"},
+        "type": {"type": "string"},
+        "ok": {"type": "boolean"},
+        "state": {"type": "string"},
+        "detail": {"type": "string"},
+    },
+}
+
+# The document the provider returns; the endpoint adds "schema" and "health" to it.
+PROVIDER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["upstream", "sets", "routes", "adapters", "counters", "version", "uptime"],
+    "properties": {
+        "upstream": {
+            "type": "object",
+            "required": ["state", "since", "service"],
+            "properties": {
+                "state": {"type": "string", "enum": list(UPSTREAM_STATES)},
+                "since": _TIME_OR_NULL,
+                "service": {"type": "string"},
+            },
+        },
+        "sets": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["url", "routes"],
+                "properties": {
+                    "url": {"type": "string"},
+                    "routes": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
+        "routes": {"type": "array", "items": ROUTE_SCHEMA},
+        "adapters": {"type": "array", "items": ADAPTER_SCHEMA},
+        "counters": {"type": "object", "additionalProperties": _NUMBER},
+        "version": {"type": "string"},
+        "uptime": _NUMBER,
+    },
+}
+
+# The document served at GET /status.
+STATUS_SCHEMA: dict[str, Any] = {
+    **PROVIDER_SCHEMA,
+    "required": ["schema", "health", *PROVIDER_SCHEMA["required"]],
+    "properties": {
+        "schema": {"type": "integer", "enum": [STATUS_SCHEMA_VERSION]},
+        "health": {
+            "type": "object",
+            "required": ["ok", "reason"],
+            "properties": {"ok": {"type": "boolean"}, "reason": {"type": "string"}},
+        },
+        **PROVIDER_SCHEMA["properties"],
+    },
+}
+
+
+def _type_matches(value: object, name: str) -> bool:
+    # bool is an int in Python but not a number in JSON.
+    if name == "null":
+        return value is None
+    if name == "boolean":
+        return isinstance(value, bool)
+    if name == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if name == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if name == "string":
+        return isinstance(value, str)
+    if name == "array":
+        return isinstance(value, list | tuple)
+    if name == "object":
+        return isinstance(value, dict)
+    raise ValueError(f"schema uses unknown type {name!r}")
+
+
+def schema_errors(value: object, schema: dict[str, Any], path: str = "$") -> list[str]:
+    """Every way ``value`` breaks ``schema`` (keywords: type, enum, required, properties,
+    additionalProperties, items), as ``"$.routes[0].name: ..."`` lines; empty when it conforms.
+    """
+    expected = schema.get("type")
+    if expected is not None:
+        names = expected if isinstance(expected, list) else [expected]
+        if not any(_type_matches(value, n) for n in names):
+            return [f"{path}: expected {' or '.join(names)}, found {type(value).__name__}"]
+    errors: list[str] = []
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{path}: {value!r} is not one of {schema['enum']}")
+    if isinstance(value, dict):
+        errors.extend(
+            f"{path}: missing {key!r}" for key in schema.get("required", ()) if key not in value
+        )
+        properties: dict[str, Any] = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for key, item in value.items():
+            if key in properties:
+                errors.extend(schema_errors(item, properties[key], f"{path}.{key}"))
+            elif isinstance(extra, dict):
+                errors.extend(schema_errors(item, extra, f"{path}.{key}"))
+    if isinstance(value, list | tuple) and "items" in schema:
+        for i, item in enumerate(value):
+            errors.extend(schema_errors(item, schema["items"], f"{path}[{i}]"))
+    return errors
+
+
+def status_errors(document: object) -> list[str]:
+    """Problems with a served ``/status`` document (empty when valid)."""
+    return schema_errors(document, STATUS_SCHEMA)
+
+
+def provider_errors(document: object) -> list[str]:
+    """Problems with what a ``StatusProvider.status()`` returned (empty when valid)."""
+    return schema_errors(document, PROVIDER_SCHEMA)
