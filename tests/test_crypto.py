@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import stat
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -63,14 +64,14 @@ A_BODY = d(
 A_KEYS = SubscriptionKeys(A_UA_PRIVATE, A_AUTH)
 
 
-def test_rfc8291_vector_key_schedule():
+def test_rfc8291_vector_key_schedule() -> None:
     assert A_KEYS.p256dh == A_UA_PUBLIC
     assert A_UA_PRIVATE.exchange(ec.ECDH(), A_AS_PRIVATE.public_key()) == A_ECDH
     assert webpush_ikm(A_ECDH, A_AUTH, A_UA_PUBLIC, A_AS_PUBLIC) == A_IKM
     assert content_keys(A_SALT, A_IKM) == (A_CEK, A_NONCE)
 
 
-def test_rfc8291_vector_encrypt_is_byte_exact():
+def test_rfc8291_vector_encrypt_is_byte_exact() -> None:
     body = encrypt(
         A_PLAINTEXT,
         p256dh=A_UA_PUBLIC,
@@ -82,7 +83,7 @@ def test_rfc8291_vector_encrypt_is_byte_exact():
     assert body == A_BODY
 
 
-def test_rfc8291_vector_header():
+def test_rfc8291_vector_header() -> None:
     header = parse_header(A_BODY)
     assert (header.salt, header.record_size, header.keyid, header.length) == (
         A_SALT,
@@ -92,7 +93,7 @@ def test_rfc8291_vector_header():
     )
 
 
-def test_rfc8291_vector_decrypts_both_ways():
+def test_rfc8291_vector_decrypts_both_ways() -> None:
     assert decrypt(A_BODY, private_key=A_UA_PRIVATE, auth_secret=A_AUTH) == A_PLAINTEXT
     assert A_KEYS.decrypt(A_BODY) == A_PLAINTEXT
 
@@ -108,7 +109,7 @@ R2_BODY = d(
 )
 
 
-def test_rfc8188_single_record_example():
+def test_rfc8188_single_record_example() -> None:
     assert len(R1_BODY) == 53  # the RFC's "Content-Length: 54" is an erratum
     header = parse_header(R1_BODY)
     assert header.salt == d("I1BsxtFttlv3u_Oo94xnmw")
@@ -122,7 +123,7 @@ def test_rfc8188_single_record_example():
     assert reencoded == R1_BODY
 
 
-def test_rfc8188_multi_record_example_and_intermediates():
+def test_rfc8188_multi_record_example_and_intermediates() -> None:
     assert len(R2_BODY) == 73
     header = parse_header(R2_BODY)
     assert (header.record_size, header.keyid, header.length) == (25, b"a1", 23)
@@ -140,7 +141,7 @@ def test_rfc8188_multi_record_example_and_intermediates():
     assert reencoded == R2_BODY
 
 
-def test_rfc8188_multi_record_second_nonce_is_seq_xor():
+def test_rfc8188_multi_record_second_nonce_is_seq_xor() -> None:
     """Swapping the records fails: each record is bound to its SEQ-XOR nonce."""
     records = R2_BODY[23:48], R2_BODY[48:]
     swapped = R2_BODY[:23] + records[1] + records[0]
@@ -149,7 +150,7 @@ def test_rfc8188_multi_record_second_nonce_is_seq_xor():
     assert info.value.reason == "auth_tag_mismatch"
 
 
-def test_rfc8188_multi_record_cut_at_record_boundary_is_bad_delimiter():
+def test_rfc8188_multi_record_cut_at_record_boundary_is_bad_delimiter() -> None:
     with pytest.raises(DecryptError) as info:
         ece_decrypt(R2_BODY[:48], ikm=R2_IKM)
     assert info.value.reason == "bad_delimiter"
@@ -159,14 +160,14 @@ def test_rfc8188_multi_record_cut_at_record_boundary_is_bad_delimiter():
 # --- Empty messages: both forms --------------------------------------------------------------
 
 
-def test_empty_message_as_one_delimiter_record_decrypts_to_empty():
+def test_empty_message_as_one_delimiter_record_decrypts_to_empty() -> None:
     """Firefox's form, and what our encrypt writes: one authenticated record of just 0x02."""
     body = encrypt(b"", p256dh=A_KEYS.p256dh, auth_secret=A_AUTH)
     assert len(body) == 86 + 1 + 16
     assert A_KEYS.decrypt(body) == b""
 
 
-def test_empty_message_as_header_only_is_refused():
+def test_empty_message_as_header_only_is_refused() -> None:
     """http-ece's form carries no tag: anyone could forge it, and a cut body looks the same."""
     header_only = A_BODY[:86]
     with pytest.raises(DecryptError) as info:
@@ -192,29 +193,29 @@ def _reason(body: bytes, **kwargs: int) -> str:
     return info.value.reason
 
 
-def test_body_too_large():
+def test_body_too_large() -> None:
     assert _reason(b"\x00" * (DEFAULT_MAX_BODY + 1)) == "body_too_large"
     assert _reason(_body(b"x" * 100), max_body=150) == "body_too_large"
 
 
-def test_truncated_header():
+def test_truncated_header() -> None:
     assert _reason(b"") == "truncated_header"
     assert _reason(A_BODY[:20]) == "truncated_header"
     assert _reason(A_BODY[:85]) == "truncated_header"
 
 
-def test_record_size_too_small():
+def test_record_size_too_small() -> None:
     assert _reason(_with_rs(_body(), 17)) == "record_size_too_small"
     assert _reason(_with_rs(_body(), 0)) == "record_size_too_small"
 
 
-def test_bad_idlen():
+def test_bad_idlen() -> None:
     body = _body()
     short_keyid = body[:20] + bytes([33]) + body[21:]  # header claims a compressed point
     assert _reason(short_keyid) == "bad_idlen"
 
 
-def test_bad_keyid_off_curve_and_not_uncompressed():
+def test_bad_keyid_off_curve_and_not_uncompressed() -> None:
     body = _body()
     off_curve = body[:21] + b"\x04" + b"\x01" * 64 + body[86:]
     assert _reason(off_curve) == "bad_keyid"
@@ -222,30 +223,30 @@ def test_bad_keyid_off_curve_and_not_uncompressed():
     assert _reason(compressed_prefix) == "bad_keyid"
 
 
-def test_truncated_record():
+def test_truncated_record() -> None:
     body = _body()
     assert _reason(body[: 86 + 16]) == "truncated_record"  # a tag and no delimiter room
 
 
-def test_auth_tag_mismatch_wrong_auth_secret():
+def test_auth_tag_mismatch_wrong_auth_secret() -> None:
     other = SubscriptionKeys(A_UA_PRIVATE, b"\x00" * 16)
     with pytest.raises(DecryptError) as info:
         other.decrypt(A_BODY)
     assert info.value.reason == "auth_tag_mismatch"
 
 
-def test_auth_tag_mismatch_other_receiver():
+def test_auth_tag_mismatch_other_receiver() -> None:
     with pytest.raises(DecryptError) as info:
         SubscriptionKeys.generate().decrypt(A_BODY)
     assert info.value.reason == "auth_tag_mismatch"
 
 
-def test_record_too_long_when_rs_is_below_the_single_record():
+def test_record_too_long_when_rs_is_below_the_single_record() -> None:
     body = _body(b"x" * 100)  # one 117-octet record
     assert _reason(_with_rs(body, 100)) == "record_too_long"
 
 
-def test_larger_rs_still_decrypts():
+def test_larger_rs_still_decrypts() -> None:
     """RFC 8291 §4: a user agent MAY ignore rs; a larger value changes nothing for one record."""
     assert A_KEYS.decrypt(_with_rs(A_BODY, 2**32 - 1)) == A_PLAINTEXT
 
@@ -259,7 +260,7 @@ def _ece_body(plaintext: bytes) -> bytes:
     return salt + (4096).to_bytes(4, "big") + b"\x00" + AESGCM(cek).encrypt(nonce, plaintext, None)
 
 
-def test_bad_padding_when_record_is_all_zero():
+def test_bad_padding_when_record_is_all_zero() -> None:
     with pytest.raises(DecryptError) as info:
         ece_decrypt(_ece_body(b"\x00" * 10), ikm=R1_IKM)
     assert info.value.reason == "bad_padding"
@@ -269,13 +270,13 @@ def test_bad_padding_when_record_is_all_zero():
 
 
 @pytest.mark.parametrize("delimiter", [b"\x01", b"\x03", b"\xff"])
-def test_bad_delimiter_on_last_record(delimiter):
+def test_bad_delimiter_on_last_record(delimiter: bytes) -> None:
     with pytest.raises(DecryptError) as info:
         ece_decrypt(_ece_body(b"data" + delimiter + b"\x00\x00"), ikm=R1_IKM)
     assert info.value.reason == "bad_delimiter"
 
 
-def test_bad_delimiter_on_non_final_record():
+def test_bad_delimiter_on_non_final_record() -> None:
     # Two records whose first carries 0x02: build it by hand with the RFC 8188 §3.2 key.
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -293,13 +294,13 @@ def test_bad_delimiter_on_non_final_record():
     assert info.value.reason == "bad_delimiter"
 
 
-def test_padding_is_stripped():
+def test_padding_is_stripped() -> None:
     body = _body(b"padded", padding=200)
     assert len(body) == 86 + 6 + 1 + 200 + 16
     assert A_KEYS.decrypt(body) == b"padded"
 
 
-def test_error_text_never_holds_plaintext_or_keys():
+def test_error_text_never_holds_plaintext_or_keys() -> None:
     body = _body(b"SECRET-PAYLOAD")
     for tampered in (body[:-1], body + b"\x00", _with_rs(body, 20)):
         with pytest.raises(DecryptError) as info:
@@ -312,7 +313,7 @@ def test_error_text_never_holds_plaintext_or_keys():
 # --- encrypt's own checks --------------------------------------------------------------------
 
 
-def test_encrypt_largest_webpush_message_fills_4096():
+def test_encrypt_largest_webpush_message_fills_4096() -> None:
     body = _body(b"z" * MAX_WEBPUSH_PLAINTEXT)
     assert len(body) == 4096
     assert A_KEYS.decrypt(body) == b"z" * MAX_WEBPUSH_PLAINTEXT
@@ -331,19 +332,19 @@ def test_encrypt_largest_webpush_message_fills_4096():
         {"p256dh": A_UA_PUBLIC[:33]},
     ],
 )
-def test_encrypt_rejects_impossible_parameters(kwargs):
+def test_encrypt_rejects_impossible_parameters(kwargs: dict[str, object]) -> None:
     args: dict[str, object] = {"p256dh": A_UA_PUBLIC, "auth_secret": A_AUTH, **kwargs}
     with pytest.raises(ValueError):
         encrypt(b"x" * 10, **args)  # type: ignore[arg-type]
 
 
-def test_encrypt_uses_fresh_salt_and_sender_key():
+def test_encrypt_uses_fresh_salt_and_sender_key() -> None:
     one, two = _body(b"same"), _body(b"same")
     assert one[:16] != two[:16]
     assert one[21:86] != two[21:86]
 
 
-def test_ece_encrypt_rejects_short_non_final_record():
+def test_ece_encrypt_rejects_short_non_final_record() -> None:
     with pytest.raises(ValueError):
         ece_encrypt([(b"a", 0), (b"b", 0)], ikm=R2_IKM, salt=b"\x00" * 16, record_size=25)
 
@@ -351,14 +352,14 @@ def test_ece_encrypt_rejects_short_non_final_record():
 # --- SubscriptionKeys ------------------------------------------------------------------------
 
 
-def test_generate_gives_distinct_p256_keys():
+def test_generate_gives_distinct_p256_keys() -> None:
     one, two = SubscriptionKeys.generate(), SubscriptionKeys.generate()
     assert len(one.p256dh) == 65 and one.p256dh[0] == 4
     assert len(one.auth_secret) == 16
     assert one.p256dh != two.p256dh and one.auth_secret != two.auth_secret
 
 
-def test_private_bytes_round_trip(tmp_path):
+def test_private_bytes_round_trip(tmp_path: Path) -> None:
     keys = SubscriptionKeys.generate()
     path = tmp_path / "route.key"
     path.write_bytes(keys.private_bytes())
@@ -369,7 +370,7 @@ def test_private_bytes_round_trip(tmp_path):
     assert loaded.decrypt(encrypt(b"hi", p256dh=keys.p256dh, auth_secret=keys.auth_secret)) == b"hi"
 
 
-def test_from_private_bytes_rejects_garbage_and_other_curves():
+def test_from_private_bytes_rejects_garbage_and_other_curves() -> None:
     from cryptography.hazmat.primitives import serialization
 
     with pytest.raises(ValueError):
@@ -383,12 +384,12 @@ def test_from_private_bytes_rejects_garbage_and_other_curves():
         SubscriptionKeys.from_private_bytes(p384, b"\x00" * 16)
 
 
-def test_subscription_keys_rejects_bad_auth_length():
+def test_subscription_keys_rejects_bad_auth_length() -> None:
     with pytest.raises(ValueError):
         SubscriptionKeys(A_UA_PRIVATE, b"\x00" * 8)
 
 
-def test_repr_hides_key_material():
+def test_repr_hides_key_material() -> None:
     text = repr(A_KEYS)
     assert "redacted" in text
     for secret in (A_AUTH, A_KEYS.private_bytes()):
@@ -400,7 +401,7 @@ def test_repr_hides_key_material():
 # --- PushSubscriptionInfo --------------------------------------------------------------------
 
 
-def test_subscription_json_round_trip():
+def test_subscription_json_round_trip() -> None:
     info = A_KEYS.subscription_info("https://push.example.net/push/abc", 1700000000000)
     doc = info.to_json()
     assert doc == {
@@ -414,8 +415,8 @@ def test_subscription_json_round_trip():
     assert PushSubscriptionInfo.from_json(doc) == info
 
 
-def test_subscription_json_accepts_padding_null_and_float_expiry():
-    doc = {
+def test_subscription_json_accepts_padding_null_and_float_expiry() -> None:
+    doc: dict[str, object] = {
         "endpoint": "http://127.0.0.1:8443/push/x",
         "expirationTime": None,
         "keys": {"p256dh": b64url_encode(A_UA_PUBLIC) + "=", "auth": "BTBZMqHH6r4Tts7J_aSIgg=="},
@@ -446,7 +447,9 @@ GOOD_KEYS = {"p256dh": b64url_encode(A_UA_PUBLIC), "auth": "BTBZMqHH6r4Tts7J_aSI
         ({"endpoint": "https://x", "keys": GOOD_KEYS, "expirationTime": True}, "expirationTime"),
     ],
 )
-def test_subscription_json_errors_are_clear(data, message):
+def test_subscription_json_errors_are_clear(
+    data: str | bytes | dict[str, object], message: str
+) -> None:
     with pytest.raises(
         SubscriptionInfoError, match=message.replace("(", r"\(").replace(")", r"\)")
     ):
@@ -457,14 +460,14 @@ def test_subscription_json_errors_are_clear(data, message):
 
 
 @pytest.mark.parametrize("raw", [b"", b"\x00", b"\xfb\xff", b"abc", bytes(range(256))])
-def test_b64url_round_trip_without_padding(raw):
+def test_b64url_round_trip_without_padding(raw: bytes) -> None:
     text = b64url_encode(raw)
     assert "=" not in text and "+" not in text and "/" not in text
     assert b64url_decode(text) == raw
 
 
 @pytest.mark.parametrize("text", ["a", "AB=C", "A===", "ab cd", "ab+/", "AB\n", "é", "ABC=="])
-def test_b64url_decode_rejects_garbage(text):
+def test_b64url_decode_rejects_garbage(text: str) -> None:
     with pytest.raises(B64DecodeError):
         b64url_decode(text)
     assert issubclass(B64DecodeError, ValueError)

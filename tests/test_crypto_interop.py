@@ -29,7 +29,7 @@ webpush_payloads = st.binary(min_size=1, max_size=MAX_WEBPUSH_PLAINTEXT)
 
 
 def _http_ece_encrypt(plaintext: bytes, rs: int = 4096) -> bytes:
-    return http_ece.encrypt(
+    body: bytes = http_ece.encrypt(
         plaintext,
         private_key=ec.generate_private_key(ec.SECP256R1()),
         dh=KEYS.p256dh,
@@ -37,6 +37,7 @@ def _http_ece_encrypt(plaintext: bytes, rs: int = 4096) -> bytes:
         rs=rs,
         version="aes128gcm",
     )
+    return body
 
 
 @SETTINGS
@@ -44,14 +45,14 @@ def _http_ece_encrypt(plaintext: bytes, rs: int = 4096) -> bytes:
 @example(b"\x00")
 @example(b"\x02")
 @example(b"m" * MAX_WEBPUSH_PLAINTEXT)
-def test_pywebpush_bodies_decrypt_with_ours(plaintext):
+def test_pywebpush_bodies_decrypt_with_ours(plaintext: bytes) -> None:
     # pywebpush parses our W3C JSON: the subscription hand-off format is checked too.
     subscription = KEYS.subscription_info(ENDPOINT).to_json()
     body = WebPusher(subscription).encode(plaintext, "aes128gcm")["body"]
     assert KEYS.decrypt(body) == plaintext
 
 
-def test_pywebpush_sends_no_body_for_an_empty_message():
+def test_pywebpush_sends_no_body_for_an_empty_message() -> None:
     """Why refusing http-ece's header-only empty form costs no interoperability."""
     with pytest.raises(NoData):
         WebPusher(KEYS.subscription_info(ENDPOINT).to_json()).encode(b"", "aes128gcm")
@@ -60,13 +61,13 @@ def test_pywebpush_sends_no_body_for_an_empty_message():
 @SETTINGS
 @given(webpush_payloads)
 @example(b"\x01" * MAX_WEBPUSH_PLAINTEXT)
-def test_http_ece_bodies_decrypt_with_ours(plaintext):
+def test_http_ece_bodies_decrypt_with_ours(plaintext: bytes) -> None:
     body = _http_ece_encrypt(plaintext)
     assert len(body) == 86 + len(plaintext) + 1 + 16
     assert KEYS.decrypt(body) == plaintext
 
 
-def test_http_ece_header_only_empty_message_is_refused():
+def test_http_ece_header_only_empty_message_is_refused() -> None:
     body = _http_ece_encrypt(b"")
     assert len(body) == 86
     with pytest.raises(DecryptError) as info:
@@ -76,7 +77,7 @@ def test_http_ece_header_only_empty_message_is_refused():
 
 @SETTINGS
 @given(st.binary(min_size=0, max_size=600), st.integers(min_value=18, max_value=300))
-def test_http_ece_multi_record_bodies_decrypt_with_ours(plaintext, rs):
+def test_http_ece_multi_record_bodies_decrypt_with_ours(plaintext: bytes, rs: int) -> None:
     """http-ece splits at rs - 17 octets: many records, SEQ-XOR nonces, 0x01 delimiters."""
     body = _http_ece_encrypt(plaintext, rs=rs)
     if not plaintext:  # http-ece writes no record for b"" (see the test above)
@@ -91,7 +92,7 @@ def test_http_ece_multi_record_bodies_decrypt_with_ours(plaintext, rs):
 )
 @example(b"", 0)
 @example(b"z" * MAX_WEBPUSH_PLAINTEXT, 0)
-def test_our_bodies_decrypt_with_http_ece(plaintext, padding):
+def test_our_bodies_decrypt_with_http_ece(plaintext: bytes, padding: int) -> None:
     padding = min(padding, MAX_WEBPUSH_PLAINTEXT - len(plaintext))
     body = encrypt(plaintext, p256dh=KEYS.p256dh, auth_secret=KEYS.auth_secret, padding=padding)
     assert len(body) <= 4096
@@ -107,7 +108,9 @@ def test_our_bodies_decrypt_with_http_ece(plaintext, padding):
     st.binary(min_size=16, max_size=16),
     st.binary(min_size=16, max_size=16),
 )
-def test_generic_rfc8188_multi_record_both_ways_with_http_ece(chunks, salt, ikm):
+def test_generic_rfc8188_multi_record_both_ways_with_http_ece(
+    chunks: list[tuple[bytes, int]], salt: bytes, ikm: bytes
+) -> None:
     """Our generic encoder and decoder against http-ece's raw-key mode (no Web Push layer)."""
     rs = max(18, *(len(data) + 1 + pad + 16 for data, pad in chunks))
     # Non-final records must be exactly rs: pad each up to the common size.

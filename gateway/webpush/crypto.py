@@ -25,6 +25,9 @@ The two empty forms (decided here, tested in ``tests/test_crypto.py``):
   push with no body at all (RFC 8030 allows that; it is not an ``aes128gcm`` body and is never
   passed to :func:`decrypt`).
 
+Legacy ``aesgcm`` (draft-04, keys in ``Crypto-Key``/``Encryption`` headers) is not supported:
+RFC 8291 §2 forbids senders to use it, and no current library sends it by default.
+
 The key schedule uses ``hmac.digest`` (one-shot OpenSSL HMAC) for the HKDF steps: every
 derived value is at most one SHA-256 block, so HKDF-Expand is a single HMAC, and the one-shot
 call avoids the object set-up that dominates the non-ECDH cost (perf-limits.md §1).
