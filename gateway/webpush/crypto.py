@@ -26,7 +26,8 @@ The two empty forms (decided here, tested in ``tests/test_crypto.py``):
   passed to :func:`decrypt`).
 
 Legacy ``aesgcm`` (draft-04, keys in ``Crypto-Key``/``Encryption`` headers) is not supported:
-RFC 8291 §2 forbids senders to use it, and no current library sends it by default.
+RFC 8291 says application servers MUST NOT use other encodings, and no current library sends it
+by default.
 
 The key schedule uses ``hmac.digest`` (one-shot OpenSSL HMAC) for the HKDF steps: every
 derived value is at most one SHA-256 block, so HKDF-Expand is a single HMAC, and the one-shot
