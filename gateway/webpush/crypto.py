@@ -31,7 +31,8 @@ by default.
 
 The key schedule uses ``hmac.digest`` (one-shot OpenSSL HMAC) for the HKDF steps: every
 derived value is at most one SHA-256 block, so HKDF-Expand is a single HMAC, and the one-shot
-call avoids the object set-up that dominates the non-ECDH cost (perf-limits.md §1).
+call needs no HKDF or HMAC object per step (measured: about equal to the bare-`cryptography`
+floor; the ECDH is ~55 µs of ~100 µs, perf-limits.md §1).
 """
 
 from __future__ import annotations
