@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sqlite3
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,7 +36,7 @@ from gateway.http1 import HttpError, client_ssl_context, is_loopback_host, post_
 from gateway.ingest import Ingestor
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
-from gateway.store import Incoming, Store, SubscriptionRecord
+from gateway.store import Incoming, Store, StoreError, SubscriptionRecord
 from gateway.webpush import useragent as ua
 from gateway.webpush.crypto import PushSubscriptionInfo, SubscriptionKeys
 
@@ -48,6 +49,12 @@ GOAWAY_GRACE = 30.0
 # Distribution of push resources: retried with backoff between these bounds until accepted.
 DISTRIBUTE_BACKOFF_BASE = 5.0
 DISTRIBUTE_BACKOFF_CAP = 3600.0
+# Messages received but not yet committed, at most: beyond this they are left unacknowledged
+# with the push service (which redelivers them), so a failing disk cannot exhaust memory.
+MAX_UNCOMMITTED = 5000
+# A failed journal commit (disk full, I/O error) is retried between these bounds.
+COMMIT_RETRY_BASE = 0.5
+COMMIT_RETRY_CAP = 30.0
 # Re-monitoring after a 5xx without Retry-After, and re-subscribing a route after a failure.
 RETRY_FLOOR = 1.0
 
@@ -56,7 +63,7 @@ State = Literal["starting", "connecting", "connected", "backoff", "stopped"]
 
 def describe(exc: BaseException) -> str:
     """A one-line reason for a network failure, with the root cause trio wraps inside."""
-    parts = []
+    parts: list[str] = []
     seen: BaseException | None = exc
     while seen is not None and len(parts) < 3:
         text = str(seen).strip()
@@ -154,6 +161,13 @@ class Agent:
         self.m_subscribes = m.counter(
             "fieldgate_subscriptions_created_total", "Push subscriptions created", ["route"]
         )
+        self.m_commit_failed = m.counter(
+            "fieldgate_journal_commit_failures_total", "Journal transactions that failed"
+        )
+        self.m_deferred = m.counter(
+            "fieldgate_messages_deferred_total",
+            "Pushed messages left unacknowledged because the journal was behind",
+        )
         self.m_connected = m.gauge(
             "fieldgate_upstream_connected", "1 while connected to the push service"
         )
@@ -223,6 +237,11 @@ class Agent:
     # --------------------------------------------------------------------------- committer
 
     def _enqueue(self, incoming: Incoming) -> None:
+        if len(self._batch) >= MAX_UNCOMMITTED:
+            # The journal cannot keep up (or the disk is failing): leave the message with the
+            # push service, which redelivers what we did not acknowledge.
+            self.m_deferred.inc()
+            return
         self._batch.append(incoming)
         self._commit_wanted.set()
 
@@ -233,16 +252,31 @@ class Agent:
     async def _committer(self) -> None:
         # Everything that arrived while the previous transaction ran goes in the next one: the
         # batch grows with the load, and so the fsync cost per message shrinks with it.
+        backoff = Backoff(COMMIT_RETRY_BASE, COMMIT_RETRY_CAP, rng=self._rng)
         while True:
             await self._commit_wanted.wait()
             self._commit_wanted = trio.Event()
             batch, self._batch = self._batch, []
             acked, self._acked = self._acked, []
-            if acked:
-                await trio.to_thread.run_sync(self.store.mark_acked, acked)
+            try:
+                if acked:
+                    await trio.to_thread.run_sync(self.store.mark_acked, acked)
+                results = await trio.to_thread.run_sync(self.store.ingest, batch) if batch else []
+            except (sqlite3.Error, OSError, StoreError) as exc:
+                # Disk full, a locked or failing card: nothing was acknowledged, so nothing is
+                # lost; keep the batch and try again. The service redelivers meanwhile.
+                self._batch[:0] = batch
+                self._acked[:0] = acked
+                self.m_commit_failed.inc()
+                delay = backoff.next_delay()
+                self.status.last_error = f"journal: {exc}"
+                log.error("journal commit failed (%s); retrying in %.1f s", exc, delay)
+                await trio.sleep(delay)
+                self._commit_wanted.set()
+                continue
+            backoff.reset()
             if not batch:
                 continue
-            results = await trio.to_thread.run_sync(self.store.ingest, batch)
             self.m_batch.observe(len(batch))
             ack_now = [r.push_message_url for r in results if r.ack_now]
             if ack_now:

@@ -36,7 +36,7 @@ async def wait_until(predicate: Callable[[], bool], what: str, limit: float = WA
     """Poll ``predicate`` (cheap, in-process state) until true; fail with ``what``."""
     with trio.move_on_after(limit):
         while not predicate():
-            await trio.sleep(0.01)
+            await trio.sleep(0.01)  # noqa: ASYNC110 - polls state owned by other tasks
         return
     raise AssertionError(f"timed out waiting for {what}")
 

@@ -1,0 +1,107 @@
+"""Run ``fieldgate run`` as a real child process for kill/restart tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import trio
+
+START_LIMIT = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_config(path: Path, service: str, state_dir: Path, *, status_port: int, body: str) -> Path:
+    """A config file: [push] and [status] from arguments, adapters and routes from ``body``."""
+    path.write_text(
+        f"""
+[push]
+service = "{service}"
+state_dir = "{state_dir}"
+keepalive = "30s"
+backoff_base = "50ms"
+backoff_cap = "500ms"
+
+[status]
+listen = "127.0.0.1:{status_port}"
+
+[log]
+level = "debug"
+{body}
+"""
+    )
+    return path
+
+
+class GatewayProcess:
+    """A gateway child process; READY is awaited over a real NOTIFY_SOCKET."""
+
+    def __init__(self, config: Path, status_port: int, log_path: Path) -> None:
+        self.config = config
+        self.status_port = status_port
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        notify_path = self.config.parent / f"notify-{time.monotonic_ns()}.sock"
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        await sock.bind(str(notify_path))
+        env = dict(os.environ, NOTIFY_SOCKET=str(notify_path))
+        env.pop("JOURNAL_STREAM", None)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        try:
+            with trio.fail_after(START_LIMIT):
+                while True:
+                    data = await sock.recv(4096)
+                    if b"READY=1" in data.split(b"\n"):
+                        return
+        except trio.TooSlowError:
+            raise AssertionError(f"gateway not ready:\n{self.log_path.read_text()}") from None
+        finally:
+            sock.close()
+            notify_path.unlink(missing_ok=True)
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to flush or acknowledge anything."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(20)
+
+    def get(self, path: str) -> bytes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.status_port}{path}", timeout=5) as r:
+            return bytes(r.read())
+
+    def metric(self, name: str) -> float:
+        """Sum of every series of one metric on /metrics."""
+        total = 0.0
+        for line in self.get("/metrics").decode().splitlines():
+            if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def status(self) -> dict[str, object]:
+        return dict(json.loads(self.get("/status")))
