@@ -1,18 +1,133 @@
-"""``fieldgate check-config``: validate a configuration file."""
+"""``fieldgate check-config``: validate a configuration file, optionally show what it means."""
 
 from __future__ import annotations
 
 import argparse
-import sys
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
-HELP = "validate a configuration file"
+from gateway.config import (
+    AdapterConfig,
+    Config,
+    ConfigError,
+    LogAdapterConfig,
+    MqttAdapterConfig,
+    MqttTarget,
+    SerialAdapterConfig,
+    Target,
+    load_config,
+)
+from gateway.units import format_duration, format_size
+
+HELP = "validate a configuration file: print ok, or every problem found"
+EXIT_OK = 0
+EXIT_INVALID = 2  # as the issue asks; also argparse's usage-error status
+MASK = "***"  # stands in for every secret in --show output
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Not implemented yet."""
+    """``FILE`` and ``--show``."""
+    parser.add_argument("file", type=Path, metavar="FILE", help="the TOML configuration file")
+    parser.add_argument(
+        "--show",
+        action="store_true",
+        help="also print what the gateway would do: push service, routes, targets, adapters "
+        "(passwords are masked)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    """Not implemented yet."""
-    print("fieldgate: this command is not implemented yet", file=sys.stderr)
-    return 1
+    """Print ``ok`` (after any warnings) and return 0, or print every problem and return 2."""
+    try:
+        config = load_config(args.file)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(problem)
+        count = len(error.problems)
+        print(f"{args.file}: {count} problem{'s' if count != 1 else ''}, not valid")
+        return EXIT_INVALID
+    for warning in config.warnings:
+        print(warning)
+    print("ok")
+    if args.show:
+        print(describe_config(config))
+    return EXIT_OK
+
+
+def describe_config(config: Config) -> str:
+    """A human summary of what the gateway would do with ``config``; no secrets in it."""
+    push = config.push
+    urgency = push.urgency or "any"
+    lines = [
+        f"push service: {_public_url(push.service)}",
+        f"  state_dir {push.state_dir}, keepalive {format_duration(push.keepalive)}, "
+        f"urgency {urgency}, backoff {format_duration(push.backoff_base)}.."
+        f"{format_duration(push.backoff_cap)}, max message {format_size(push.max_message_bytes)}",
+    ]
+    if push.ca_file is not None:
+        lines.append(f"  extra CA file {push.ca_file}")
+    status = config.status.listen or "disabled"
+    lines.append(f"status endpoint: {status}")
+    lines.append(f"routes ({len(config.routes)}):")
+    for route in config.routes:
+        lines.append(
+            f"  {route.name}: ack {route.ack}, max_age {format_duration(route.max_age)}, "
+            f"queue {route.queue_max_messages} messages / {format_size(route.queue_max_bytes)} "
+            f"({route.queue_full})"
+        )
+        if route.distribute_url is not None:
+            lines.append(f"    subscription posted to {_public_url(route.distribute_url)}")
+        if route.vapid_public_key is not None:
+            lines.append("    restricted to one VAPID application server key")
+        for target in route.deliver:
+            lines.append(f"    -> {_describe_target(target, config.adapters.get(target.adapter))}")
+    lines.append(f"adapters ({len(config.adapters)}):")
+    for name, adapter in config.adapters.items():
+        lines.append(f"  {name}: {_describe_adapter(adapter)}")
+    return "\n".join(lines)
+
+
+def _public_url(url: str) -> str:
+    """The URL without user:password and with any query (tokens live there) masked."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{MASK}@{netloc.rpartition('@')[2]}"
+    query = MASK if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _describe_target(target: Target, adapter: AdapterConfig | None) -> str:
+    kind = adapter.type if adapter is not None else "?"
+    text = f"{target.adapter} ({kind}"
+    if isinstance(target, MqttTarget):
+        text += f", topic {target.topic}, qos {target.qos}"
+        if target.retain:
+            text += ", retained"
+    return text + f", payload {target.payload})"
+
+
+def _describe_adapter(adapter: AdapterConfig) -> str:
+    if isinstance(adapter, MqttAdapterConfig):
+        scheme = "mqtts" if adapter.tls else "mqtt"
+        port = adapter.port or (8883 if adapter.tls else 1883)
+        host = f"[{adapter.host}]" if ":" in adapter.host else adapter.host
+        text = f"mqtt {scheme}://{host}:{port} (MQTT {adapter.protocol}"
+        if adapter.username is not None:
+            text += f", user {adapter.username}"
+        if adapter.password is not None:
+            text += f", password {MASK}"
+        if adapter.password_file is not None:
+            text += f", password from {adapter.password_file}"
+        if adapter.cert_file is not None:
+            text += f", client certificate {adapter.cert_file}"
+        return text + ")"
+    if isinstance(adapter, SerialAdapterConfig):
+        frame = f"8{adapter.parity[0].upper()}{adapter.stop_bits}"
+        extras = "".join(
+            [", RTS/CTS" if adapter.rtscts else "", ", RS-485" if adapter.rs485 else ""]
+        )
+        return f"serial {adapter.port} {adapter.baud} baud {frame}{extras}"
+    if isinstance(adapter, LogAdapterConfig):
+        return f"log {adapter.path if adapter.path is not None else '(the gateway log)'}"
+    raise AssertionError(f"unknown adapter type {adapter!r}")
