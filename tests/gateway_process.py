@@ -61,7 +61,7 @@ class GatewayProcess:
         env = dict(os.environ, NOTIFY_SOCKET=str(notify_path))
         env.pop("JOURNAL_STREAM", None)
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
+            self.proc = subprocess.Popen(  # noqa: ASYNC220 - a child the test kills, never awaited
                 [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
