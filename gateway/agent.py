@@ -72,6 +72,12 @@ def describe(exc: BaseException) -> str:
     return " <- ".join(parts)
 
 
+# Called with (event, push message URL, journal message id) as a message moves: "received",
+# "journalled", "duplicate", "dead_lettered", "refused", "expired", "acknowledged". For the demo
+# and for tests; None costs nothing on the hot path.
+Observer = Callable[[str, str, str | None], None]
+
+
 class SessionEnded(Exception):
     """Why a connection ended (the text goes to the log and the status page)."""
 
@@ -114,6 +120,7 @@ class Agent:
         metrics: Metrics,
         *,
         on_journalled: Callable[[], None] = lambda: None,
+        observer: Observer | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
@@ -121,6 +128,7 @@ class Agent:
         self.store = store
         self.metrics = metrics
         self.on_journalled = on_journalled
+        self.observer = observer
         self._rng = rng or random.Random()
         parts = urlsplit(self.push.service)
         self.origin = f"{parts.scheme}://{parts.netloc}"
@@ -278,6 +286,9 @@ class Agent:
             if not batch:
                 continue
             self.m_batch.observe(len(batch))
+            if self.observer is not None:
+                for result in results:
+                    self.observer(result.status, result.push_message_url, result.message_id)
             ack_now = [r.push_message_url for r in results if r.ack_now]
             if ack_now:
                 self.acknowledge(ack_now)
@@ -523,6 +534,8 @@ class _Session:
                 )
             else:
                 agent.m_received.inc(route=incoming.route or "")
+            if agent.observer is not None:
+                agent.observer("received", event.message_url, None)
             agent._enqueue(incoming)
         elif isinstance(event, ua.MessageRefused):
             agent.m_dead.inc(reason=event.reason)
@@ -533,6 +546,8 @@ class _Session:
             if event.ok:
                 agent.m_acked.inc()
                 agent._acked_upstream(event.message_url)
+                if agent.observer is not None:
+                    agent.observer("acknowledged", event.message_url, None)
             else:
                 # The service keeps the message and redelivers it; the dedupe record answers.
                 agent.m_ack_failed.inc()

@@ -16,7 +16,7 @@ import trio
 
 from adapters.base import Adapter
 from gateway import __version__
-from gateway.agent import Agent
+from gateway.agent import Agent, Observer
 from gateway.config import (
     Config,
     LogAdapterConfig,
@@ -67,7 +67,9 @@ def _resident_bytes() -> int:
 class Gateway:
     """All the parts of one running gateway; also the status endpoint's provider."""
 
-    def __init__(self, config: Config, *, store: Store | None = None) -> None:
+    def __init__(
+        self, config: Config, *, store: Store | None = None, observer: Observer | None = None
+    ) -> None:
         self.config = config
         self.started_at = time.time()
         self.registry = Metrics()
@@ -76,7 +78,9 @@ class Gateway:
             config.push.state_dir, journal=config.journal, routes=config.routes
         )
         self.adapters = build_adapters(config, self.registry)
-        self.agent = Agent(config, self.store, self.registry, on_journalled=self._journalled)
+        self.agent = Agent(
+            config, self.store, self.registry, on_journalled=self._journalled, observer=observer
+        )
         self.router = Router(
             self.store,
             config.routes,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -65,6 +66,20 @@ async def post_json(
     user_agent: str = "fieldgate",
 ) -> Response:
     """POST ``body`` as ``application/json`` and return the answer."""
+    headers = [("content-type", "application/json"), ("user-agent", user_agent)]
+    return await request("POST", url, body, headers=headers, ca_file=ca_file, time_limit=time_limit)
+
+
+async def request(
+    method: str,
+    url: str,
+    body: bytes = b"",
+    *,
+    headers: Sequence[tuple[str, str]] = (),
+    ca_file: Path | None = None,
+    time_limit: float = 30.0,
+) -> Response:
+    """One request on a fresh connection (``Connection: close``); returns the answer."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     if parts.scheme == "https":
@@ -84,31 +99,35 @@ async def post_json(
             else:
                 stream = await trio.open_tcp_stream(host, port)
             async with stream:
-                return await _exchange(stream, parts.netloc, target, body, user_agent)
+                return await _exchange(stream, method, parts.netloc, target, body, headers)
         except (OSError, ssl.SSLError, trio.BrokenResourceError, h11.ProtocolError) as exc:
-            raise HttpError(f"POST {parts.scheme}://{parts.netloc}{parts.path}: {exc}") from exc
+            where = f"{parts.scheme}://{parts.netloc}{parts.path}"
+            raise HttpError(f"{method} {where}: {exc}") from exc
 
 
 async def _exchange(
-    stream: trio.abc.Stream, authority: str, target: str, body: bytes, user_agent: str
+    stream: trio.abc.Stream,
+    method: str,
+    authority: str,
+    target: str,
+    body: bytes,
+    headers: Sequence[tuple[str, str]],
 ) -> Response:
     conn = h11.Connection(h11.CLIENT)
-    request = h11.Request(
-        method="POST",
+    head = h11.Request(
+        method=method,
         target=target,
         headers=[
             ("host", authority),
-            ("user-agent", user_agent),
-            ("content-type", "application/json"),
+            *headers,
             ("content-length", str(len(body))),
             ("connection", "close"),
         ],
     )
-    await stream.send_all(
-        conn.send(request) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
-    )
+    data = conn.send(head) + (conn.send(h11.Data(data=body)) if body else b"")
+    await stream.send_all(data + conn.send(h11.EndOfMessage()))
     status = 0
-    headers: tuple[tuple[str, str], ...] = ()
+    response_headers: tuple[tuple[str, str], ...] = ()
     chunks = bytearray()
     while True:
         event = conn.next_event()
@@ -117,9 +136,11 @@ async def _exchange(
             continue
         if isinstance(event, h11.Response):
             status = event.status_code
-            headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers)
+            response_headers = tuple(
+                (k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers
+            )
         elif isinstance(event, h11.Data):
             if len(chunks) < MAX_RESPONSE_BYTES:
                 chunks += event.data[: MAX_RESPONSE_BYTES - len(chunks)]
         elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-            return Response(status, headers, bytes(chunks))
+            return Response(status, response_headers, bytes(chunks))
