@@ -1,0 +1,104 @@
+"""MQTT publishing decisions without I/O: topics, MQTT 5 properties, outcomes, reconnect delays.
+
+Everything here is a pure function of its arguments (time and randomness are passed in), so the
+rules are unit-tested without a broker; :mod:`adapters.mqtt` applies them to a live connection.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from adapters.base import Delivered, Message, Outcome, Rejected, RetryLater
+
+# MQTT 5 §2.2.2.2 / MQTT 3.1.1 §1.5.3: a topic is a UTF-8 string of at most 65,535 bytes.
+MAX_TOPIC_BYTES = 65535
+# MQTT 5 §3.3.2.3.3: Message Expiry Interval is a Four Byte Integer of whole seconds.
+MAX_EXPIRY_INTERVAL = 2**32 - 1
+# MQTT 5 §2.4: reason codes of 0x80 and above are failures.
+FIRST_FAILURE_REASON = 0x80
+
+
+@dataclass(frozen=True)
+class Publication:
+    """What one delivery publishes: the rendered topic and the MQTT 5 properties' values."""
+
+    topic: str
+    expiry_interval: int | None  # whole seconds; None: the message never expires
+    content_type: str | None
+    user_properties: tuple[tuple[str, str], ...]
+
+
+def render_topic(template: str, message: Message) -> str:
+    """Replace ``{route}`` and ``{id}`` in a target's topic (other braces stay as they are)."""
+    return template.replace("{route}", message.route).replace("{id}", message.id)
+
+
+def topic_problem(topic: str) -> str | None:
+    """Why ``topic`` cannot be published to, or ``None`` when it can."""
+    if not topic:
+        return "topic is empty"
+    if "+" in topic or "#" in topic:
+        return f"topic {topic!r} contains a wildcard (+ or #)"
+    if "\x00" in topic:
+        return "topic contains a NUL character"
+    if len(topic.encode("utf-8", "surrogatepass")) > MAX_TOPIC_BYTES:
+        return f"topic is longer than {MAX_TOPIC_BYTES} bytes"
+    return None
+
+
+def expiry_interval(remaining: float | None) -> int | None:
+    """The Message Expiry Interval for ``remaining`` seconds of lifetime.
+
+    Rounded down, so the broker drops the message no later than the gateway would: a message
+    with less than a whole second left is as good as expired (0 is returned and must not be
+    published). ``None`` (no expiry) stays ``None``.
+    """
+    if remaining is None:
+        return None
+    if remaining < 1.0 or math.isnan(remaining):
+        return 0
+    return min(int(remaining), MAX_EXPIRY_INTERVAL)
+
+
+def plan_publication(
+    message: Message, topic_template: str, content_type: str | None, now: float
+) -> Publication | Rejected:
+    """Decide what to publish for ``message``, or why it must not be published at all."""
+    topic = render_topic(topic_template, message)
+    problem = topic_problem(topic)
+    if problem is not None:
+        return Rejected(problem)
+    interval = expiry_interval(message.remaining_lifetime(now))
+    if interval == 0:
+        return Rejected("expired")
+    return Publication(
+        topic=topic,
+        expiry_interval=interval,
+        content_type=content_type if content_type is not None else message.content_type,
+        user_properties=(("message-id", message.id), ("route", message.route)),
+    )
+
+
+def ack_outcome(reason_value: int, reason_name: str, packet: str) -> Outcome:
+    """The outcome of a broker acknowledgement (PUBACK or PUBCOMP) carrying a reason code."""
+    if reason_value >= FIRST_FAILURE_REASON:
+        return Rejected(f"broker refused the publish: {reason_name} (0x{reason_value:02X})")
+    return Delivered(packet)
+
+
+def reconnect_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)].
+
+    Full jitter (AWS Architecture Blog, "Exponential Backoff And Jitter") keeps a fleet of
+    gateways that lost the same broker from reconnecting in step.
+    """
+    ceiling = min(cap, base * 2.0 ** min(attempt, 62))
+    return rng.uniform(0.0, ceiling)
+
+
+def retry_while_down(state: str, detail: str) -> RetryLater:
+    """The outcome of a delivery attempted while there is no usable broker connection."""
+    reason = f"broker {state}"
+    return RetryLater(f"{reason}: {detail}" if detail else reason)
