@@ -407,6 +407,13 @@ BAD_CONFIGS = [
         "[adapters.pump]",
     ),
     (
+        "two-adapters-one-serial-port",
+        document(extra='[adapters.pump]\ntype = "serial"\nport = "/dev/ttyUSB0"  # twice'),
+        "adapters.pump.port",
+        'is already the port of adapter "valve"',
+        "# twice",
+    ),
+    (
         "adapter-without-type",
         document(extra='[adapters.pump]\nport = "/dev/ttyS0"'),
         "adapters.pump.type",
