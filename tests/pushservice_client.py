@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import h11
 import trio
 
@@ -182,7 +183,10 @@ async def h2_client(
         stream = trio.SSLStream(stream, ssl_context, server_hostname=url.hostname)
         await stream.do_handshake()
     client = H2Client(stream, url.netloc, url.scheme)
-    client.conn.local_settings.enable_push = 1 if enable_push else 0
+    if not enable_push:
+        client.conn.local_settings = h2.settings.Settings(
+            client=True, initial_values={h2.settings.SettingCodes.ENABLE_PUSH: 0}
+        )
     client.conn.initiate_connection()
     await client._flush()
     async with trio.open_nursery() as nursery:
@@ -232,3 +236,61 @@ async def h1_request(
     finally:
         await trio.aclose_forcefully(stream)
     return reply
+
+
+# -- helpers shared by the push-service tests ----------------------------------------------------
+REL_PUSH = "urn:ietf:params:push"
+REL_SET = "urn:ietf:params:push:set"
+REL_RECEIPT = "urn:ietf:params:push:receipt"
+
+
+def link_of(reply: Reply, rel: str) -> str:
+    """The single target of ``rel`` in a reply's Link headers."""
+    from pushservice.links import links_with_rel
+
+    targets = links_with_rel(reply.header_values("link"), rel)
+    assert len(targets) == 1, reply
+    return targets[0]
+
+
+def path_of(url: str) -> str:
+    """The path of an absolute URL."""
+    return urlsplit(url).path
+
+
+async def subscribe(ua: H2Client, set_url: str | None = None, **extra: str) -> Reply:
+    """POST /subscribe (optionally into a set); asserts 201."""
+    headers = [] if set_url is None else [("link", f'<{set_url}>; rel="{REL_SET}"')]
+    headers += [(k.replace("_", "-"), v) for k, v in extra.items()]
+    reply = await ua.request("POST", "/subscribe", headers)
+    assert reply.status == 201, reply
+    return reply
+
+
+async def send(
+    url: str,
+    body: bytes = b"hello",
+    ttl: str | None = "60",
+    headers: list[tuple[str, str]] | None = None,
+) -> Reply:
+    """An application server's POST to a push resource over HTTP/1.1."""
+    hdrs = [("content-encoding", "aes128gcm")]
+    if ttl is not None:
+        hdrs.append(("ttl", ttl))
+    return await h1_request(url, "POST", hdrs + (headers or []), body)
+
+
+class ManualClock:
+    """A wall clock the test moves by hand (pass as PushService(clock=...))."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def sync(ua: H2Client) -> None:
+    """Round trip on the connection: the service has processed everything sent before."""
+    reply = await ua.request("DELETE", "/message/sync-marker")
+    assert reply.status == 404

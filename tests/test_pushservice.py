@@ -10,10 +10,17 @@ import trio
 from pushservice.links import links_with_rel
 from pushservice.service import PushService
 from pushservice.settings import ServiceSettings
-from tests.pushservice_client import H2Client, Reply, h1_request, h2_client
-
-REL_PUSH = "urn:ietf:params:push"
-REL_SET = "urn:ietf:params:push:set"
+from tests.pushservice_client import (
+    REL_PUSH,
+    REL_SET,
+    H2Client,
+    Reply,
+    h2_client,
+    link_of,
+    path_of,
+    send,
+    subscribe,
+)
 
 
 @pytest.fixture
@@ -29,32 +36,12 @@ async def ua(service: PushService) -> AsyncIterator[H2Client]:
         yield client
 
 
-def path_of(url: str, service: PushService) -> str:
-    assert url.startswith(service.origin)
-    return url[len(service.origin) :]
-
-
-async def subscribe(ua: H2Client, set_url: str | None = None) -> Reply:
-    headers = [] if set_url is None else [("link", f'<{set_url}>; rel="{REL_SET}"')]
-    reply = await ua.request("POST", "/subscribe", headers)
-    assert reply.status == 201, reply
-    return reply
-
-
 def push_url(reply: Reply) -> str:
-    return links_with_rel(reply.header_values("link"), REL_PUSH)[0]
+    return link_of(reply, REL_PUSH)
 
 
 def set_url(reply: Reply) -> str:
-    return links_with_rel(reply.header_values("link"), REL_SET)[0]
-
-
-async def send(url: str, body: bytes = b"hello", ttl: str | None = "60", **headers: str) -> Reply:
-    hdrs = [("content-encoding", "aes128gcm")]
-    if ttl is not None:
-        hdrs.append(("ttl", ttl))
-    hdrs += [(k.replace("_", "-"), v) for k, v in headers.items()]
-    return await h1_request(url, "POST", hdrs, body)
+    return link_of(reply, REL_SET)
 
 
 async def test_subscribe_returns_absolute_capability_urls(
@@ -85,14 +72,14 @@ async def test_unknown_set_link_is_400(service: PushService, ua: H2Client) -> No
 async def test_set_monitor_receives_server_push_and_ack(service: PushService, ua: H2Client) -> None:
     a = await subscribe(ua)
     b = await subscribe(ua, set_url(a))
-    await ua.start("GET", path_of(set_url(a), service))
+    await ua.start("GET", path_of(set_url(a)))
     sent = await send(push_url(b), b"payload-b")
     assert sent.status == 201
     pushed = await ua.next_push()
     assert pushed.status == 200
     location = sent.header("location")
     assert location is not None
-    assert pushed.pseudo(":path") == path_of(location, service)
+    assert pushed.pseudo(":path") == path_of(location)
     assert pushed.body == b"payload-b"
     assert links_with_rel(pushed.header_values("link"), REL_PUSH) == [push_url(b)]
     assert pushed.header("content-encoding") == "aes128gcm"
@@ -108,11 +95,11 @@ async def test_set_monitor_receives_server_push_and_ack(service: PushService, ua
 
 async def test_wait0_pushes_stored_then_204(service: PushService, ua: H2Client) -> None:
     sub = await subscribe(ua)
-    empty = await ua.request("GET", path_of(set_url(sub), service), [("prefer", "wait=0")])
+    empty = await ua.request("GET", path_of(set_url(sub)), [("prefer", "wait=0")])
     assert empty.status == 204
     await send(push_url(sub), b"one")
     await send(push_url(sub), b"two")
-    drained = await ua.request("GET", path_of(set_url(sub), service), [("prefer", "wait=0")])
+    drained = await ua.request("GET", path_of(set_url(sub)), [("prefer", "wait=0")])
     assert drained.status == 200
     bodies = {(await ua.next_push()).body, (await ua.next_push()).body}
     assert bodies == {b"one", b"two"}
