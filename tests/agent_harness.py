@@ -35,8 +35,8 @@ WAIT_LIMIT = 20.0
 async def wait_until(predicate: Callable[[], bool], what: str, limit: float = WAIT_LIMIT) -> None:
     """Poll ``predicate`` (cheap, in-process state) until true; fail with ``what``."""
     with trio.move_on_after(limit):
-        while not predicate():
-            await trio.sleep(0.01)  # noqa: ASYNC110 - polls state owned by other tasks
+        while not predicate():  # noqa: ASYNC110 - polls state owned by other tasks
+            await trio.sleep(0.01)
         return
     raise AssertionError(f"timed out waiting for {what}")
 

@@ -1,18 +1,33 @@
-"""``fieldgate demo``: run the whole pipeline on loopback."""
+"""``fieldgate demo``: the whole pipeline on loopback, with embedded defaults."""
 
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
+from pathlib import Path
 
-HELP = "run the whole pipeline on loopback"
+from gateway.logs import setup_logging
+
+HELP = "run the whole pipeline on loopback: push service, gateway, MQTT broker, serial device"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Not implemented yet."""
+    """``[--keep-running] [--workdir DIR] [--verbose]``."""
+    parser.add_argument(
+        "--keep-running", action="store_true", help="keep everything up until Ctrl-C"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, help="keep state and logs here instead of a temporary directory"
+    )
+    parser.add_argument("--verbose", action="store_true", help="show the gateway's log too")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Not implemented yet."""
-    print("fieldgate: this command is not implemented yet", file=sys.stderr)
-    return 1
+    """Run the demo; exit 0 when every message completed its journey."""
+    setup_logging("info" if args.verbose else "warning")
+    if not args.verbose:
+        # The journey lines are the demo's output; the components' own logs stay quiet.
+        logging.getLogger("fieldgate").setLevel(logging.ERROR)
+    from gateway.demo import main
+
+    return main(keep_running=args.keep_running, workdir=args.workdir)
