@@ -468,7 +468,7 @@ def _read_lines(path: Path) -> list[str]:
 
 async def _poll_until(predicate: Callable[[], bool]) -> None:
     # The demo watches other processes' output (files, sockets): it has to look, not wait.
-    while not predicate():
+    while not predicate():  # noqa: ASYNC110 - polling other processes' output
         await trio.sleep(POLL_INTERVAL)
 
 
