@@ -100,6 +100,8 @@ async def test_killed_between_journal_commit_and_ack(tmp_path):
         restarted = GatewayProcess(config, port, tmp_path / "gateway.log")
         await restarted.start()
         await wait_until(lambda: service.pending_messages() == 0, "every message acknowledged")
+        # Stored policy: delivery follows the ack, so wait for the device side too.
+        await wait_until(lambda: len(_journalled(deliveries)) == len(bodies), "every delivery")
         journal = _journalled(deliveries)
         assert sorted(journal) == sorted(b.decode() for b in bodies)
         assert all(len(ids) == 1 for ids in journal.values()), journal
@@ -131,6 +133,8 @@ async def test_killed_between_receipt_and_commit(tmp_path):
         restarted = GatewayProcess(config, port, tmp_path / "gateway.log")
         await restarted.start()
         await wait_until(lambda: service.pending_messages() == 0, "every message acknowledged")
+        # Stored policy: delivery follows the ack, so wait for the device side too.
+        await wait_until(lambda: len(_journalled(deliveries)) == len(bodies), "every delivery")
         journal = _journalled(deliveries)
         assert sorted(journal) == sorted(b.decode() for b in bodies)
         assert all(len(ids) == 1 for ids in journal.values()), journal
