@@ -9,7 +9,7 @@ from pathlib import Path
 import trio
 
 from gateway.config import ConfigError, load_config
-from gateway.logs import setup_logging
+from gateway.logs import get_logger, setup_logging
 
 HELP = "run the gateway (as systemd's ExecStart does)"
 
@@ -34,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(config.log.level)
+    for warning in config.warnings:
+        get_logger("config").warning("%s", warning)
     from gateway.app import run_gateway
     from gateway.store import StoreError
 
