@@ -43,6 +43,13 @@ def format_ago(timestamp: object, now: float) -> str:
     return f"{format_duration(max(0.0, now - timestamp))} ago"
 
 
+def format_since(timestamp: object, now: float) -> str:
+    """``for 5m 12s`` for a state entered at a Unix time; empty when unknown."""
+    if isinstance(timestamp, bool) or not isinstance(timestamp, int | float):
+        return ""
+    return f"for {format_duration(max(0.0, now - timestamp))}"
+
+
 def format_value(value: object) -> str:
     """A scalar for a table cell: ``-`` for null, integers without ``.0``."""
     if value is None:

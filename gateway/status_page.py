@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Sequence
 from html import escape
 
-from gateway.status_format import format_ago, format_duration, format_value
+from gateway.status_format import format_ago, format_duration, format_since, format_value
 
 # The page reloads itself this often (seconds): fresh enough to watch a delivery happen, rare
 # enough to cost nothing.
@@ -72,7 +72,7 @@ def _facts(document: dict[str, object], now: float) -> str:
         "<td>Push service</td>" + f'<td class="url">{escape(str(up.get("service", "-")))}</td>',
         "<td>Connection</td><td>"
         + _badge(state == "connected", state, warn=state == "connecting")
-        + f" since {escape(format_ago(up.get('since'), now))}</td>",
+        + f" {escape(format_since(up.get('since'), now))}</td>",
         "<td>Version</td>" + _cell(document.get("version")),
         "<td>Uptime</td>" + _cell(format_duration(document.get("uptime"))),
     ]

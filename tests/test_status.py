@@ -307,7 +307,7 @@ def test_page_says_at_a_glance_whether_it_works():
     provider = FakeGateway(document=sample_document(now))
     page = render_status_page(status_document(provider), now=now)
     assert '<header class="ok"><h1>fieldgate &mdash; Working</h1>' in page
-    assert "5m 30s ago" in page  # upstream since
+    assert "connected</span> for 5m 30s" in page  # upstream since
     assert "serial link down" in page
     provider.ok, provider.reason = False, "push service unreachable"
     page = render_status_page(status_document(provider), now=now)
@@ -335,7 +335,7 @@ def test_terminal_table_shows_routes_adapters_and_counters():
     text = render_status(status_document(FakeGateway(document=sample_document(now))), now)
     lines = text.splitlines()
     assert lines[0] == "fieldgate 0.1.0: WORKING"
-    assert "connected since 5m 30s ago" in text
+    assert "connection    connected for 5m 30s" in text
     route_header = next(line for line in lines if line.startswith("ROUTE"))
     thermo = next(line for line in lines if line.startswith("thermostats"))
     # Columns line up: the queue depth sits under its heading.

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from gateway.config import StatusConfig
 from gateway.status_client import FetchError, endpoint_from_url, fetch
-from gateway.status_format import format_ago, format_duration, format_value
+from gateway.status_format import format_ago, format_duration, format_since, format_value
 
 HELP = "show the running gateway's status"
 
@@ -94,7 +94,7 @@ def render_status(document: dict[str, object], now: float) -> str:
         f"fieldgate {format_value(document.get('version'))}: {verdict}"
         + (f" ({reason})" if reason else ""),
         f"push service  {format_value(up.get('service'))}",
-        f"connection    {format_value(up.get('state'))} since {format_ago(up.get('since'), now)}",
+        f"connection    {format_value(up.get('state'))} {format_since(up.get('since'), now)}",
         f"uptime        {format_duration(document.get('uptime'))}",
         "",
     ]
