@@ -31,8 +31,6 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import trio
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from adapters.base import Adapter, Delivered, Health, Message, Outcome, Rejected, RetryLater
 from adapters.envelope import payload_for
@@ -49,6 +47,7 @@ from adapters.mqtt_link import (
 from adapters.mqtt_policy import (
     Publication,
     ack_outcome,
+    encode_publish_properties,
     plan_publication,
     reconnect_delay,
     retry_while_down,
@@ -65,6 +64,23 @@ HEALTHY_AFTER = 10.0
 # Fixed header (1) + Remaining Length (up to 4) + Packet Identifier (2): the bytes of a PUBLISH
 # besides topic, properties and payload (MQTT 5 §3.3), counted against Maximum Packet Size.
 PUBLISH_OVERHEAD = 7
+
+
+@dataclass(frozen=True)
+class _PackedProperties:
+    """Stands in for paho's ``Properties`` on PUBLISH: paho only calls ``pack()`` on it there.
+
+    (Debug logging would also format it; paho logs only when a logger is enabled, and this
+    adapter enables none.)
+    """
+
+    packed: bytes
+
+    def pack(self) -> bytes:
+        return self.packed
+
+    def __str__(self) -> str:
+        return f"<{len(self.packed)} bytes of properties>"
 
 
 @dataclass
@@ -375,7 +391,7 @@ class MqttAdapter(Adapter):
         if client is None or link is None or not link.accepted or link.lost.is_set():
             return self._count(retry_while_down(self._state, self._detail))
         payload = payload_for(message, target.payload)
-        properties = self._properties(plan) if self._v5 else None
+        properties = _PackedProperties(encode_publish_properties(plan)) if self._v5 else None
         too_large = self._too_large(link, plan, payload, properties, target.qos)
         if too_large is not None:
             return self._count(too_large)
@@ -390,7 +406,7 @@ class MqttAdapter(Adapter):
         link: Link,
         plan: Publication,
         payload: bytes,
-        properties: Properties | None,
+        properties: _PackedProperties | None,
         target: Any,
     ) -> Outcome:
         if link.lost.is_set():  # lost while waiting for an in-flight slot
@@ -398,7 +414,13 @@ class MqttAdapter(Adapter):
         started = trio.current_time()
         self._inline = {}
         try:
-            info = client.publish(plan.topic, payload, target.qos, target.retain, properties)
+            info = client.publish(
+                plan.topic,
+                payload,
+                target.qos,
+                target.retain,
+                properties,  # type: ignore[arg-type]  # duck-typed: see _PackedProperties
+            )
         except ValueError as exc:
             return Rejected(f"paho refused the publish: {exc}")
         finally:
@@ -418,21 +440,12 @@ class MqttAdapter(Adapter):
             self._metrics.confirm_seconds.observe(trio.current_time() - started, adapter=self.name)
         return outcome
 
-    def _properties(self, plan: Publication) -> Properties:
-        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        if plan.expiry_interval is not None:
-            properties.MessageExpiryInterval = plan.expiry_interval
-        if plan.content_type is not None:
-            properties.ContentType = plan.content_type
-        properties.UserProperty = list(plan.user_properties)
-        return properties
-
     def _too_large(
         self,
         link: Link,
         plan: Publication,
         payload: bytes,
-        properties: Properties | None,
+        properties: _PackedProperties | None,
         qos: int,
     ) -> Rejected | None:
         """Refuse locally what the broker announced it would refuse (MQTT 5 §3.2.2.3.6)."""
@@ -440,7 +453,7 @@ class MqttAdapter(Adapter):
             return None
         size = PUBLISH_OVERHEAD + 2 + len(plan.topic.encode()) + len(payload)
         if properties is not None:
-            size += len(properties.pack())  # type: ignore[no-untyped-call]
+            size += len(properties.pack())
         if size <= link.max_packet_size:
             return None
         return Rejected(

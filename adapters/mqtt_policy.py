@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import struct
 from dataclasses import dataclass
 
 from adapters.base import Delivered, Message, Outcome, Rejected, RetryLater
@@ -79,6 +80,46 @@ def plan_publication(
         content_type=content_type if content_type is not None else message.content_type,
         user_properties=(("message-id", message.id), ("route", message.route)),
     )
+
+
+# MQTT 5 §2.2.2.2 property identifiers.
+MESSAGE_EXPIRY_INTERVAL = 0x02
+CONTENT_TYPE = 0x03
+USER_PROPERTY = 0x26
+
+
+def _utf8(text: str) -> bytes:
+    """MQTT 5 §1.5.4 UTF-8 Encoded String: two-byte length, then the bytes."""
+    data = text.encode("utf-8")
+    return struct.pack("!H", len(data)) + data
+
+
+def variable_byte_integer(value: int) -> bytes:
+    """MQTT 5 §1.5.5: seven bits per byte, least significant first, high bit = more follows."""
+    out = bytearray()
+    while True:
+        value, digit = divmod(value, 128)
+        out.append(digit | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def encode_publish_properties(publication: Publication) -> bytes:
+    """The PUBLISH properties block (length prefix included) for ``publication``.
+
+    Encoded here rather than with paho's ``Properties``, whose generic Python encoder cost about
+    100 us per message (build + pack) on this machine: more than the publish itself.
+    """
+    body = bytearray()
+    if publication.expiry_interval is not None:
+        body += struct.pack("!BI", MESSAGE_EXPIRY_INTERVAL, publication.expiry_interval)
+    if publication.content_type is not None:
+        body.append(CONTENT_TYPE)
+        body += _utf8(publication.content_type)
+    for key, value in publication.user_properties:
+        body.append(USER_PROPERTY)
+        body += _utf8(key) + _utf8(value)
+    return variable_byte_integer(len(body)) + bytes(body)
 
 
 def ack_outcome(reason_value: int, reason_name: str, packet: str) -> Outcome:

@@ -20,15 +20,20 @@ import pytest
 import trio
 import trustme
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from adapters.base import Delivered, Health, Message, Rejected, RetryLater
 from adapters.mqtt import MqttAdapter
 from adapters.mqtt_policy import (
+    Publication,
+    encode_publish_properties,
     expiry_interval,
     plan_publication,
     reconnect_delay,
     render_topic,
     topic_problem,
+    variable_byte_integer,
 )
 from gateway.config import MqttAdapterConfig, MqttTarget, SerialTarget
 from gateway.metrics import Metrics
@@ -174,6 +179,32 @@ def test_target_content_type_overrides_the_message() -> None:
     assert plan.content_type == "application/json"
     assert plan.topic == "t/kitchen"
     assert plan.user_properties == (("message-id", "msg-0"), ("route", "kitchen"))
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/ü"])
+@pytest.mark.parametrize("expiry", [None, 0, 59, 2**32 - 1])
+def test_property_encoding_matches_paho(content_type: str | None, expiry: int | None) -> None:
+    publication = Publication(
+        topic="t",
+        expiry_interval=expiry,
+        content_type=content_type,
+        user_properties=(("message-id", "x" * 200), ("route", "r")),
+    )
+    reference = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    if expiry is not None:
+        reference.MessageExpiryInterval = expiry
+    if content_type is not None:
+        reference.ContentType = content_type
+    reference.UserProperty = list(publication.user_properties)
+    assert encode_publish_properties(publication) == bytes(reference.pack())  # type: ignore[no-untyped-call]
+
+
+def test_variable_byte_integer_boundaries() -> None:
+    assert variable_byte_integer(0) == b"\x00"
+    assert variable_byte_integer(127) == b"\x7f"
+    assert variable_byte_integer(128) == b"\x80\x01"
+    assert variable_byte_integer(16_383) == b"\xff\x7f"
+    assert variable_byte_integer(268_435_455) == b"\xff\xff\xff\x7f"
 
 
 def test_reconnect_delay_is_full_jitter_under_the_cap() -> None:
