@@ -13,7 +13,7 @@ def encode_envelope(message: Message) -> bytes:
     Times are integer Unix seconds (msgpack's smallest forms fit a microcontroller); ``exp`` is
     ``nil`` for a message that never expires.
     """
-    return msgpack.packb(
+    packed: bytes = msgpack.packb(
         {
             "id": message.id,
             "route": message.route,
@@ -23,6 +23,7 @@ def encode_envelope(message: Message) -> bytes:
         },
         use_bin_type=True,
     )
+    return packed
 
 
 def payload_for(message: Message, form: str) -> bytes:

@@ -15,6 +15,7 @@ if [ "$what" = test ]; then
   have clang || need+=(clang)
   [ -e /usr/lib/llvm-14/lib/clang/14.0.6/lib/linux/libclang_rt.fuzzer-x86_64.a ] || ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-*.a >/dev/null 2>&1 || need+=(libclang-rt-14-dev)
   have systemd-analyze || need+=(systemd)
+  have chromium || need+=(chromium)
 fi
 
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -47,6 +47,10 @@ MAX_HEADER_LIST_SIZE = 16 * 1024
 # backlog drains at wire speed; this bounds memory if the peer never grants streams).
 MAX_QUEUED_REQUESTS = 100_000
 
+# The server's connection preface: one 9-byte frame header, of a SETTINGS frame on stream 0.
+PREFACE_CHECK_BYTES = 9
+SETTINGS_FRAME_TYPE = 0x04
+
 RequestKind = Literal["subscribe", "monitor", "ack", "unsubscribe"]
 
 
@@ -271,6 +275,7 @@ class UserAgentProtocol:
         self._pushed: dict[int, _Pushed] = {}
         self._closed = False
         self.goaway_received = False
+        self._preface: bytes | None = b""  # the server's first bytes until checked
 
     # ------------------------------------------------------------------ connection lifecycle
 
@@ -411,6 +416,8 @@ class UserAgentProtocol:
         """Feed bytes read from the socket; ``b""`` means the peer closed the connection."""
         if not data:
             return [ConnectionClosed("the push service closed the connection")]
+        if self._preface is not None:
+            self._check_preface(data)
         try:
             h2_events = self._conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -420,6 +427,23 @@ class UserAgentProtocol:
             events.extend(self._handle(ev))
         self._pump()
         return events
+
+    def _check_preface(self, data: bytes) -> None:
+        # RFC 7540 §3.5: the server's preface is a SETTINGS frame. h2 waits for a whole frame
+        # before judging one, so an HTTP/1.1 answer would otherwise just sit in its buffer.
+        assert self._preface is not None
+        self._preface += data[: PREFACE_CHECK_BYTES - len(self._preface)]
+        if len(self._preface) < PREFACE_CHECK_BYTES:
+            return
+        head, self._preface = self._preface, None
+        if head.startswith(b"HTTP/"):
+            raise ProtocolViolation(
+                "protocol error: the push service answered in HTTP/1.x, not HTTP/2"
+            )
+        if head[3] != SETTINGS_FRAME_TYPE or head[5:9] != b"\0\0\0\0":
+            raise ProtocolViolation(
+                "protocol error: the push service did not start with an HTTP/2 SETTINGS frame"
+            )
 
     def _handle(self, ev: h2.events.Event) -> list[Event]:
         if isinstance(ev, h2.events.PushedStreamReceived):

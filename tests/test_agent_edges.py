@@ -1,0 +1,152 @@
+"""The agent's edges: distributing push resources, a peer that is not a push service, ingest."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import replace
+from functools import partial
+
+import h11
+import trio
+
+from gateway.agent import Agent
+from gateway.config import Config
+from gateway.ingest import Ingestor, expiry
+from gateway.metrics import Metrics
+from gateway.store import Store, SubscriptionRecord
+from gateway.webpush.crypto import SubscriptionKeys, encrypt
+from gateway.webpush.useragent import MessageReceived
+from pushservice.service import PushService
+from tests.agent_harness import make_config, wait_until
+
+
+class Receiver:
+    """A tiny HTTP/1.1 server (h11 on trio): answers the first ``fail`` POSTs 503, then 204."""
+
+    def __init__(self, fail: int) -> None:
+        self.fail = fail
+        self.bodies: list[bytes] = []
+        self.statuses: list[int] = []
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        body = b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+        status = 503 if len(self.statuses) < self.fail else 204
+        self.statuses.append(status)
+        if status == 204:
+            self.bodies.append(body)
+        await stream.send_all(
+            conn.send(h11.Response(status_code=status, headers=[("content-length", "0")]))
+            + conn.send(h11.EndOfMessage())
+        )
+        await stream.aclose()
+
+
+async def test_push_resources_are_distributed_with_retries(tmp_path, monkeypatch):
+    monkeypatch.setattr("gateway.agent.DISTRIBUTE_BACKOFF_BASE", 0.05)
+    monkeypatch.setattr("gateway.agent.DISTRIBUTE_BACKOFF_CAP", 0.1)
+    receiver = Receiver(fail=2)
+    service = PushService()
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            partial(trio.serve_tcp, receiver.handle, 0, host="127.0.0.1")
+        )
+        port = listeners[0].socket.getsockname()[1]
+        await nursery.start(partial(service.serve, "127.0.0.1", 0))
+        base = make_config(service.subscribe_url, tmp_path / "state")
+        route = replace(base.routes[0], distribute_url=f"http://127.0.0.1:{port}/subs")
+        config = Config(push=base.push, routes=(route,), adapters=base.adapters)
+        store = Store.open(config.push.state_dir, journal=config.journal, routes=config.routes)
+        agent = Agent(config, store, Metrics(), rng=random.Random(1))
+        await nursery.start(agent.run)
+        await wait_until(lambda: receiver.bodies, "the subscription POSTed")
+        assert receiver.statuses[:3] == [503, 503, 204]
+        posted = json.loads(receiver.bodies[0])
+        assert posted == agent.subscription_infos()["valves"].to_json()
+        await wait_until(
+            lambda: store.subscriptions()[0].distributed_at is not None, "recorded as distributed"
+        )
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_a_peer_speaking_garbage_is_survived_with_a_clear_reason(tmp_path):
+    async def garbage(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"HTTP/1.1 400 Bad Request\r\n\r\n" + b"\x00" * 64)
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, garbage, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        config = make_config(f"http://127.0.0.1:{port}/subscribe", tmp_path / "state")
+        store = Store.open(config.push.state_dir, journal=config.journal, routes=config.routes)
+        agent = Agent(config, store, Metrics(), rng=random.Random(1))
+        await nursery.start(agent.run)
+        await wait_until(lambda: agent.status.connections >= 3, "several attempts")
+        assert agent.status.state in ("backoff", "connecting")
+        assert "protocol error" in (agent.status.last_error or "").lower()
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+def _ingestor(routes: Config, *records: SubscriptionRecord) -> Ingestor:
+    return Ingestor(routes.routes, records, max_body=4096)
+
+
+def _record(route: str, keys: SubscriptionKeys, n: int) -> SubscriptionRecord:
+    return SubscriptionRecord(
+        route,
+        f"https://p.example/subscription/{n}",
+        f"https://p.example/push/{n}",
+        "https://p.example/set/1",
+        keys.private_bytes(),
+        keys.auth_secret,
+        0.0,
+    )
+
+
+def test_a_message_without_push_link_is_matched_by_trial_decryption():
+    config = make_config("https://p.example/subscribe", tmp_path_placeholder(), routes=("a", "b"))
+    keys_a, keys_b = SubscriptionKeys.generate(), SubscriptionKeys.generate()
+    ingestor = _ingestor(config, _record("a", keys_a, 1), _record("b", keys_b, 2))
+    body = encrypt(b"for b", p256dh=keys_b.p256dh, auth_secret=keys_b.auth_secret)
+    event = MessageReceived(
+        "https://p.example/message/x", None, "https://p.example/set/1", (), body, "aes128gcm"
+    )
+    incoming = ingestor.prepare(event, received_at=1000.0)
+    assert incoming.route == "b" and incoming.plaintext == b"for b"
+
+
+def test_unknown_push_resource_and_unsupported_encoding_are_dead_letters():
+    config = make_config("https://p.example/subscribe", tmp_path_placeholder())
+    keys = SubscriptionKeys.generate()
+    ingestor = _ingestor(config, _record("valves", keys, 1))
+    body = encrypt(b"x", p256dh=keys.p256dh, auth_secret=keys.auth_secret)
+    unknown = MessageReceived("u", "https://p.example/push/999", None, (), body, "aes128gcm")
+    assert ingestor.prepare(unknown, received_at=0).dead_reason == "unknown_subscription"
+    legacy = MessageReceived("u", "https://p.example/push/1", None, (), body, "aesgcm")
+    assert ingestor.prepare(legacy, received_at=0).dead_reason == "unsupported_encoding"
+
+
+def test_expiry_counts_from_last_modified_and_a_ttl_header_can_only_shorten_it():
+    sent = "Thu, 01 Jan 1970 00:16:40 GMT"  # 1000 s after the epoch
+    assert expiry((("last-modified", sent),), received_at=1010.0, max_age=60) == 1060.0
+    assert expiry((), received_at=1010.0, max_age=60) == 1070.0
+    assert expiry((("ttl", "5"),), received_at=1010.0, max_age=60) == 1015.0
+    assert expiry((("ttl", "500"),), received_at=1010.0, max_age=60) == 1070.0
+    assert expiry((("last-modified", "garbage"),), received_at=1010.0, max_age=60) == 1070.0
+
+
+def tmp_path_placeholder():
+    from pathlib import Path
+
+    return Path("/nonexistent-state")  # pure tests: nothing is opened
