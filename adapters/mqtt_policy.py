@@ -19,6 +19,9 @@ MAX_TOPIC_BYTES = 65535
 MAX_EXPIRY_INTERVAL = 2**32 - 1
 # MQTT 5 §2.4: reason codes of 0x80 and above are failures.
 FIRST_FAILURE_REASON = 0x80
+# Failures that pass: Quota exceeded (0x97, §3.4.2.1) and Server busy (0x89) say "not now", not
+# "never" — retried like a broker that is down, never dead-lettered.
+TRANSIENT_REASONS = frozenset({0x89, 0x97})
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,8 @@ def encode_publish_properties(publication: Publication) -> bytes:
 
 def ack_outcome(reason_value: int, reason_name: str, packet: str) -> Outcome:
     """The outcome of a broker acknowledgement (PUBACK or PUBCOMP) carrying a reason code."""
+    if reason_value in TRANSIENT_REASONS:
+        return RetryLater(f"broker is not taking it now: {reason_name} (0x{reason_value:02X})")
     if reason_value >= FIRST_FAILURE_REASON:
         return Rejected(f"broker refused the publish: {reason_name} (0x{reason_value:02X})")
     return Delivered(packet)

@@ -503,3 +503,12 @@ async def test_two_brokers_at_once_share_a_metrics_registry(
     assert 'fieldgate_mqtt_deliveries_total{adapter="a",outcome="delivered"} 1' in rendered
     assert 'fieldgate_mqtt_deliveries_total{adapter="b",outcome="delivered"} 1' in rendered
     assert 'fieldgate_mqtt_connected{adapter="a"} 1' in rendered
+
+
+def test_quota_exceeded_and_server_busy_are_retried_not_rejected():
+    from adapters.base import Rejected, RetryLater
+    from adapters.mqtt_policy import ack_outcome
+
+    assert isinstance(ack_outcome(0x97, "Quota exceeded", "PUBACK"), RetryLater)
+    assert isinstance(ack_outcome(0x89, "Server busy", "PUBACK"), RetryLater)
+    assert isinstance(ack_outcome(0x87, "Not authorized", "PUBACK"), Rejected)
