@@ -71,6 +71,11 @@ class H1Session:
             raise _Close
         if not isinstance(event, h11.Request):
             raise _Close
+        header_bytes = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+        if header_bytes > self.service.settings.max_header_bytes:
+            # h11 bounds only a head still arriving; one that came in a single read is checked here.
+            await self._send(text_response(431, "request header fields too large"), close=True)
+            raise _Close
         headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers]
         limit = self.service.settings.max_body
         declared = next((v for k, v in headers if k == "content-length"), None)

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 # Bytes asked of the socket per read; 64 KiB matches h2's default max inbound window.
 RECEIVE_SIZE = 65536
+# An HTTP/2 frame header is 9 octets, its first 3 the payload length (RFC 9113 §4.1).
+FRAME_HEADER_BYTES = 9
 # Connection-level receive window we grant (bodies up to this need no WINDOW_UPDATE round trip).
 CONNECTION_WINDOW = 1 << 20
 
@@ -74,8 +76,11 @@ class H2Session:
         self._outbound: dict[int, _Outbound] = {}
         self._push_queue: list[_QueuedPush] = []
         self._want_write = trio.Event()
+        self._send_lock = trio.Lock()
         self._cancel: trio.CancelScope | None = None
         self.goaway_sent = False
+        self._aborted = False
+        self._goaway_last: int | None = None
         self.closed = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -89,12 +94,12 @@ class H2Session:
                 self._cancel = nursery.cancel_scope
                 nursery.start_soon(self._writer)
                 await self._reader()
-                # Peer closed or protocol error: flush what h2 queued (e.g. GOAWAY), then stop.
-                data = self.conn.data_to_send()
-                if data:
-                    with trio.move_on_after(1):
-                        await self.stream.send_all(data)
                 nursery.cancel_scope.cancel()
+            # Peer closed or protocol error: flush what h2 queued (e.g. GOAWAY), then stop.
+            data = self.conn.data_to_send()
+            if data and not self._aborted:
+                with trio.move_on_after(1):
+                    await self._send(data)
         finally:
             self.closed = True
             self.service.session_closed(self)
@@ -102,16 +107,20 @@ class H2Session:
     def abort(self) -> None:
         """Stop at once; the caller closes the socket (fault: drop connections)."""
         self.closed = True
+        self._aborted = True
         if self._cancel is not None:
             self._cancel.cancel()
 
     def goaway(self, last_stream_id: int | None) -> None:
-        """Send GOAWAY, answer monitors 204, close when the remaining streams finish."""
+        """Refuse new streams; once the open ones finish, send GOAWAY and close.
+
+        h2 sends nothing after its own GOAWAY, so the frame goes out when the streams are done
+        (the service answers monitors 204 first, which finishes them).
+        """
         if self.goaway_sent or self.closed:
             return
         self.goaway_sent = True
-        last = self.conn.highest_inbound_stream_id if last_stream_id is None else last_stream_id
-        self.conn.close_connection(last_stream_id=last)
+        self._goaway_last = last_stream_id
         self._wake()
 
     async def _reader(self) -> None:
@@ -139,13 +148,23 @@ class H2Session:
             data = self.conn.data_to_send()
             if data:
                 try:
-                    await self.stream.send_all(data)
+                    await self._send(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self.abort()
                     return
             if self.goaway_sent and self._all_streams_done():
+                last = self._goaway_last
+                if last is None:
+                    last = self.conn.highest_inbound_stream_id
+                self.conn.close_connection(last_stream_id=last)
+                with trio.move_on_after(1):
+                    await self._send(self.conn.data_to_send())
                 self.abort()
                 return
+
+    async def _send(self, data: bytes) -> None:
+        async with self._send_lock:
+            await self.stream.send_all(data)
 
     def _all_streams_done(self) -> bool:
         return (
@@ -166,11 +185,24 @@ class H2Session:
             self.service.log.info("h2 protocol error from client: %s", type(exc).__name__)
             self._wake()
             return False
+        if self._oversized_frame_pending():
+            self.conn.close_connection(ErrorCodes.FRAME_SIZE_ERROR)
+            self._wake()
+            return False
         for event in events:
             self._on_event(event)
         self._flush()
         self._wake()
         return not isinstance(events[-1] if events else None, h2.events.ConnectionTerminated)
+
+    def _oversized_frame_pending(self) -> bool:
+        # h2 checks a frame's length only once the whole frame has arrived, so a peer announcing
+        # a 16 MiB frame makes it buffer 16 MiB. Look at the buffered frame header ourselves.
+        buffered = getattr(self.conn.incoming_buffer, "_data", b"")
+        if len(buffered) < FRAME_HEADER_BYTES:
+            return False
+        length = int.from_bytes(bytes(buffered[:3]), "big")
+        return length > self.conn.local_settings.max_frame_size
 
     def _on_event(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.RequestReceived):

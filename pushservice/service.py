@@ -187,6 +187,9 @@ class PushService:
                 await H1Session(self, stream, info, initial).run()
         except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # a client that went away or never spoke; nothing to answer
+        except Exception:
+            # One connection's bug must not take the service down for everyone else.
+            self.log.exception("connection from %s failed", peer)
         finally:
             await trio.aclose_forcefully(stream)
 
@@ -376,16 +379,13 @@ class PushService:
             session.abort()
 
     def _fault_goaway(self, last_stream_id: int | None) -> None:
-        for session in list(self._sessions):
-            session.goaway(last_stream_id)
+        sessions = list(self._sessions)
         for key, handles in list(self._monitors.items()):
-            for h in [h for h in handles if h.session.goaway_sent]:
+            for h in handles:
                 h.session.end_monitor(h.stream_id, 204)
-            kept = [h for h in handles if not h.session.goaway_sent]
-            if kept:
-                self._monitors[key] = kept
-            else:
-                del self._monitors[key]
+            del self._monitors[key]
+        for session in sessions:
+            session.goaway(last_stream_id)
 
     def _fault_expire_sets(self) -> None:
         for set_id in list(self.state.sets):
