@@ -35,5 +35,15 @@ bench: $(STAMP)
 	$(MAKE) -C firmware-bridge
 	$(BIN)/python -m bench
 
+chaos: $(STAMP)
+	scripts/system-deps.sh test
+	$(MAKE) -C firmware-bridge all
+	$(BIN)/python -m tests.chaos --messages 20000
+
+fuzz: $(STAMP)
+	scripts/system-deps.sh test
+	$(MAKE) -C firmware-bridge fuzz
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -k "property or fuzz or hypothesis"
+
 clean:
 	rm -rf $(VENV) firmware-bridge/build .pytest_cache .mypy_cache .ruff_cache

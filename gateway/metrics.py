@@ -16,7 +16,22 @@ LabelValues = tuple[str, ...]
 # Delivery latency buckets in seconds: 1 ms to 5 min covers an MQTT PUBACK on loopback up to a
 # device that was offline for minutes.
 DEFAULT_BUCKETS: tuple[float, ...] = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
 )
 
 
@@ -69,7 +84,9 @@ class Counter(_Metric):
     def render(self) -> list[str]:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
         for key, value in sorted(self.values.items()):
-            lines.append(f"{self.name}{_format_labels(self.labelnames, key)} {_format_number(value)}")
+            lines.append(
+                f"{self.name}{_format_labels(self.labelnames, key)} {_format_number(value)}"
+            )
         return lines
 
 
@@ -90,7 +107,9 @@ class Gauge(_Metric):
     def render(self) -> list[str]:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge"]
         for key, value in sorted(self.values.items()):
-            lines.append(f"{self.name}{_format_labels(self.labelnames, key)} {_format_number(value)}")
+            lines.append(
+                f"{self.name}{_format_labels(self.labelnames, key)} {_format_number(value)}"
+            )
         return lines
 
 
