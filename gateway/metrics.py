@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 LabelValues = tuple[str, ...]
+_M = TypeVar("_M", "Counter", "Gauge", "Histogram")
 
 # Delivery latency buckets in seconds: 1 ms to 5 min covers an MQTT PUBACK on loopback up to a
 # device that was offline for minutes.
@@ -154,22 +156,24 @@ class Metrics:
     def __init__(self) -> None:
         self._metrics: dict[str, Counter | Gauge | Histogram] = {}
 
-    def _register(self, metric: Counter | Gauge | Histogram) -> None:
-        if metric.name in self._metrics:
-            raise ValueError(f"metric {metric.name} registered twice")
-        self._metrics[metric.name] = metric
+    def _register(self, metric: _M) -> _M:
+        # Registering the same metric again returns the existing one, so that parts rebuilt on
+        # a configuration reload (router, adapters) keep counting into the same series.
+        existing = self._metrics.get(metric.name)
+        if existing is None:
+            self._metrics[metric.name] = metric
+            return metric
+        if type(existing) is not type(metric) or existing.labelnames != metric.labelnames:
+            raise ValueError(f"metric {metric.name} registered twice with different shapes")
+        return existing
 
     def counter(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Counter:
-        """Register a counter (name should end in ``_total``)."""
-        metric = Counter(name, help, tuple(labelnames))
-        self._register(metric)
-        return metric
+        """Register a counter (name should end in ``_total``), or return the existing one."""
+        return self._register(Counter(name, help, tuple(labelnames)))
 
     def gauge(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Gauge:
-        """Register a gauge."""
-        metric = Gauge(name, help, tuple(labelnames))
-        self._register(metric)
-        return metric
+        """Register a gauge, or return the existing one."""
+        return self._register(Gauge(name, help, tuple(labelnames)))
 
     def histogram(
         self,
@@ -178,10 +182,8 @@ class Metrics:
         labelnames: Sequence[str] = (),
         buckets: Sequence[float] = DEFAULT_BUCKETS,
     ) -> Histogram:
-        """Register a histogram."""
-        metric = Histogram(name, help, tuple(labelnames), tuple(buckets))
-        self._register(metric)
-        return metric
+        """Register a histogram, or return the existing one."""
+        return self._register(Histogram(name, help, tuple(labelnames), tuple(buckets)))
 
     def get(self, name: str) -> Counter | Gauge | Histogram:
         """A registered metric by name (KeyError when unknown)."""

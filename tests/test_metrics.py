@@ -1,0 +1,48 @@
+"""The metrics registry and its Prometheus text."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.metrics import Metrics
+
+
+def test_counters_gauges_and_histograms_render_in_the_text_format():
+    metrics = Metrics()
+    received = metrics.counter("fieldgate_x_total", "X things", ["route"])
+    received.inc(route="valves")
+    received.inc(2, route="valves")
+    depth = metrics.gauge("fieldgate_depth", "Depth")
+    depth.set(7)
+    latency = metrics.histogram("fieldgate_latency_seconds", "L", buckets=(0.1, 1.0))
+    latency.observe(0.05)
+    latency.observe(0.5)
+    text = metrics.render()
+    assert '# TYPE fieldgate_x_total counter\nfieldgate_x_total{route="valves"} 3\n' in text
+    assert "fieldgate_depth 7\n" in text
+    assert 'fieldgate_latency_seconds_bucket{le="0.1"} 1\n' in text
+    assert 'fieldgate_latency_seconds_bucket{le="1"} 2\n' in text
+    assert 'fieldgate_latency_seconds_bucket{le="+Inf"} 2\n' in text
+    assert "fieldgate_latency_seconds_count 2\n" in text
+
+
+def test_label_values_are_escaped():
+    metrics = Metrics()
+    metrics.counter("c_total", "c", ["reason"]).inc(reason='bad "quote"\nline')
+    assert 'c_total{reason="bad \\"quote\\"\\nline"} 1' in metrics.render()
+
+
+def test_registering_again_returns_the_same_metric_and_a_different_shape_is_refused():
+    metrics = Metrics()
+    first = metrics.counter("c_total", "c", ["a"])
+    assert metrics.counter("c_total", "c", ["a"]) is first
+    with pytest.raises(ValueError):
+        metrics.gauge("c_total", "c", ["a"])
+    with pytest.raises(ValueError):
+        metrics.counter("c_total", "c", ["b"])
+
+
+def test_wrong_labels_are_refused():
+    counter = Metrics().counter("c_total", "c", ["route"])
+    with pytest.raises(ValueError):
+        counter.inc(adapter="x")
