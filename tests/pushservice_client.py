@@ -6,6 +6,7 @@ import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import h2.config
@@ -81,30 +82,33 @@ class H2Client:
             for ev in self._done.values():
                 ev.set()
 
-    def _on_event(self, event: h2.events.Event) -> None:
+    def _on_event(self, event: Any) -> None:
+        # ev is Any: with header_encoding set h2 yields str headers, which its annotations do not
+        # say, so attribute access goes through an untyped alias.
+        ev: Any = event
         if isinstance(event, h2.events.PushedStreamReceived):
-            r = Reply(promise=list(event.headers), stream_id=event.pushed_stream_id)
-            r.parent = event.parent_stream_id
-            self._replies[event.pushed_stream_id] = r
-            self._done[event.pushed_stream_id] = trio.Event()
+            r = Reply(promise=list(ev.headers), stream_id=ev.pushed_stream_id)
+            r.parent = ev.parent_stream_id
+            self._replies[ev.pushed_stream_id] = r
+            self._done[ev.pushed_stream_id] = trio.Event()
         elif isinstance(event, h2.events.ResponseReceived):
-            r = self._replies.setdefault(event.stream_id, Reply(stream_id=event.stream_id))
-            for k, v in event.headers:
+            r = self._replies.setdefault(ev.stream_id, Reply(stream_id=ev.stream_id))
+            for k, v in ev.headers:
                 if k == ":status":
                     r.status = int(v)
                 else:
                     r.headers.append((k, v))
         elif isinstance(event, h2.events.DataReceived):
-            self._replies[event.stream_id].body += event.data
+            self._replies[ev.stream_id].body += ev.data
             if self.auto_ack_window:
-                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
         elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
-            r = self._replies.get(event.stream_id)
-            if r is not None:
-                r.reset = isinstance(event, h2.events.StreamReset)
-                if r.promise:
-                    self._push_send.send_nowait(r)
-            done = self._done.get(event.stream_id)
+            ended = self._replies.get(ev.stream_id)
+            if ended is not None:
+                ended.reset = isinstance(event, h2.events.StreamReset)
+                if ended.promise:
+                    self._push_send.send_nowait(ended)
+            done = self._done.get(ev.stream_id)
             if done is not None:
                 done.set()
         elif isinstance(event, h2.events.ConnectionTerminated):
@@ -225,7 +229,7 @@ async def h1_request(
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
+                conn.receive_data(bytes(await stream.receive_some(65536)))
             elif isinstance(event, h11.Response):
                 reply.status = event.status_code
                 reply.headers = [(k.decode(), v.decode()) for k, v in event.headers]

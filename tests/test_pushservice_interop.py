@@ -101,7 +101,7 @@ async def test_pywebpush_vapid_on_restricted_subscription(
         if vapid:
             kwargs |= {"vapid_private_key": str(pem), "vapid_claims": {"sub": "mailto:t@x.test"}}
         try:
-            return int(pywebpush.webpush(info, "restricted", **kwargs).status_code)  # type: ignore[arg-type,union-attr]
+            return int(pywebpush.webpush(info, "restricted", **kwargs).status_code)
         except pywebpush.WebPushException as exc:
             return int(exc.response.status_code)
 
