@@ -1,0 +1,192 @@
+"""End to end to MQTT: pywebpush -> push service -> whole gateway -> mosquitto -> a subscriber.
+
+Everything is real: the reference push service over loopback HTTP/2, the gateway's store, router,
+agent and MQTT adapter, a mosquitto broker on a free port, and a paho MQTT 5 client as the device.
+"""
+
+# ruff: noqa: F811  (pytest fixtures are imported explicitly and then named as parameters)
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.config import MqttAdapterConfig, MqttTarget
+from tests.agent_harness import wait_until
+from tests.mosquitto import Mosquitto, MosquittoFactory, mosquitto, mosquitto_factory  # noqa: F401
+from tests.pipeline import MqttSubscriber, route, running_gateway, user_properties
+
+TTL = 600
+# The broker counts the expiry interval down while it holds a message; on loopback it forwards
+# at once, so the subscriber sees at most a few seconds less than the gateway published.
+EXPIRY_SLACK = 5
+
+
+def broker_adapter(broker: Mosquitto, **options: object) -> MqttAdapterConfig:
+    return MqttAdapterConfig(
+        name="site-broker",
+        host=broker.host,
+        port=broker.port,
+        keepalive=30.0,
+        reconnect_base=0.05,
+        reconnect_cap=0.2,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+async def test_messages_arrive_with_their_mqtt5_properties(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    telemetry = MqttTarget(
+        adapter="site-broker",
+        topic="site/{route}/{id}",
+        qos=1,
+        retain=True,
+        content_type="application/json",
+    )
+    commands = MqttTarget(adapter="site-broker", topic="cmd/{route}", qos=2)
+    routes = [route("telemetry", telemetry), route("commands", commands)]
+    subscriber = MqttSubscriber(mosquitto)
+    try:
+        async with running_gateway(
+            tmp_path, routes, {"site-broker": broker_adapter(mosquitto)}
+        ) as run:
+            sent = {}
+            for i in range(3):
+                body = b'{"interval_s": %d}' % i
+                sent[body] = ("telemetry", await run.send("telemetry", body, ttl=TTL))
+                body = b"open valve %d" % i
+                sent[body] = ("commands", await run.send("commands", body, ttl=TTL, topic="v%d" % i))
+            await wait_until(lambda: len(subscriber.messages) >= len(sent), "every message")
+            received = subscriber.messages
+            dead = run.gateway.store.dead_letters()
+    finally:
+        subscriber.stop()
+
+    assert sorted(m.payload for m in received) == sorted(sent)
+    for route_name in ("telemetry", "commands"):
+        order = [body for body, (name, _) in sent.items() if name == route_name]
+        assert [m.payload for m in received if m.payload in order] == order, route_name
+    for message in received:
+        route_name, answer = sent[message.payload]
+        journal_id = run.journal_ids[answer.message_url]
+        assert user_properties(message) == {"message-id": journal_id, "route": route_name}
+        expiry = message.properties.MessageExpiryInterval
+        assert TTL - EXPIRY_SLACK <= expiry <= TTL
+        if route_name == "telemetry":
+            assert message.topic == f"site/telemetry/{journal_id}"
+            assert message.qos == 1
+            assert message.retain
+            assert message.properties.ContentType == "application/json"
+        else:
+            assert message.topic == "cmd/commands"
+            assert message.qos == 2
+            assert not message.retain
+            assert not hasattr(message.properties, "ContentType")
+    assert dead == []
+
+
+def persistent_broker(factory: MosquittoFactory, tmp_path: Path) -> Mosquitto:
+    """A broker that saves its sessions on stop, so the subscriber's queue survives a restart."""
+    data = tmp_path / "mosquitto-data"
+    data.mkdir()
+    return factory(extra_config=f"persistence true\npersistence_location {data}/\n")
+
+
+async def test_broker_down_and_back_loses_nothing_and_drops_what_expired(
+    tmp_path: Path, mosquitto_factory: MosquittoFactory
+) -> None:
+    broker = persistent_broker(mosquitto_factory, tmp_path)
+    routes = [
+        route("telemetry", MqttTarget(adapter="site-broker", topic="site/{route}")),
+        route("short", MqttTarget(adapter="site-broker", topic="short/{route}"), max_age=2.0),
+    ]
+    subscriber = MqttSubscriber(broker, session_expiry=300)
+    before = [b"before %d" % i for i in range(5)]
+    during = [b"during %d" % i for i in range(5)]
+    try:
+        async with running_gateway(
+            tmp_path, routes, {"site-broker": broker_adapter(broker)}
+        ) as run:
+            adapter = run.gateway.adapters["site-broker"]
+            await run.send_all("telemetry", before)
+            await wait_until(lambda: len(subscriber.messages) == len(before), "the first batch")
+
+            broker.stop()
+            await wait_until(lambda: not adapter.health().ok, "the adapter to see the broker go")
+            await run.send_all("telemetry", during)
+            short = await run.send("short", b"stale soon")
+            await wait_until(lambda: short.message_url in run.journal_ids, "the short one stored")
+            # Its max_age passes while the broker is down: counted as expired, never published,
+            # and not a dead letter (nothing refused it).
+            store = run.gateway.store
+            await wait_until(
+                lambda: (
+                    run.counter("fieldgate_messages_expired_total", route="short") == 1
+                    or bool(store.dead_letters())
+                ),
+                "the short-lived message to expire",
+            )
+            assert [(d.route, d.reason) for d in store.dead_letters()] == []
+            assert len(subscriber.messages) == len(before)
+            assert run.queue_depth() == len(during)
+
+            broker.start()
+            await wait_until(
+                lambda: len(subscriber.messages) >= len(before) + len(during), "the backlog"
+            )
+            await wait_until(lambda: run.queue_depth() == 0, "the journal to drain")
+            metrics_line = run.metrics_line("fieldgate_messages_expired_total", route="short")
+            dead = run.gateway.store.dead_letters()
+    finally:
+        subscriber.stop()
+
+    assert subscriber.payloads() == before + during  # every one, once, in order
+    assert metrics_line == 'fieldgate_messages_expired_total{route="short"} 1'
+    assert [(d.route, d.reason) for d in dead] == []
+
+
+ACL = """user gateway
+topic write site/#
+user watcher
+topic read #
+"""
+
+
+async def test_broker_acl_refusal_is_a_dead_letter_and_others_still_flow(
+    tmp_path: Path, mosquitto_factory: MosquittoFactory
+) -> None:
+    broker = mosquitto_factory(users={"gateway": "gw-secret", "watcher": "w-secret"}, acl=ACL)
+    password_file = tmp_path / "mqtt-password"
+    password_file.write_text("gw-secret\n")
+    password_file.chmod(0o600)
+    adapter = broker_adapter(broker, username="gateway", password_file=password_file)
+    routes = [
+        route("telemetry", MqttTarget(adapter="site-broker", topic="site/{route}")),
+        route("forbidden", MqttTarget(adapter="site-broker", topic="elsewhere/{route}", qos=2)),
+    ]
+    subscriber = MqttSubscriber(broker, username="watcher", password="w-secret")
+    allowed = [b"allowed %d" % i for i in range(4)]
+    try:
+        async with running_gateway(tmp_path, routes, {"site-broker": adapter}) as run:
+            await run.send("telemetry", allowed[0])
+            refused = await run.send("forbidden", b"not for this topic")
+            await run.send_all("telemetry", allowed[1:])
+            store = run.gateway.store
+            await wait_until(lambda: len(store.dead_letters()) == 1, "the refusal")
+            await wait_until(lambda: len(subscriber.messages) == len(allowed), "the others")
+            await wait_until(lambda: run.queue_depth() == 0, "the journal to drain")
+            healthy = run.gateway.health()
+            dead = store.dead_letters()
+            journal_id = run.journal_ids[refused.message_url]
+            dead_total = run.counter("fieldgate_dead_letters_total")
+    finally:
+        subscriber.stop()
+
+    assert subscriber.payloads() == allowed
+    assert healthy == (True, "ok")
+    (letter,) = dead
+    assert letter.route == "forbidden"
+    assert letter.plaintext == b"not for this topic"
+    assert "Not authorized" in letter.reason and "0x87" in letter.reason
+    assert dead_total == 1
+    assert journal_id  # it was journalled before it was refused
