@@ -46,7 +46,19 @@ level = "debug"
 
 
 class GatewayProcess:
-    """A gateway child process; READY is awaited over a real NOTIFY_SOCKET."""
+    """A gateway child process; READY is awaited over a real NOTIFY_SOCKET.
+
+    Use it as a context manager (``with GatewayProcess(...) as gw``) so that a failing test
+    never leaves a gateway running.
+    """
+
+    def __enter__(self) -> GatewayProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
 
     def __init__(self, config: Path, status_port: int, log_path: Path) -> None:
         self.config = config

@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
+import pytest
 import trio
 from pywebpush import webpush
 
@@ -55,6 +58,13 @@ async def _send(info: dict[str, object], bodies: list[bytes]) -> None:
     await trio.to_thread.run_sync(post)
 
 
+@pytest.fixture
+def stack() -> Iterator[ExitStack]:
+    """Gateways entered here are killed when the test ends, whatever happened."""
+    with ExitStack() as exit_stack:
+        yield exit_stack
+
+
 def _journalled(deliveries: Path) -> dict[str, set[str]]:
     """body -> the message ids it was delivered under."""
     ids: dict[str, set[str]] = {}
@@ -80,10 +90,10 @@ async def _setup(tmp_path: Path, nursery: trio.Nursery) -> tuple[PushService, Pa
     return service, config, deliveries, status_port
 
 
-async def test_killed_between_journal_commit_and_ack(tmp_path):
+async def test_killed_between_journal_commit_and_ack(tmp_path, stack):
     async with trio.open_nursery() as nursery:
         service, config, deliveries, port = await _setup(tmp_path, nursery)
-        gateway = GatewayProcess(config, port, tmp_path / "gateway.log")
+        gateway = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
         await gateway.start()
         info = await _subscription(gateway, config)
         # The service refuses the DELETEs: every message is journalled, none acknowledged.
@@ -97,7 +107,7 @@ async def test_killed_between_journal_commit_and_ack(tmp_path):
         gateway.kill()
         assert service.pending_messages() == 5
 
-        restarted = GatewayProcess(config, port, tmp_path / "gateway.log")
+        restarted = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
         await restarted.start()
         await wait_until(lambda: service.pending_messages() == 0, "every message acknowledged")
         # Stored policy: delivery follows the ack, so wait for the device side too.
@@ -110,10 +120,10 @@ async def test_killed_between_journal_commit_and_ack(tmp_path):
         nursery.cancel_scope.cancel()
 
 
-async def test_killed_between_receipt_and_commit(tmp_path):
+async def test_killed_between_receipt_and_commit(tmp_path, stack):
     async with trio.open_nursery() as nursery:
         service, config, deliveries, port = await _setup(tmp_path, nursery)
-        gateway = GatewayProcess(config, port, tmp_path / "gateway.log")
+        gateway = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
         await gateway.start()
         info = await _subscription(gateway, config)
         # Hold the journal's write lock: messages arrive but cannot be committed.
@@ -130,7 +140,7 @@ async def test_killed_between_receipt_and_commit(tmp_path):
         assert _journalled(deliveries) == {}
         assert service.pending_messages() == 3  # never acknowledged
 
-        restarted = GatewayProcess(config, port, tmp_path / "gateway.log")
+        restarted = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
         await restarted.start()
         await wait_until(lambda: service.pending_messages() == 0, "every message acknowledged")
         # Stored policy: delivery follows the ack, so wait for the device side too.
