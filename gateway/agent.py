@@ -144,6 +144,10 @@ class Agent:
         self._subscribe_lock = trio.Lock()
         self._distribute_wanted = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self._last_resubscribe: float | None = None
+        self._resubscribe_backoff = Backoff(
+            self.push.backoff_base, self.push.backoff_cap, rng=self._rng
+        )
         self._register_metrics()
 
     def _register_metrics(self) -> None:
@@ -379,6 +383,7 @@ class _Session:
         self._wake_writer = trio.Event()
         self._pending: dict[int, _Pending] = {}
         self._last_received = time.monotonic()
+        self._frames_seen = 0
         self._pong = trio.Event()
         self._monitors: dict[int, str] = {}
         self._cancel: trio.CancelScope | None = None
@@ -492,8 +497,12 @@ class _Session:
     async def _reader(self, stream: trio.abc.Stream) -> None:
         while True:
             data = bytes(await stream.receive_some(READ_CHUNK))
-            self._last_received = time.monotonic()
             events = self.proto.receive_data(data)
+            if events or self.proto.frames_received != self._frames_seen:
+                # Liveness is whole frames, not bytes: a peer trickling one byte at a time
+                # (slow-loris) never completes a PING answer and is found dead.
+                self._frames_seen = self.proto.frames_received
+                self._last_received = time.monotonic()
             for event in events:
                 self._dispatch(event)
             self._flush()
@@ -505,8 +514,17 @@ class _Session:
         # Traffic counts as liveness; only a quiet line is pinged, so an idle gateway wakes once
         # per interval. No answer within the next interval: the path is dead.
         interval = self.push.keepalive
+        seen_pushes: frozenset[int] = frozenset()
         while True:
             await trio.sleep(interval)
+            # A pushed message still incomplete one interval after it was first seen has
+            # stalled (a body that never ends): reset it, the service redelivers it.
+            now_open = self.proto.open_pushes()
+            stalled = self.proto.cancel_pushes(seen_pushes & now_open)
+            if stalled:
+                log.warning("reset %d pushed message(s) that stalled for %g s", stalled, interval)
+                self._flush()
+            seen_pushes = now_open - seen_pushes
             if time.monotonic() - self._last_received < interval:
                 continue
             self._pong = trio.Event()
@@ -739,6 +757,17 @@ class _Session:
     async def _resubscribe_set(self, url: str) -> None:
         agent = self.agent
         agent.status.sets.discard(url)
+        # A service whose sets keep expiring (or flip between 404 and 200) must not make us
+        # re-subscribe in a tight loop: back off unless the previous set lived a healthy while.
+        now = time.monotonic()
+        last = agent._last_resubscribe
+        if last is not None and now - last < self.push.healthy_after:
+            delay = agent._resubscribe_backoff.next_delay()
+            log.warning("sets keep expiring: re-subscribing in %.1f s", delay)
+            await trio.sleep(delay)
+        else:
+            agent._resubscribe_backoff.reset()
+        agent._last_resubscribe = time.monotonic()
         async with agent._subscribe_lock:
             expired = [
                 rec

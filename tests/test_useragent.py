@@ -353,3 +353,42 @@ def test_retry_after_http_date():
     assert ua.parse_retry_after("Thu, 01 Jan 1970 00:01:40 GMT", now=40.0) == 60.0
     assert ua.parse_retry_after("soon") is None
     assert ua.parse_retry_after("5") == 5.0
+
+
+def test_a_flood_of_promises_beyond_the_limit_is_refused(monkeypatch):
+    monkeypatch.setattr(ua, "MAX_PUSHED_STREAMS", 3)
+    client, server = connect()
+    client.monitor(f"{ORIGIN}/set/s1")
+    exchange(client, server)
+    sid, _ = last_request(server)
+    promised = []
+    for i in range(5):
+        stream = server.conn.get_next_available_stream_id()
+        server.conn.push_stream(
+            sid,
+            stream,
+            [
+                (":method", "GET"),
+                (":path", f"/message/{i}"),
+                (":authority", "x"),
+                (":scheme", "https"),
+            ],
+        )
+        promised.append(stream)
+    exchange(client, server)
+    assert client.open_pushes() == frozenset(promised[:3])
+    assert client.pushes_refused == 2
+
+
+def test_stalled_pushes_can_be_cancelled():
+    client, server = connect()
+    client.monitor(f"{ORIGIN}/set/s1")
+    exchange(client, server)
+    sid, _ = last_request(server)
+    promised = server.push(sid, "/message/slow", b"part", end=False)
+    exchange(client, server)
+    assert client.open_pushes() == {promised}
+    assert client.cancel_pushes([promised, 999]) == 1
+    exchange(client, server)
+    assert client.open_pushes() == frozenset()
+    assert promised in server.resets

@@ -276,6 +276,8 @@ class UserAgentProtocol:
         self._closed = False
         self.goaway_received = False
         self._preface: bytes | None = b""  # the server's first bytes until checked
+        self.pushes_refused = 0  # promises refused because too many were open
+        self.frames_received = 0  # h2 events seen: the agent's measure of liveness
 
     # ------------------------------------------------------------------ connection lifecycle
 
@@ -422,6 +424,7 @@ class UserAgentProtocol:
             h2_events = self._conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             raise ProtocolViolation(f"HTTP/2 protocol error from the push service: {exc}") from exc
+        self.frames_received += len(h2_events)
         events: list[Event] = []
         for ev in h2_events:
             events.extend(self._handle(ev))
@@ -477,8 +480,34 @@ class UserAgentProtocol:
             raise ProtocolViolation(f"PUSH_PROMISE with an unusable :path {path[:100]!r}")
         # The message is acknowledged on this connection whatever :authority the promise names.
         message_url = f"{self.origin}{path}"
+        if len(self._pushed) >= MAX_PUSHED_STREAMS:
+            # h2 does not count promised streams against our SETTINGS_MAX_CONCURRENT_STREAMS
+            # until they start; a flood would grow without bound. Refuse: the service
+            # redelivers an unacknowledged message later.
+            self.pushes_refused += 1
+            with contextlib.suppress(h2.exceptions.StreamClosedError):
+                self._conn.reset_stream(pushed_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return []
         self._pushed[pushed_id] = _Pushed(message_url, parent.url if parent else None, headers)
         return []
+
+    def open_pushes(self) -> frozenset[int]:
+        """Stream ids of pushed messages still arriving."""
+        return frozenset(self._pushed)
+
+    def cancel_pushes(self, stream_ids: Iterable[int]) -> int:
+        """Reset pushed streams that stalled (a body that never ends); returns how many.
+
+        The caller decides what "stalled" means (it has the clock): typically, still open a
+        keepalive interval after it was first seen. The service redelivers them later.
+        """
+        cancelled = 0
+        for stream_id in stream_ids:
+            if self._pushed.pop(stream_id, None) is not None:
+                cancelled += 1
+                with contextlib.suppress(h2.exceptions.StreamClosedError):
+                    self._conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+        return cancelled
 
     def _on_response(self, stream_id: int, headers: Headers) -> list[Event]:
         status_text = _header(headers, ":status") or "0"
