@@ -10,6 +10,8 @@ import logging
 import os
 import sys
 
+QUIET_LIBRARIES = ("h2", "hpack", "h11", "paho", "trio")
+
 _PLAIN = "%(levelname)s %(name)s: %(message)s"
 _STAMPED = "%(asctime)s " + _PLAIN
 
@@ -22,6 +24,10 @@ def setup_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # h2 and hpack log every header at DEBUG: push message and subscription URLs are
+    # capabilities (RFC 8030 §8.3), so they never reach our log, whatever the level.
+    for library in QUIET_LIBRARIES:
+        logging.getLogger(library).setLevel(logging.WARNING)
 
 
 def get_logger(component: str) -> logging.Logger:
