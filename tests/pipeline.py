@@ -52,13 +52,9 @@ RETRY_CAP = 0.3
 HTTP_TIMEOUT = 10.0
 # The paho subscriber's CONNACK/SUBACK wait; mosquitto answers in milliseconds.
 SUBSCRIBE_TIMEOUT = 10.0
-# The subscriber's first reconnect attempt after a broker restart (paho's default is 1 s).
-SUBSCRIBER_RECONNECT = 0.1
 
 
-def route(
-    name: str, *targets: Target, ack: str = "stored", max_age: float = 3600.0
-) -> RouteConfig:
+def route(name: str, *targets: Target, ack: str = "stored", max_age: float = 3600.0) -> RouteConfig:
     """A route with the fast test retry schedule."""
     return RouteConfig(
         name=name,
@@ -157,7 +153,7 @@ class Pipeline:
         def post() -> Sent:
             response = webpush(
                 info,
-                body,  # type: ignore[arg-type]  # pywebpush takes bytes too
+                body,
                 ttl=ttl,
                 headers=headers,
                 timeout=HTTP_TIMEOUT,
@@ -270,13 +266,13 @@ class MqttSubscriber:
         )
         if username is not None:
             self.client.username_pw_set(username, password)
-        # paho's own reconnect (after a broker restart) starts at 1 s by default.
-        self.client.reconnect_delay_set(min_delay=SUBSCRIBER_RECONNECT, max_delay=1)
+        # paho reconnects by itself after a broker restart; a second apart at most here.
+        self.client.reconnect_delay_set(min_delay=1, max_delay=1)
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *args: self._subscribed.set()
         options = SubscribeOptions(qos=2, retainAsPublished=True)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, options=options)
-        connect = Properties(PacketTypes.CONNECT)
+        connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         # With a session expiry and a persistent broker, the subscription and the messages
         # queued for this client survive a broker restart: nothing published before this client
         # is back is lost on the subscriber's side.
@@ -309,6 +305,15 @@ class MqttSubscriber:
 def user_properties(message: paho.MQTTMessage) -> dict[str, str]:
     """The MQTT 5 user properties of a received message, as a dict."""
     return dict(getattr(message.properties, "UserProperty", []))
+
+
+def mqtt_property(message: paho.MQTTMessage, name: str) -> Any:
+    """One MQTT 5 property of a received message (paho names them, e.g. ``ContentType``)."""
+    return getattr(message.properties, name)
+
+
+def has_mqtt_property(message: paho.MQTTMessage, name: str) -> bool:
+    return hasattr(message.properties, name)
 
 
 def processed_envelopes(sim: Simulator) -> list[dict[str, Any]]:

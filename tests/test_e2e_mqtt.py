@@ -13,7 +13,14 @@ from pathlib import Path
 from gateway.config import MqttAdapterConfig, MqttTarget
 from tests.agent_harness import wait_until
 from tests.mosquitto import Mosquitto, MosquittoFactory, mosquitto, mosquitto_factory  # noqa: F401
-from tests.pipeline import MqttSubscriber, route, running_gateway, user_properties
+from tests.pipeline import (
+    MqttSubscriber,
+    has_mqtt_property,
+    mqtt_property,
+    route,
+    running_gateway,
+    user_properties,
+)
 
 TTL = 600
 # The broker counts the expiry interval down while it holds a message; on loopback it forwards
@@ -55,7 +62,10 @@ async def test_messages_arrive_with_their_mqtt5_properties(
                 body = b'{"interval_s": %d}' % i
                 sent[body] = ("telemetry", await run.send("telemetry", body, ttl=TTL))
                 body = b"open valve %d" % i
-                sent[body] = ("commands", await run.send("commands", body, ttl=TTL, topic="v%d" % i))
+                sent[body] = (
+                    "commands",
+                    await run.send("commands", body, ttl=TTL, topic=f"v{i}"),
+                )
             await wait_until(lambda: len(subscriber.messages) >= len(sent), "every message")
             received = subscriber.messages
             dead = run.gateway.store.dead_letters()
@@ -67,21 +77,21 @@ async def test_messages_arrive_with_their_mqtt5_properties(
         order = [body for body, (name, _) in sent.items() if name == route_name]
         assert [m.payload for m in received if m.payload in order] == order, route_name
     for message in received:
-        route_name, answer = sent[message.payload]
+        route_name, answer = sent[bytes(message.payload)]
         journal_id = run.journal_ids[answer.message_url]
         assert user_properties(message) == {"message-id": journal_id, "route": route_name}
-        expiry = message.properties.MessageExpiryInterval
+        expiry = mqtt_property(message, "MessageExpiryInterval")
         assert TTL - EXPIRY_SLACK <= expiry <= TTL
         if route_name == "telemetry":
             assert message.topic == f"site/telemetry/{journal_id}"
             assert message.qos == 1
             assert message.retain
-            assert message.properties.ContentType == "application/json"
+            assert mqtt_property(message, "ContentType") == "application/json"
         else:
             assert message.topic == "cmd/commands"
             assert message.qos == 2
             assert not message.retain
-            assert not hasattr(message.properties, "ContentType")
+            assert not has_mqtt_property(message, "ContentType")
     assert dead == []
 
 
