@@ -34,7 +34,7 @@ from gateway.backoff import Backoff
 from gateway.config import Config, RouteConfig
 from gateway.http1 import HttpError, client_ssl_context, is_loopback_host, post_json
 from gateway.ingest import Ingestor
-from gateway.logs import get_logger
+from gateway.logs import get_logger, redact_url
 from gateway.metrics import Metrics
 from gateway.store import Incoming, Store, StoreError, SubscriptionRecord
 from gateway.webpush import useragent as ua
@@ -625,7 +625,9 @@ class _Session:
         elif event.status in (404, 410) or 400 <= event.status < 500:
             # RFC 8030 §7.3.1: the service expired the set and every subscription in it.
             log.warning(
-                "the push service expired %s (HTTP %d): re-subscribing", event.url, event.status
+                "the push service expired %s (HTTP %d): re-subscribing",
+                redact_url(event.url),
+                event.status,
             )
             assert self._nursery is not None
             self._nursery.start_soon(self._resubscribe_set, event.url)
@@ -732,7 +734,9 @@ class _Session:
                     self._start_monitor(monitor_url, wait0=True)
                 return True
             if isinstance(result, ua.SubscribeFailed) and result.set_rejected and set_url:
-                log.warning("the push service refused set %s: subscribing without it", set_url)
+                log.warning(
+                    "the push service refused set %s: subscribing without it", redact_url(set_url)
+                )
                 set_url = None
                 continue
             reason = getattr(result, "reason", "connection lost")

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
+from gateway.logs import redact_url
+
 # A response we read at most this much of: the receiving server's answer is only a status.
 MAX_RESPONSE_BYTES = 64 * 1024
 READ_CHUNK = 16 * 1024
@@ -101,8 +103,7 @@ async def request(
             async with stream:
                 return await _exchange(stream, method, parts.netloc, target, body, headers)
         except (OSError, ssl.SSLError, trio.BrokenResourceError, h11.ProtocolError) as exc:
-            where = f"{parts.scheme}://{parts.netloc}{parts.path}"
-            raise HttpError(f"{method} {where}: {exc}") from exc
+            raise HttpError(f"{method} {redact_url(url)}: {exc}") from exc
 
 
 async def _exchange(

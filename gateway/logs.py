@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from urllib.parse import urlsplit
 
 QUIET_LIBRARIES = ("h2", "hpack", "h11", "paho", "trio")
 
@@ -33,3 +34,18 @@ def setup_logging(level: str = "info") -> None:
 def get_logger(component: str) -> logging.Logger:
     """The logger of one component, named ``fieldgate.<component>``."""
     return logging.getLogger(f"fieldgate.{component}")
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for a log line: its origin and the first path segment, the rest elided.
+
+    Push resources, subscriptions, sets and messages are capability URLs (RFC 8030 §8.3):
+    whoever knows one can use it, so the unguessable part never reaches a log.
+    """
+    parts = urlsplit(url)
+    first = parts.path.lstrip("/").split("/", 1)[0]
+    return (
+        f"{parts.scheme}://{parts.netloc}/{first}/…"
+        if first
+        else f"{parts.scheme}://{parts.netloc}/"
+    )

@@ -46,3 +46,13 @@ def test_wrong_labels_are_refused():
     counter = Metrics().counter("c_total", "c", ["route"])
     with pytest.raises(ValueError):
         counter.inc(adapter="x")
+
+
+def test_capability_urls_are_redacted_for_logs():
+    from gateway.logs import redact_url
+
+    assert (
+        redact_url("https://push.example.net/set/s3cr3t-t0ken") == "https://push.example.net/set/…"
+    )
+    assert "s3cr3t" not in redact_url("http://127.0.0.1:8/message/s3cr3t?x=1")
+    assert redact_url("https://h.example") == "https://h.example/"
