@@ -287,10 +287,10 @@ def _count_syscalls(pids: dict[str, int], seconds: float) -> dict[str, Any]:
         total = 0
         for line in out.read_text().splitlines():
             parts = line.split()
-            if len(parts) >= 5 and parts[0].replace(".", "").isdigit() and parts[3].isdigit():
-                by_name[parts[-1]] = int(parts[3])
-            elif parts and parts[-1] == "total" and len(parts) >= 4:
+            if len(parts) >= 5 and parts[-1] == "total" and parts[3].isdigit():
                 total = int(parts[3])
+            elif len(parts) >= 5 and parts[0].replace(".", "").isdigit() and parts[3].isdigit():
+                by_name[parts[-1]] = int(parts[3])
         out.unlink()
         found[name] = total
         found[f"{name}_by_name"] = by_name
