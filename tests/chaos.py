@@ -34,7 +34,7 @@ from pushservice.h1client import HttpConnection
 from tests.chaos_ledger import Ledger, Report, Sent, format_report, make_body
 from tests.chaos_observe import MqttDevice, watch_record
 from tests.chaos_peers import PushServiceProcess, SerialDevice, fill_disk, tmpfs
-from tests.chaos_proxy import CuttableProxy
+from tests.chaos_proxy import CutMode, CuttableProxy
 from tests.gateway_process import GatewayProcess, free_port
 from tests.mosquitto import Mosquitto
 from tests.serial_sim import build_firmware_bridge
@@ -54,6 +54,7 @@ ROUTES = {
     "serial-stored": ("serial", "stored"),
     "serial-delivered": ("serial", "delivered"),
 }
+CUT_MODES: tuple[CutMode, ...] = ("reset", "blackhole")
 URGENCIES = ("very-low", "low", "normal", "high")
 LONG_TTL = 3600  # longer than any run: such a message must arrive
 SHORT_TTL = (1, 6)  # short enough to run out during an outage
@@ -209,6 +210,9 @@ class Chaos:
         device_of_route = {name: device for name, (device, _ack) in ROUTES.items()}
         report = self.ledger.reconcile(now, device_of_route)
         text = format_report(report, self.faults, now - started, self.ledger)
+        if self.proxy.bad_openings:
+            text += "\n  connections to the push service not opened with the HTTP/2 preface: "
+            text += f"{len(self.proxy.bad_openings)}, first bytes: {self.proxy.bad_openings[:3]}"
         if self.gateway_exits:
             text += "\n  gateway exited on its own: " + "; ".join(self.gateway_exits)
             text += "\nRESULT: FAILED (gateway exits)"
@@ -336,8 +340,16 @@ class Chaos:
             await trio.sleep(self.rng.uniform(*self.options.fault_gap))
             kind = pending.pop() if pending else self.rng.choice(FAULT_KINDS)
             hold = self.rng.uniform(*self.options.fault_hold)
+            self._note(f"fault {kind} for {hold:.1f} s")
             await self._fault(kind, hold)
+            self._note(f"fault {kind} over")
             self.faults[kind] += 1
+
+    def _note(self, text: str) -> None:
+        """A timestamped line in faults.log, to line up with the peers' logs."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S") + f",{int(time.time() * 1000) % 1000:03d}"
+        with (self.workdir / "faults.log").open("a") as log:
+            log.write(f"{stamp} {text}\n")
 
     async def _fault(self, kind: str, hold: float) -> None:
         actions: dict[str, Callable[[float], Awaitable[None]]] = {
@@ -360,7 +372,9 @@ class Chaos:
             self._restarting_gateway = False
 
     async def _cut_proxy(self, hold: float) -> None:
-        self.proxy.cut(self.rng.choice(("reset", "blackhole")))
+        mode: CutMode = self.rng.choice(CUT_MODES)
+        self._note(f"proxy cut: {mode}")
+        self.proxy.cut(mode)
         await trio.sleep(hold)
         self.proxy.restore()
 

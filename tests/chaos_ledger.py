@@ -195,7 +195,12 @@ def describe(ledger: Ledger, seq: int) -> str:
     m = ledger.sent.get(seq)
     if m is None:
         return f"{seq}(unknown)"
-    return f"{seq}({m.route}, ttl {m.ttl}, topic {m.topic}, {m.location.rsplit('/', 1)[-1]})"
+    late = ""
+    seen = [s.at for s in ledger.seen if s.seq == seq]
+    if seen and m.accepted:
+        late = f", seen {min(seen) - m.deadline:+.1f} s after its TTL ran out"
+    message_id = m.location.rsplit("/", 1)[-1]
+    return f"{seq}({m.route}, ttl {m.ttl}, topic {m.topic}, {message_id}{late})"
 
 
 def format_report(

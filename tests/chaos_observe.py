@@ -65,13 +65,17 @@ async def watch_record(ledger: Ledger, record: Path) -> None:
     """Add each message the simulator processed (its record, one line each) to the ledger."""
     offset = 0
     pending = b""
+    previous_read = time.monotonic()
     while True:
-        # Another process appends to the file: look at it.
+        # Another process appends to the file: look at it. A line this read finds was written
+        # after the previous read began, so that moment is a lower bound of when the device
+        # processed it, however late this loop runs: a late arrival it shows is a real one.
+        started = time.monotonic()
         data = await trio.to_thread.run_sync(_read_from, record, offset)
         offset += len(data)
         pending += data
         *lines, pending = pending.split(b"\n")
-        now = time.monotonic()
+        now, previous_read = previous_read, started
         for line in lines:
             _mid, _, body_hex = line.decode().partition(" ")
             with contextlib.suppress(ValueError, msgpack.UnpackException, KeyError, TypeError):

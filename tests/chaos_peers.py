@@ -58,7 +58,7 @@ class PushServiceProcess:
                     "--redelivery-after",
                     str(self.redelivery_after),
                     "--log-level",
-                    "warning",
+                    "info",  # protocol errors from clients are logged at info
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=log,

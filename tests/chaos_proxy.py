@@ -17,6 +17,8 @@ import trio
 
 # Bytes moved per read; a push message is a few hundred bytes, an HTTP/2 burst a few KB.
 CHUNK = 64 * 1024
+# RFC 9113 §3.4: every HTTP/2 client connection starts with this.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 CutMode = Literal["reset", "blackhole"]
 
 
@@ -30,6 +32,8 @@ class CuttableProxy:
         self._open = trio.Event()
         self._open.set()
         self._connections: set[trio.CancelScope] = set()
+        # The first bytes of client connections that did not open with the HTTP/2 preface.
+        self.bad_openings: list[bytes] = []
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen on a free loopback port (``self.port``) and forward until cancelled."""
@@ -76,19 +80,28 @@ class CuttableProxy:
             return  # the service is down: the client sees the connection close
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump, client, upstream, nursery.cancel_scope)
+                nursery.start_soon(self._pump, client, upstream, nursery.cancel_scope, True)
                 nursery.start_soon(self._pump, upstream, client, nursery.cancel_scope)
         finally:
             await trio.aclose_forcefully(upstream)
 
     async def _pump(
-        self, source: trio.SocketStream, sink: trio.SocketStream, pair: trio.CancelScope
+        self,
+        source: trio.SocketStream,
+        sink: trio.SocketStream,
+        pair: trio.CancelScope,
+        from_client: bool = False,
     ) -> None:
+        opening = b""
         try:
             while True:
                 data = await source.receive_some(CHUNK)
                 if not data:
                     break
+                if from_client and len(opening) < len(H2_PREFACE):
+                    opening += data
+                    if not H2_PREFACE.startswith(opening[: len(H2_PREFACE)]):
+                        self.bad_openings.append(opening[:64])
                 await self._open.wait()  # blackhole: hold the bytes, forward nothing
                 await sink.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
