@@ -209,13 +209,16 @@ class Chaos:
         now = time.monotonic()
         device_of_route = {name: device for name, (device, _ack) in ROUTES.items()}
         report = self.ledger.reconcile(now, device_of_route)
-        text = format_report(report, self.faults, now - started, self.ledger)
+        problems = tuple(f"the gateway exited on its own: {e}" for e in self.gateway_exits)
+        findings: tuple[str, ...] = ()
         if self.proxy.bad_openings:
-            text += "\n  connections to the push service not opened with the HTTP/2 preface: "
-            text += f"{len(self.proxy.bad_openings)}, first bytes: {self.proxy.bad_openings[:3]}"
-        if self.gateway_exits:
-            text += "\n  gateway exited on its own: " + "; ".join(self.gateway_exits)
-            text += "\nRESULT: FAILED (gateway exits)"
+            findings = (
+                f"{len(self.proxy.bad_openings)} connection(s) to the push service did not open "
+                f"with the HTTP/2 preface; first bytes: {self.proxy.bad_openings[0]!r}",
+            )
+        text = format_report(
+            report, self.faults, now - started, self.ledger, problems=problems, findings=findings
+        )
         return ChaosResult(report, self.faults, text, self.gateway_exits)
 
     async def _start_peers(self, nursery: trio.Nursery) -> None:

@@ -204,8 +204,14 @@ def describe(ledger: Ledger, seq: int) -> str:
 
 
 def format_report(
-    report: Report, faults: Counter[str], elapsed: float, ledger: Ledger | None = None
+    report: Report,
+    faults: Counter[str],
+    elapsed: float,
+    ledger: Ledger | None = None,
+    problems: tuple[str, ...] = (),
+    findings: tuple[str, ...] = (),
 ) -> str:
+    """The summary; ``problems`` fail the run, ``findings`` are noted only."""
     """The human-readable summary the driver prints."""
     lines = [
         f"chaos run: {elapsed:.1f} s",
@@ -236,5 +242,7 @@ def format_report(
             shown = ", ".join(describe(ledger, s) if ledger else str(s) for s in seqs[:50])
             more = f" ... (+{len(seqs) - 50})" if len(seqs) > 50 else ""
             lines.append(f"  {name} message seqs: {shown}{more}")
-    lines.append("RESULT: " + ("OK" if report.ok else "FAILED"))
+    lines += [f"  FAILURE: {p}" for p in problems]
+    lines += [f"  finding: {f}" for f in findings]
+    lines.append("RESULT: " + ("OK" if report.ok and not problems else "FAILED"))
     return "\n".join(lines)
