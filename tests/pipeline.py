@@ -52,6 +52,8 @@ RETRY_CAP = 0.3
 HTTP_TIMEOUT = 10.0
 # The paho subscriber's CONNACK/SUBACK wait; mosquitto answers in milliseconds.
 SUBSCRIBE_TIMEOUT = 10.0
+# Where MqttSubscriber.settle() publishes (never delivered back to it: No Local).
+SETTLE_TOPIC = "e2e/settle"
 
 
 def route(name: str, *targets: Target, ack: str = "stored", max_age: float = 3600.0) -> RouteConfig:
@@ -270,7 +272,8 @@ class MqttSubscriber:
         self.client.reconnect_delay_set(min_delay=1, max_delay=1)
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *args: self._subscribed.set()
-        options = SubscribeOptions(qos=2, retainAsPublished=True)
+        # No Local: the client's own settle() publications are not delivered back to it.
+        options = SubscribeOptions(qos=2, noLocal=True, retainAsPublished=True)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, options=options)
         connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         # With a session expiry and a persistent broker, the subscription and the messages
@@ -288,6 +291,18 @@ class MqttSubscriber:
     def _on_message(self, client: Any, userdata: Any, message: paho.MQTTMessage) -> None:
         with self._lock:
             self._messages.append(message)
+
+    def settle(self) -> None:
+        """Return once the broker has processed everything this client sent so far.
+
+        A QoS 1 publish's PUBACK comes after the broker read the packets before it on the same
+        connection, the acknowledgements of received messages included: a broker stopped after
+        this will not redeliver those messages to the client's persistent session.
+        """
+        info = self.client.publish(SETTLE_TOPIC, b"", qos=1)
+        info.wait_for_publish(SUBSCRIBE_TIMEOUT)
+        if not info.is_published():
+            raise RuntimeError("the broker did not acknowledge the settle publication")
 
     @property
     def messages(self) -> list[paho.MQTTMessage]:
