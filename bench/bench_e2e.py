@@ -1,0 +1,658 @@
+"""End to end: push service -> gateway (journal on disk) -> MQTT QoS 1 and serial, beside floors.
+
+Processes (``bench/e2e_*.py``): mosquitto, the reference push service (``fieldgate
+push-service``), a sender (pre-encrypted 100 B payloads, HTTP/1.1 keep-alive, rate-controlled),
+an MQTT subscriber (QoS 1, stamps each receipt) and the C device simulator fbsim on a pty, all on
+core 0; on core 1 either the gateway (``fieldgate run`` with a generated config: one MQTT QoS 1
+route, one serial route, ack after journalling) or the floor, a bare h2 + bare cryptography
+client (``bench.agent_floor.FloorClient``) against the same service.
+
+Measured, each beside its floor from the same run:
+
+* sustained messages/s: N messages wait at the push service, then the gateway starts and takes
+  them to the MQTT subscriber; rate over the 10%-90% receipts (start-up excluded). Floor: the
+  bare client draining N the same way (receive + decrypt + DELETE, no MQTT), and a bare paho
+  QoS 1 publisher burst (the MQTT floor);
+* gateway CPU µs/message (``/proc/PID/stat``, all threads) and disk bytes/message
+  (``/proc/PID/io`` write_bytes) over the drain;
+* latency at 25%, 50% and 90% of the sustained rate: from the sender's POST (just before it
+  writes the request) to the subscriber's on_message; it includes the HTTP/1.1 POST, the push
+  service, the gateway and the broker hop. Beside it the same path with the floor client
+  publishing each decrypted payload with bare paho, and the gateway's own
+  ``fieldgate_delivery_latency_seconds`` (gateway receipt -> broker PUBACK; bucket bounds);
+* serial: messages/s to fbsim over the pty beside a 115200-baud line's stop-and-wait capacity
+  for the same frames (computed; a pty has no baud rate);
+* RSS at start (connected, idle) and after the run; idle CPU and wake-ups (voluntary context
+  switches) per minute with every keepalive at 60 s.
+
+``FIELDGATE_BENCH_MESSAGES`` (N, default 3000), ``FIELDGATE_BENCH_ROUNDS`` (default 2),
+``FIELDGATE_BENCH_IDLE`` (idle window, s, default 60), ``FIELDGATE_BENCH_LONG=1`` (also
+1,000,000 messages at 90% load, RSS every 100,000). Results: bench/results/e2e.{md,json,png}.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from bench.e2e_common import (
+    CORE_PEERS,
+    CORE_UNDER_TEST,
+    Child,
+    ProcSample,
+    context_switches,
+    percentile,
+    pin,
+    sample,
+)
+from bench.e2e_procs import (
+    KEEPALIVE,
+    MQTT_ADAPTER,
+    MQTT_ROUTE,
+    SERIAL_ROUTE,
+    TOPIC_PREFIX,
+    GatewayProcess,
+    export_keys,
+    free_port,
+    histogram_buckets,
+    metric_sum,
+    start_mosquitto,
+    start_push_service,
+    start_simulator,
+    stop_process,
+    write_config,
+)
+from bench.e2e_report import render_markdown, write_chart
+
+DEFAULT_MESSAGES = 3000  # ~4-5 s of gateway drain at the ~700 msg/s seen here
+DEFAULT_ROUNDS = 2  # floor/gateway drains alternate; medians (the VM drifts 20-30%)
+LOADS = (0.25, 0.5, 0.9)  # fractions of the gateway's sustained rate (issue 10)
+LATENCY_SECONDS = 4.0  # each load step lasts about this long ...
+LATENCY_MIN_MESSAGES = 200  # ... with at least this many samples for a p99
+SERIAL_MESSAGES = 600  # ~1 s over the pty
+MQTT_FLOOR_MESSAGES = 10_000  # perf-limits.md §3a burst size (~1 s)
+DEFAULT_IDLE = 60.0  # one whole keepalive period
+IDLE_SETTLE = 3.0  # after the last message: let deferred work (commits, thread exits) finish
+LONG_MESSAGES = 1_000_000
+LONG_STEP = 100_000  # RSS is read every this many delivered messages
+TTL = 86_400  # no message may expire during a run (the long run takes ~30 min)
+REDELIVERY_AFTER = 3600.0  # the service must not push a message twice because a run is slow
+WINDOW = (0.1, 0.9)  # rates over the 10%-90% receipts: start-up and tail excluded
+SAMPLE_EVERY = 0.05  # /proc sampling of the gateway during a drain
+RESULT_LIMIT = 120.0  # a phase making no progress for this long is a failure, not slow
+GOAL_RATE = 0.65  # issue 10: end to end >= 65% of the h2 + cryptography floor
+GOAL_P99_MS = 10.0  # p99 at 50% load
+GOAL_RSS_MIB = 50.0
+GOAL_FLAT = 0.10  # RSS within 10% from 100k to 1M messages
+LINE_BYTES_PER_S = 115200 / 10  # 8N1: start + 8 data + stop bits
+RESULTS = Path(__file__).parent / "results"
+
+Report = dict[str, Any]
+
+
+class Progress:
+    """A plain-text progress bar on stderr."""
+
+    WIDTH = 30
+
+    def __init__(self, phases: int) -> None:
+        self.phases = phases
+        self.phase = 0
+        self.label = ""
+        self.last = ""
+        self.started = time.monotonic()
+
+    def next(self, label: str) -> None:
+        self.phase += 1
+        self.label = label
+        self.show(0.0)
+
+    def show(self, fraction: float) -> None:
+        done = round(max(0.0, min(1.0, fraction)) * self.WIDTH)
+        bar = "#" * done + "." * (self.WIDTH - done)
+        elapsed = time.monotonic() - self.started
+        line = (
+            f"\r[{bar}] {fraction * 100:3.0f}%  phase {self.phase}/{self.phases} "
+            f"{self.label:<34} {elapsed:5.0f} s"
+        )
+        if line != self.last:  # redraw only what changed: the output may be a log file
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            self.last = line
+
+    def done(self) -> None:
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _interpolate(samples: list[ProcSample], t: float, field: str) -> float:
+    """The value of ``field`` at time ``t``, linear between the samples around it."""
+    before = [s for s in samples if s.t <= t]
+    after = [s for s in samples if s.t >= t]
+    if not before:
+        return float(getattr(samples[0], field))
+    if not after:
+        return float(getattr(samples[-1], field))
+    a, b = before[-1], after[0]
+    va, vb = float(getattr(a, field)), float(getattr(b, field))
+    return va if b.t == a.t else va + (vb - va) * (t - a.t) / (b.t - a.t)
+
+
+def _window(times: list[float]) -> tuple[int, float, float]:
+    """(messages, start, end) of the 10%-90% window of sorted receipt times."""
+    lo, hi = (max(1, round(len(times) * f)) - 1 for f in WINDOW)
+    return hi - lo, times[lo], times[hi]
+
+
+def _latency_summary(latencies_s: list[float]) -> Report:
+    ms = [x * 1e3 for x in latencies_s]
+    return {
+        "samples": len(ms),
+        "p50_ms": percentile(ms, 50),
+        "p99_ms": percentile(ms, 99),
+        "max_ms": max(ms),
+    }
+
+
+def _histogram_quantile(
+    before: list[tuple[float, float]], after: list[tuple[float, float]], q: float
+) -> float | None:
+    """Upper bucket bound (s) under which ``q`` of the observations between two scrapes fell."""
+    old = dict(before)
+    diff = [(bound, count - old.get(bound, 0.0)) for bound, count in after]
+    total = diff[-1][1] if diff else 0.0
+    if total <= 0:
+        return None
+    for bound, count in diff:
+        if count >= q * total:
+            return bound
+    return None
+
+
+class Bench:
+    """The peers and the children of one run."""
+
+    def __init__(self, workdir: Path, messages: int, progress: Progress) -> None:
+        self.workdir = workdir
+        self.messages = messages
+        self.progress = progress
+        self.children: list[Child] = []
+        self.procs: list[Any] = []
+        mosquitto, self.mqtt_port = start_mosquitto(workdir)
+        self.procs.append(mosquitto)
+        service, self.service_url = start_push_service(workdir, REDELIVERY_AFTER)
+        self.service = service
+        self.procs.append(service)
+        fbsim, pty, self.record = start_simulator(workdir)
+        self.procs.append(fbsim)
+        status_port = free_port()
+        self.config = write_config(workdir, self.service_url, self.mqtt_port, pty, status_port)
+        self.gateway = GatewayProcess(self.config, status_port, workdir / "gateway.log")
+        self.gateway_runs = 0
+
+    def child(self, args: list[str], *, core: int, stdin: bool = False) -> Child:
+        child = Child(
+            [sys.executable, *args], core=core, stdin=stdin, stderr=self.workdir / "children.log"
+        )
+        self.children.append(child)
+        return child
+
+    # ------------------------------------------------------------------ set-up
+
+    def setup(self) -> Report:
+        """First gateway start: subscribe both routes, read RSS connected and idle, stop."""
+        self.gateway.start()
+        self.gateway.wait_ready()
+        self.gateway.wait_subscribed()
+        time.sleep(IDLE_SETTLE)
+        start = sample(self.gateway.pid)
+        self.gateway.stop()
+        self.keys_file = self.workdir / "keys.json"
+        self.keys = export_keys(self.config, self.keys_file)
+        self.subscriber = self.child(
+            ["-m", "bench.e2e_subscriber", str(self.mqtt_port), TOPIC_PREFIX + "#"],
+            core=CORE_PEERS,
+            stdin=True,
+        )
+        self.subscriber.expect("ready", RESULT_LIMIT)
+        self.sender = self.child(
+            ["-m", "bench.e2e_sender", str(self.keys_file), str(TTL)], core=CORE_PEERS, stdin=True
+        )
+        self.sender.expect("ready", RESULT_LIMIT)
+        encrypted = self.encrypt(MQTT_ROUTE, self.messages)
+        return {"rss_start_kib": start.rss_kib, "body_bytes": encrypted["body_bytes"]}
+
+    def encrypt(self, route: str, count: int) -> Report:
+        return self.sender.ask(
+            "encrypted", RESULT_LIMIT + count * 0.01, cmd="encrypt", route=route, count=count
+        )
+
+    def post(self, route: str, count: int, rate: float, times: bool = False) -> None:
+        self.sender.send(cmd="post", route=route, count=count, rate=rate, times=times)
+
+    def sent(self) -> Report:
+        return self.sender.expect("sent", RESULT_LIMIT + self.messages * 0.01)
+
+    def received(self) -> int:
+        return int(self.subscriber.ask("count", RESULT_LIMIT, cmd="count")["count"])
+
+    def receipts(self) -> dict[int, float]:
+        report = self.subscriber.ask("times", RESULT_LIMIT, cmd="times")
+        return {int(seq): float(t) for seq, t in report["times"]}
+
+    # ------------------------------------------------------------------ phases
+
+    def mqtt_floor(self) -> float:
+        """Bare paho QoS 1 burst through the loop_start() thread until the last PUBACK."""
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        own = os.sched_getaffinity(0)
+        pin(CORE_UNDER_TEST)  # the publisher takes the gateway's core (threads inherit it)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        client.max_inflight_messages_set(100)  # perf-limits.md §3a: paho's best QoS 1 rate
+        try:
+            client.connect("127.0.0.1", self.mqtt_port)
+            client.loop_start()
+            deadline = time.monotonic() + RESULT_LIMIT
+            while not client.is_connected() and time.monotonic() < deadline:
+                time.sleep(0.01)  # set-up only: paho offers no connected event to wait on
+            body = b"x" * 100
+            started = time.perf_counter()
+            info = None
+            for _ in range(MQTT_FLOOR_MESSAGES):
+                info = client.publish("floor/paho", body, qos=1)
+            assert info is not None
+            info.wait_for_publish(RESULT_LIMIT)
+            return MQTT_FLOOR_MESSAGES / (time.perf_counter() - started)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+            os.sched_setaffinity(0, own)
+
+    def floor_drain(self) -> Report:
+        self.post(MQTT_ROUTE, self.messages, 0.0)
+        self._wait_sent()
+        floor = self.child(
+            ["-m", "bench.e2e_floor", "drain", str(self.keys_file), str(self.messages)],
+            core=CORE_UNDER_TEST,
+        )
+        report = floor.expect("result", RESULT_LIMIT + self.messages * 0.01)
+        floor.proc.wait()
+        report["rate"] = report["window"] / report["window_seconds"]
+        report["cpu_us"] = report["window_cpu"] / report["window"] * 1e6
+        return report
+
+    def _wait_sent(self) -> Report:
+        while True:
+            try:
+                return self.sender.expect("sent", 1.0)
+            except TimeoutError:
+                self.progress.show(0.0)
+
+    def gateway_drain(self) -> Report:
+        """N waiting messages; the gateway starts and delivers them to the subscriber."""
+        self.post(MQTT_ROUTE, self.messages, 0.0)
+        self._wait_sent()
+        self.subscriber.ask("reset", RESULT_LIMIT, cmd="reset")
+        self.gateway.start()
+        self.gateway_runs += 1
+        report = self._collect(self.messages, self.gateway.pid)
+        self.gateway.wait_ready()
+        return report
+
+    def live_max(self, pid: int) -> Report:
+        """The gateway (or floor) connected; the sender POSTs N as fast as it is answered."""
+        self.subscriber.ask("reset", RESULT_LIMIT, cmd="reset")
+        self.post(MQTT_ROUTE, self.messages, 0.0)
+        report = self._collect(self.messages, pid)
+        sent = self._wait_sent()
+        report["sender_rate"] = sent["count"] / (sent["t_end"] - sent["t_start"])
+        return report
+
+    def _collect(self, n: int, pid: int) -> Report:
+        """Sample ``pid`` until the subscriber has ``n`` messages; rate over 10%-90%."""
+        samples = [sample(pid)]
+        cores0 = _core_ticks()
+        got, last_change, last_got = 0, time.monotonic(), -1
+        while got < n:
+            time.sleep(SAMPLE_EVERY)
+            if pid == self.gateway.pid:
+                self.gateway.poll_ready()
+            samples.append(sample(pid))
+            got = self.received()
+            if got != last_got:
+                last_got, last_change = got, time.monotonic()
+            elif time.monotonic() - last_change > RESULT_LIMIT:
+                raise RuntimeError(f"stuck at {got}/{n} messages; see {self.workdir}")
+            self.progress.show(got / n)
+        busy = _busy(cores0, _core_ticks())
+        time.sleep(1.0)  # the commits that mark the last deliveries
+        samples.append(sample(pid))
+        times = sorted(self.receipts().values())
+        count, t_lo, t_hi = _window(times)
+        cpu = _interpolate(samples, t_hi, "cpu") - _interpolate(samples, t_lo, "cpu")
+        written = samples[-1].write_bytes - samples[0].write_bytes
+        duplicates = self.subscriber.ask("count", RESULT_LIMIT, cmd="count")["duplicates"]
+        return {
+            "messages": n,
+            "window": count,
+            "window_seconds": t_hi - t_lo,
+            "rate": count / (t_hi - t_lo),
+            "cpu_us": cpu / count * 1e6,
+            "disk_bytes_per_message": written / n,
+            "disk_bytes": written,
+            "rss_kib_after": samples[-1].rss_kib,
+            "duplicates_at_subscriber": duplicates,
+            "core_busy": busy,
+        }
+
+    def latency(self, rate: float, cpu_pid: int | None, scrape: bool) -> Report:
+        """Offer ``rate`` msg/s for LATENCY_SECONDS; POST -> on_message latency per message."""
+        count = max(LATENCY_MIN_MESSAGES, round(rate * LATENCY_SECONDS))
+        self.subscriber.ask("reset", RESULT_LIMIT, cmd="reset")
+        metrics_before = self.gateway.get("/metrics").decode() if scrape else ""
+        before = sample(cpu_pid) if cpu_pid else None
+        cores0 = _core_ticks()
+        self.post(MQTT_ROUTE, count, rate, times=True)
+        got, deadline = 0, time.monotonic() + RESULT_LIMIT + count / rate
+        while got < count:
+            time.sleep(0.1)
+            got = self.received()
+            self.progress.show(got / count)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"latency run at {rate:.0f}/s stuck at {got}/{count}")
+        after = sample(cpu_pid) if cpu_pid else None
+        busy = _busy(cores0, _core_ticks())
+        sent = self._wait_sent()
+        receipts = self.receipts()
+        latencies = [receipts[i] - t for i, t in enumerate(sent["send_times"]) if i in receipts]
+        report: Report = {
+            "offered_rate": rate,
+            "achieved_send_rate": count / (sent["t_end"] - sent["t_start"]),
+            "messages": count,
+            "core_busy": busy,
+            **_latency_summary(latencies),
+        }
+        if before is not None and after is not None:
+            report["cpu_us"] = (after.cpu - before.cpu) / count * 1e6
+        if scrape:
+            metrics_after = self.gateway.get("/metrics").decode()
+            name = "fieldgate_delivery_latency_seconds"
+            hb = histogram_buckets(metrics_before, name, route=MQTT_ROUTE)
+            ha = histogram_buckets(metrics_after, name, route=MQTT_ROUTE)
+            report["histogram_p50_le_ms"] = _ms(_histogram_quantile(hb, ha, 0.5))
+            report["histogram_p99_le_ms"] = _ms(_histogram_quantile(hb, ha, 0.99))
+        return report
+
+    def serial(self) -> Report:
+        """K messages to the serial route; rate from fbsim's record file."""
+        k = SERIAL_MESSAGES
+        self.encrypt(SERIAL_ROUTE, k)
+        base = _lines(self.record)
+        marks = [max(1, round(k * f)) for f in WINDOW]
+        seen: list[float] = []
+        self.post(SERIAL_ROUTE, k, 0.0)
+        deadline = time.monotonic() + RESULT_LIMIT
+        got = 0
+        while got < k:
+            time.sleep(0.01)
+            got = _lines(self.record) - base
+            while len(seen) < 2 and got >= marks[len(seen)]:
+                seen.append(time.monotonic())
+            self.progress.show(got / k)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"serial route stuck at {got}/{k}")
+        self._wait_sent()
+        envelope = bytes.fromhex(self.record.read_text().splitlines()[-1].split(" ", 1)[1])
+        from adapters import seriallink as sl
+
+        data_wire = len(sl.encode_frame(sl.FrameType.DATA, 0, bytes(4) + envelope))
+        ack_wire = len(sl.encode_frame(sl.FrameType.ACK, 0))
+        return {
+            "messages": k,
+            "rate": (marks[1] - marks[0]) / (seen[1] - seen[0]),
+            "envelope_bytes": len(envelope),
+            "data_frame_bytes": data_wire,
+            "ack_frame_bytes": ack_wire,
+            "line_capacity_115200": LINE_BYTES_PER_S / (data_wire + ack_wire),
+        }
+
+    def idle(self, seconds: float) -> Report:
+        """The connected gateway with no traffic: CPU and wake-ups per thread."""
+        pid = self.gateway.pid
+        time.sleep(IDLE_SETTLE)
+        cpu0, ctx0 = sample(pid).cpu, context_switches(pid)
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(1.0, left))
+            self.progress.show(1 - left / seconds)
+        cpu1, ctx1 = sample(pid).cpu, context_switches(pid)
+        per_minute = 60.0 / seconds
+        threads = {
+            tid: {
+                "voluntary": ctx1[tid][0] - ctx0.get(tid, (0, 0))[0],
+                "involuntary": ctx1[tid][1] - ctx0.get(tid, (0, 0))[1],
+            }
+            for tid in ctx1
+        }
+        voluntary = sum(t["voluntary"] for t in threads.values())
+        return {
+            "seconds": seconds,
+            "cpu_seconds_per_minute": (cpu1 - cpu0) * per_minute,
+            "wakeups": voluntary,
+            "wakeups_per_minute": voluntary * per_minute,
+            "threads": threads,
+            "threads_gone": sorted(set(ctx0) - set(ctx1)),
+            # push PING, MQTT PINGREQ, serial ping: each a timer wake-up and a reply wake-up
+            "keepalive_wakeups_allowed": 3 * 2 * math.ceil(seconds / KEEPALIVE),
+        }
+
+    def long_run(self, rate: float) -> Report:
+        """LONG_MESSAGES at ``rate`` through the running gateway; RSS every LONG_STEP."""
+        points: list[tuple[int, int]] = []
+        name = "fieldgate_deliveries_total"
+        labels = {"route": MQTT_ROUTE, "adapter": MQTT_ADAPTER, "outcome": "delivered"}
+        base = metric_sum(self.gateway.get("/metrics").decode(), name, **labels)
+        started = time.monotonic()
+        for step in range(LONG_MESSAGES // LONG_STEP):
+            self.post(MQTT_ROUTE, LONG_STEP, rate)
+            target = (step + 1) * LONG_STEP
+            done = 0.0
+            while done < target:
+                time.sleep(2.0)
+                done = metric_sum(self.gateway.get("/metrics").decode(), name, **labels) - base
+                self.progress.show(done / LONG_MESSAGES)
+            self._wait_sent()
+            points.append((target, sample(self.gateway.pid).rss_kib))
+        return {
+            "messages": LONG_MESSAGES,
+            "offered_rate": rate,
+            "seconds": time.monotonic() - started,
+            "rss_kib": points,
+        }
+
+    def floor_live(self) -> Child:
+        floor = self.child(
+            [
+                "-m",
+                "bench.e2e_floor",
+                "live",
+                str(self.keys_file),
+                str(self.mqtt_port),
+                TOPIC_PREFIX + MQTT_ROUTE,
+            ],
+            core=CORE_UNDER_TEST,
+        )
+        floor.expect("ready", RESULT_LIMIT)
+        return floor
+
+    def close(self) -> None:
+        for child in self.children:
+            if child in (self.sender, self.subscriber) and child.proc.poll() is None:
+                child.send(cmd="quit")
+            child.stop()
+        if self.gateway.proc is not None:
+            self.gateway.stop()
+        for proc in reversed(self.procs):
+            stop_process(proc)
+
+
+def _core_ticks() -> dict[str, tuple[int, int]]:
+    """Per core ("cpu0", ...): (busy, total) clock ticks from /proc/stat."""
+    found = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *values = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            ticks = [int(v) for v in values]
+            idle = ticks[3] + ticks[4]  # idle + iowait
+            found[name] = (sum(ticks) - idle, sum(ticks))
+    return found
+
+
+def _busy(
+    before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]
+) -> dict[str, float]:
+    """Fraction of time each core was busy between two :func:`_core_ticks` readings."""
+    return {
+        core: (after[core][0] - b[0]) / max(1, after[core][1] - b[1])
+        for core, b in before.items()
+        if core in after
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e3
+
+
+def _lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def run(workdir: Path, messages: int, rounds: int, idle_seconds: float, long: bool) -> Report:
+    phases = 5 + 2 * rounds + len(LOADS) * 2 + 2 + (1 if long else 0)
+    progress = Progress(phases)
+    progress.next("start peers, subscribe")
+    bench = Bench(workdir, messages, progress)
+    try:
+        setup = bench.setup()
+        progress.next("MQTT floor (bare paho QoS 1)")
+        mqtt_floor = statistics.median(bench.mqtt_floor() for _ in range(3))
+        drains: list[Report] = []
+        for round_no in range(1, rounds + 1):
+            if bench.gateway.proc is not None and bench.gateway.proc.poll() is None:
+                bench.gateway.stop()
+            progress.next(f"floor drain, round {round_no}")
+            drains.append({"variant": "floor", "round": round_no, **bench.floor_drain()})
+            progress.next(f"gateway drain, round {round_no}")
+            drains.append({"variant": "gateway", "round": round_no, **bench.gateway_drain()})
+        sustained = statistics.median(d["rate"] for d in drains if d["variant"] == "gateway")
+        pool = max(LATENCY_MIN_MESSAGES, round(max(LOADS) * sustained * LATENCY_SECONDS))
+        bench.encrypt(MQTT_ROUTE, max(pool, messages))
+        progress.next("gateway live, sender flat out")
+        live = [{"variant": "gateway", **bench.live_max(bench.gateway.pid)}]
+        latency: list[Report] = []
+        for load in LOADS:
+            progress.next(f"gateway latency at {load:.0%}")
+            report = bench.latency(load * sustained, bench.gateway.pid, scrape=True)
+            latency.append({"variant": "gateway", "load": load, **report})
+        progress.next("serial route (fbsim on a pty)")
+        serial = bench.serial()
+        progress.next(f"idle {idle_seconds:.0f} s")
+        idle = bench.idle(idle_seconds)
+        rss_after = sample(bench.gateway.pid).rss_kib
+        long_report = None
+        if long:
+            progress.next(f"{LONG_MESSAGES:,} messages (long run)")
+            long_report = bench.long_run(max(LOADS) * sustained)
+        bench.gateway.stop()
+        floor = bench.floor_live()
+        progress.next("floor live, sender flat out")
+        live.append({"variant": "floor", **bench.live_max(floor.pid)})
+        for load in LOADS:
+            progress.next(f"floor latency at {load:.0%}")
+            report = bench.latency(load * sustained, floor.pid, scrape=False)
+            latency.append({"variant": "floor", "load": load, **report})
+        floor.stop()
+    finally:
+        progress.done()
+        bench.close()
+    return {
+        "messages": messages,
+        "rounds": rounds,
+        "machine": _machine(),
+        "keepalive_s": KEEPALIVE,
+        "setup": setup,
+        "mqtt_floor_rate": mqtt_floor,
+        "drains": drains,
+        "sustained_rate": sustained,
+        "floor_rate": statistics.median(d["rate"] for d in drains if d["variant"] == "floor"),
+        "live": live,
+        "latency": latency,
+        "serial": serial,
+        "idle": idle,
+        "rss_start_kib": setup["rss_start_kib"],
+        "rss_after_kib": rss_after,
+        "long": long_report,
+        "goals": {
+            "rate_ratio": GOAL_RATE,
+            "p99_ms_at_50": GOAL_P99_MS,
+            "rss_mib": GOAL_RSS_MIB,
+            "flat": GOAL_FLAT,
+        },
+    }
+
+
+def _machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{os.cpu_count()} x {model}, Linux {os.uname().release}, Python {sys.version.split()[0]}"
+    )
+
+
+def main() -> None:
+    messages = int(os.environ.get("FIELDGATE_BENCH_MESSAGES", DEFAULT_MESSAGES))
+    rounds = int(os.environ.get("FIELDGATE_BENCH_ROUNDS", DEFAULT_ROUNDS))
+    idle_seconds = float(os.environ.get("FIELDGATE_BENCH_IDLE", DEFAULT_IDLE))
+    long = os.environ.get("FIELDGATE_BENCH_LONG", "") == "1"
+    # On disk, not tmpfs: write_bytes counts only what goes to a block device.
+    base = Path(os.environ.get("FIELDGATE_BENCH_DIR", "/var/tmp"))
+    workdir = Path(tempfile.mkdtemp(prefix="fieldgate-bench-e2e-", dir=base))
+    try:
+        results = run(workdir, messages, rounds, idle_seconds, long)
+    except BaseException:
+        print(f"(logs kept in {workdir})", file=sys.stderr)
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)
+    RESULTS.mkdir(exist_ok=True)
+    markdown = render_markdown(results)
+    print(markdown)
+    (RESULTS / "e2e.md").write_text(markdown)
+    (RESULTS / "e2e.json").write_text(json.dumps(results, indent=1, default=_json_default))
+    write_chart(results, RESULTS / "e2e.png")
+    print(f"raw results: {RESULTS / 'e2e.json'}; chart: {RESULTS / 'e2e.png'}")
+
+
+def _json_default(value: object) -> object:
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)  # type: ignore[call-overload]
+    raise TypeError(type(value))

@@ -1,0 +1,148 @@
+"""The floor of the end-to-end benchmark (a child process): bare h2 + bare cryptography.
+
+``python -m bench.e2e_floor drain KEYS_FILE EXPECT`` or ``python -m bench.e2e_floor live
+KEYS_FILE MQTT_PORT TOPIC``.
+
+The client is ``bench.agent_floor.FloorClient`` (the logic of reference/perf-limits.md §2a:
+monitor the set, DELETE every push pipelined, decrypt with ``decrypt_direct``); no agent, no
+journal, no router.
+
+* ``drain``: takes EXPECT messages already waiting at the push service and reports when the
+  10% and 90% marks were acknowledged and its CPU at those moments, so that start-up is not in
+  the rate (the gateway's rate is taken over the same window).
+* ``live``: also publishes each decrypted payload with a bare paho client (QoS 1, network
+  thread) to TOPIC, so that the benchmark's subscriber measures the latency of the floor
+  pipeline exactly as it does the gateway's; runs until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import trio
+
+from bench.agent_floor import READ_CHUNK, FloorClient
+from bench.bench_crypto import _floor
+from bench.e2e_common import CORE_UNDER_TEST, cpu_seconds_self, emit, pin, read_keys, rss_kib_self
+from gateway.webpush.crypto import SubscriptionKeys
+
+WINDOW = (0.1, 0.9)  # the rate is timed between these fractions of the messages
+MQTT_MAX_INFLIGHT = 100  # perf-limits.md §3a: paho's best QoS 1 rate with loop_start()
+CONNECT_LIMIT = 10.0
+
+
+def _decryptors(keys_file: Path) -> tuple[str, dict[bytes, Callable[[bytes], bytes]]]:
+    routes = read_keys(keys_file)
+    decrypt = {
+        r.push_url.encode(): _floor(
+            SubscriptionKeys.from_private_bytes(
+                bytes.fromhex(r.private_key_der_hex), bytes.fromhex(r.auth_secret_hex)
+            )
+        )
+        for r in routes.values()
+    }
+    return next(iter(routes.values())).set_url, decrypt
+
+
+async def _connect(
+    set_url: str, client_of: Callable[[bytes, bytes], FloorClient]
+) -> tuple[trio.SocketStream, FloorClient]:
+    url = urlsplit(set_url)
+    assert url.hostname is not None and url.port is not None
+    client = client_of(url.netloc.encode(), url.path.encode())
+    stream = await trio.open_tcp_stream(url.hostname, url.port)
+    client.start(wait0=True)
+    await stream.send_all(client.conn.data_to_send())
+    return stream, client
+
+
+async def _pump(stream: trio.SocketStream, client: FloorClient) -> None:
+    data = await stream.receive_some(READ_CHUNK)
+    if not data:
+        raise ConnectionError("the push service closed the connection")
+    client.receive(data)
+    out = client.conn.data_to_send()
+    if out:
+        await stream.send_all(out)
+
+
+async def drain(keys_file: Path, expect: int) -> None:
+    set_url, decrypt = _decryptors(keys_file)
+    marks = [max(1, round(expect * f)) for f in WINDOW]
+    seen: list[tuple[float, float]] = []
+    t0 = time.monotonic()
+    stream, client = await _connect(set_url, lambda a, p: FloorClient(a, p, decrypt))
+    while client.acked < expect:
+        await _pump(stream, client)
+        while len(seen) < len(marks) and client.acked >= marks[len(seen)]:
+            seen.append((time.monotonic(), cpu_seconds_self()))
+    t_end = time.monotonic()
+    (t_lo, cpu_lo), (t_hi, cpu_hi) = seen
+    emit(
+        "result",
+        messages=expect,
+        window=marks[1] - marks[0],
+        window_seconds=t_hi - t_lo,
+        window_cpu=cpu_hi - cpu_lo,
+        total_seconds=t_end - t0,
+        duplicates=client.gone,
+        rss_kib=rss_kib_self(),
+    )
+    await stream.aclose()
+
+
+async def live(keys_file: Path, mqtt_port: int, topic: str) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    publisher.max_inflight_messages_set(MQTT_MAX_INFLIGHT)
+    publisher.connect("127.0.0.1", mqtt_port)
+    publisher.loop_start()
+    set_url, bare = _decryptors(keys_file)
+
+    def and_publish(fn: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+        def decrypt_and_publish(body: bytes) -> bytes:
+            plaintext = fn(body)
+            publisher.publish(topic, plaintext, qos=1)
+            return plaintext
+
+        return decrypt_and_publish
+
+    decrypt = {url: and_publish(fn) for url, fn in bare.items()}
+    with trio.fail_after(CONNECT_LIMIT):
+        while not publisher.is_connected():  # noqa: ASYNC110 - paho has no awaitable event
+            await trio.sleep(0.01)
+    stream, client = await _connect(set_url, lambda a, p: FloorClient(a, p, decrypt))
+    emit("ready", rss_kib=rss_kib_self())
+
+    async def pump_forever() -> None:
+        while True:
+            await _pump(stream, client)
+
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump_forever)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
+    publisher.disconnect()
+    publisher.loop_stop()
+
+
+def main() -> None:
+    pin(CORE_UNDER_TEST)
+    mode, keys_file = sys.argv[1], Path(sys.argv[2])
+    if mode == "drain":
+        trio.run(drain, keys_file, int(sys.argv[3]))
+    else:
+        trio.run(live, keys_file, int(sys.argv[3]), sys.argv[4])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""The end-to-end benchmark's Markdown table and PNG chart, from its results dictionary."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from bench.e2e_png import Series, line_chart
+
+Report = dict[str, Any]
+
+NONE = "-"  # an empty cell
+
+GATEWAY_COLORS = ((40, 90, 200), (200, 40, 40))  # p50, p99
+FLOOR_COLORS = ((120, 170, 240), (240, 150, 150))
+
+
+def _verdict(ok: bool) -> str:
+    return "**pass**" if ok else "**FAIL**"
+
+
+def _mib(kib: float) -> float:
+    return kib / 1024
+
+
+def _median(runs: list[Report], variant: str, key: str) -> float:
+    return float(statistics.median(r[key] for r in runs if r["variant"] == variant))
+
+
+def _latency_cells(r: Report | None) -> str:
+    if r is None:
+        return NONE
+    return f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} / {r['max_ms']:.1f}"
+
+
+def render_markdown(res: Report) -> str:
+    """The results as a Markdown table; every figure beside its floor and goal."""
+    goals = res["goals"]
+    drains = res["drains"]
+    rate, floor_rate = res["sustained_rate"], res["floor_rate"]
+    ratio = rate / floor_rate
+    g_cpu, f_cpu = _median(drains, "gateway", "cpu_us"), _median(drains, "floor", "cpu_us")
+    disk = _median(drains, "gateway", "disk_bytes_per_message")
+    floor_rss = _median(drains, "floor", "rss_kib")
+    lat = {(r["variant"], r["load"]): r for r in res["latency"]}
+    serial, idle = res["serial"], res["idle"]
+    rss_start, rss_after = _mib(res["rss_start_kib"]), _mib(res["rss_after_kib"])
+    lines = [
+        "### End to end: push service → gateway → MQTT QoS 1 / serial",
+        "",
+        f"Machine: {res['machine']}. N = {res['messages']:,} messages of 100 B "
+        f"({res['setup']['body_bytes']} B aes128gcm bodies) per drain, journal on disk, "
+        f"ack after journalling; gateway or floor on core 1, push service, sender, mosquitto, "
+        f"subscriber and fbsim on core 0; medians of {res['rounds']} interleaved rounds. "
+        "Rates drift by 20-30% between minutes on this VM: the ratios to the floors measured "
+        "in the same run are what hold.",
+        "",
+        "| figure | gateway | floor (same run) | ratio | goal |",
+        "| --- | ---: | ---: | ---: | --- |",
+        f"| sustained msg/s, end to end to MQTT QoS 1 (10-90% of N) | {rate:,.0f} | "
+        f"{floor_rate:,.0f} (bare h2 + cryptography) | {ratio:.2f} | ≥ {goals['rate_ratio']:.2f}:"
+        f" {_verdict(ratio >= goals['rate_ratio'])} |",
+        f"| MQTT: QoS 1 msg/s | {rate:,.0f} | {res['mqtt_floor_rate']:,.0f} (bare paho burst) | "
+        f"{rate / res['mqtt_floor_rate']:.2f} | - |",
+        f"| CPU µs per message (drain, all threads) | {g_cpu:,.0f} | {f_cpu:,.0f} | "
+        f"{g_cpu / f_cpu:.2f} | - |",
+    ]
+    live = {r["variant"]: r for r in res.get("live", [])}
+    if "gateway" in live and "floor" in live:
+        g, f = live["gateway"], live["floor"]
+        lines.append(
+            f"| live msg/s, gateway connected, sender POSTing flat out (sender "
+            f"{g['sender_rate']:,.0f} POST/s; core 0 busy {g['core_busy'].get('cpu0', 0):.0%}) | "
+            f"{g['rate']:,.0f} | {f['rate']:,.0f} (bare h2 + cryptography + paho) | "
+            f"{g['rate'] / f['rate']:.2f} | - |"
+        )
+        lines.append(
+            f"| CPU µs per message, live flat out | {g['cpu_us']:,.0f} | {f['cpu_us']:,.0f} | "
+            f"{g['cpu_us'] / f['cpu_us']:.2f} | - |"
+        )
+    for load in sorted({r["load"] for r in res["latency"]}):
+        g, f = lat.get(("gateway", load)), lat.get(("floor", load))
+        assert g is not None
+        goal = NONE
+        if abs(load - 0.5) < 1e-9:
+            limit = goals["p99_ms_at_50"]
+            goal = f"p99 < {limit:g} ms: {_verdict(g['p99_ms'] < limit)}"
+        p99_ratio = f"{g['p99_ms'] / f['p99_ms']:.2f} (p99)" if f else NONE
+        lines.append(
+            f"| latency p50 / p99 / max ms at {load:.0%} ({g['offered_rate']:,.0f} msg/s, "
+            f"{g['samples']} msgs) | {_latency_cells(g)} | {_latency_cells(f)} (floor + paho) "
+            f"| {p99_ratio} | {goal} |"
+        )
+    hist = ", ".join(
+        f"{r['load']:.0%}: ≤ {r['histogram_p50_le_ms']:g} / ≤ {r['histogram_p99_le_ms']:g}"
+        for r in res["latency"]
+        if r["variant"] == "gateway" and r.get("histogram_p99_le_ms") is not None
+    )
+    lines.append(
+        f"| gateway's delivery_latency histogram p50 / p99 ms (receipt → PUBACK, bucket bound) "
+        f"| {hist} | - | - | - |"
+    )
+    cpu_loads = ", ".join(
+        f"{r['load']:.0%}: {r['cpu_us']:,.0f}"
+        for r in res["latency"]
+        if r["variant"] == "gateway" and "cpu_us" in r
+    )
+    lines.append(f"| CPU µs per message under partial load | {cpu_loads} | - | - | - |")
+    rss_ok = max(rss_start, rss_after) < goals["rss_mib"]
+    lines.append(
+        f"| RSS MiB at start (connected, idle) / after the run | {rss_start:.1f} / "
+        f"{rss_after:.1f} | {_mib(floor_rss):.1f} (floor after N) | "
+        f"{rss_after / _mib(floor_rss):.2f} | < {goals['rss_mib']:g}: {_verdict(rss_ok)} |"
+    )
+    long = res.get("long")
+    if long:
+        points = long["rss_kib"]
+        first, last = points[0][1], points[-1][1]
+        flat = abs(last - first) / first
+        lines.append(
+            f"| RSS MiB at {points[0][0]:,} / {points[-1][0]:,} messages "
+            f"({long['offered_rate']:,.0f} msg/s) | {_mib(first):.1f} / {_mib(last):.1f} | - | "
+            f"{last / first:.3f} | within {goals['flat']:.0%}: {_verdict(flat <= goals['flat'])}"
+            f" |"
+        )
+    else:
+        lines.append(
+            "| RSS flat from 100,000 to 1,000,000 messages | not run (FIELDGATE_BENCH_LONG=1) "
+            "| - | - | within 10% |"
+        )
+    lines += [
+        f"| disk bytes written per message (/proc/PID/io write_bytes) | {disk:,.0f} | 0 | - | - |",
+        f"| serial route msg/s (fbsim on a pty, stop-and-wait) | {serial['rate']:,.0f} | "
+        f"{serial['line_capacity_115200']:,.1f} (115200 baud, {serial['data_frame_bytes']} + "
+        f"{serial['ack_frame_bytes']} B frames) | "
+        f"{serial['rate'] / serial['line_capacity_115200']:.1f} | - |",
+        f"| idle CPU s/minute | {idle['cpu_seconds_per_minute']:.4f} | - | - | - |",
+        f"| idle wake-ups/minute (voluntary switches, {idle['seconds']:.0f} s window, all "
+        f"threads) | {idle['wakeups_per_minute']:.1f} | keepalives (push, MQTT, serial at "
+        f"{res['keepalive_s']:g} s) allow {idle['keepalive_wakeups_allowed']} in the window | - | "
+        f"only keepalives: {_verdict(idle['wakeups'] <= idle['keepalive_wakeups_allowed'])} |",
+        "",
+        "Latency runs from the sender's POST (just before the request is written) to the MQTT "
+        "subscriber's on_message: it includes the HTTP/1.1 POST, the push service and its "
+        "HTTP/2 push, the gateway (decrypt, journal commit, DELETE, MQTT publish) and the "
+        "broker's hop to the subscriber; nothing is subtracted. The floor column is the same "
+        "path with the bare client publishing each decrypted payload with bare paho "
+        "(no journal).",
+        "",
+        "Each drain (msg/s over 10-90%, CPU µs/message):",
+        "",
+    ]
+    for r in drains:
+        extra = (
+            f", {r['disk_bytes_per_message']:,.0f} B/msg to disk, subscriber duplicates "
+            f"{r['duplicates_at_subscriber']}"
+            if r["variant"] == "gateway"
+            else f", service duplicates {r['duplicates']}"
+        )
+        lines.append(
+            f"- round {r['round']} {r['variant']:7}: {r['rate']:,.0f}/s, {r['cpu_us']:,.0f} µs"
+            f"{extra}"
+        )
+    lines += [
+        "",
+        "Each latency run (offered and achieved POST rate, busy fraction of each core):",
+        "",
+    ]
+    for r in res["latency"]:
+        busy = ", ".join(f"{core} {v:.0%}" for core, v in sorted(r["core_busy"].items()))
+        lines.append(
+            f"- {r['variant']:7} at {r['load']:.0%}: offered {r['offered_rate']:,.0f}/s, sent "
+            f"{r['achieved_send_rate']:,.0f}/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} "
+            f"ms, CPU {r.get('cpu_us', 0):,.0f} µs/msg; {busy}"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_chart(res: Report, path: Path) -> None:
+    """Latency p50/p99 against offered load, gateway and floor."""
+    series = []
+    for variant, colors in (("gateway", GATEWAY_COLORS), ("floor", FLOOR_COLORS)):
+        runs = [r for r in res["latency"] if r["variant"] == variant]
+        for key, color in zip(("p50_ms", "p99_ms"), colors, strict=True):
+            points = [(float(r["offered_rate"]), float(r[key])) for r in runs]
+            if points:
+                series.append(Series(f"{variant} {key[:3]}", color, points))
+    line_chart(
+        path,
+        series,
+        title="post to mqtt subscriber latency against offered load (qos 1)",
+        x_title="offered load, msg/s",
+        y_title="latency, ms",
+    )

@@ -1,0 +1,117 @@
+"""The application server of the end-to-end benchmark (a child process).
+
+``python -m bench.e2e_sender KEYS_FILE TTL`` then JSON commands on stdin:
+
+* ``{"cmd": "encrypt", "route": R, "count": N}``: grow route R's pool of pre-encrypted messages
+  to N (``gateway.webpush.crypto.encrypt``, a fresh sender key each, as pywebpush does); the
+  payload of message i carries i (``e2e_common.payload``). Answers ``encrypted``.
+* ``{"cmd": "post", "route": R, "count": N, "rate": X, "times": bool}``: POST pool messages
+  0, 1, ... (cycling through the pool when N is larger) over one HTTP/1.1 keep-alive connection,
+  at X messages/s on a fixed schedule (0: each as soon as the last was answered). Answers
+  ``sent`` with the send time of each message when ``times`` (time.monotonic(), taken just
+  before the request is written: the latency figures start here).
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import h11
+
+from bench.e2e_common import CORE_PEERS, commands, emit, payload, pin, read_keys
+from gateway.webpush.crypto import encrypt
+
+RECEIVE_SIZE = 65536
+
+
+class KeepAliveSender:
+    """POSTs one request after the other on a single keep-alive connection (h11)."""
+
+    def __init__(self, host: str, port: int, ttl: int) -> None:
+        self.netloc = f"{host}:{port}".encode()
+        self.sock = socket.create_connection((host, port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.conn = h11.Connection(h11.CLIENT)
+        self.ttl = str(ttl).encode()
+
+    def post(self, path: str, body: bytes) -> int:
+        """One POST; returns the status code."""
+        headers = [
+            (b"host", self.netloc),
+            (b"content-length", b"%d" % len(body)),
+            (b"content-encoding", b"aes128gcm"),
+            (b"ttl", self.ttl),
+        ]
+        conn = self.conn
+        out = conn.send(h11.Request(method="POST", target=path, headers=headers)) or b""
+        out += conn.send(h11.Data(data=body)) or b""
+        out += conn.send(h11.EndOfMessage()) or b""
+        self.sock.sendall(out)
+        status = 0
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(self.sock.recv(RECEIVE_SIZE))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            elif isinstance(event, h11.ConnectionClosed):
+                raise ConnectionError("the push service closed the connection")
+        conn.start_next_cycle()
+        return status
+
+
+def main() -> None:
+    keys_file, ttl = Path(sys.argv[1]), int(sys.argv[2])
+    pin(CORE_PEERS)
+    routes = read_keys(keys_file)
+    pools: dict[str, list[bytes]] = {name: [] for name in routes}
+    origin = urlsplit(next(iter(routes.values())).push_url)
+    assert origin.hostname is not None and origin.port is not None
+    sender = KeepAliveSender(origin.hostname, origin.port, ttl)
+    emit("ready")
+    for command in commands():
+        cmd = command["cmd"]
+        if cmd == "quit":
+            break
+        keys = routes[command["route"]]
+        pool = pools[keys.route]
+        if cmd == "encrypt":
+            p256dh, auth = bytes.fromhex(keys.p256dh_hex), bytes.fromhex(keys.auth_secret_hex)
+            started = time.perf_counter()
+            while len(pool) < command["count"]:
+                pool.append(encrypt(payload(len(pool)), p256dh=p256dh, auth_secret=auth))
+            emit("encrypted", seconds=time.perf_counter() - started, body_bytes=len(pool[0]))
+        elif cmd == "post":
+            path = urlsplit(keys.push_url).path
+            count, rate, want_times = command["count"], command["rate"], command["times"]
+            send_times: list[float] = []
+            refused = 0
+            t_start = time.monotonic()
+            for i in range(count):
+                if rate:
+                    delay = t_start + i / rate - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                now = time.monotonic()
+                if want_times:
+                    send_times.append(now)
+                if sender.post(path, pool[i % len(pool)]) not in (201, 202):
+                    refused += 1
+            emit(
+                "sent",
+                t_start=t_start,
+                t_end=time.monotonic(),
+                count=count,
+                refused=refused,
+                send_times=send_times,
+            )
+
+
+if __name__ == "__main__":
+    main()
