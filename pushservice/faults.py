@@ -7,6 +7,8 @@ from typing import Protocol
 
 import trio
 
+from pushservice.hostile import Hostility
+
 # Resource kinds a fail_requests rule can match ("*" matches all).
 RESOURCE_KINDS = ("subscribe", "subscription", "set", "push", "message", "receipt", "*")
 
@@ -42,6 +44,7 @@ class Faults:
         self.frozen = False
         self._thawed = trio.Event()
         self._thawed.set()
+        self.hostility = Hostility()
 
     def drop_connections(self) -> None:
         """Close every user-agent (HTTP/2) connection abruptly (TCP close, no GOAWAY)."""
@@ -98,6 +101,10 @@ class Faults:
     def invalidate_set_links(self) -> None:
         """Subscribe requests naming any set that exists now get 400 from now on."""
         self._target._fault_invalidate_set_links()
+
+    def hostile(self, kind: str | None) -> None:
+        """Misbehave on every connection (see pushservice.hostile); None behaves again."""
+        self.hostility.set(kind)
 
     # -- used by the service -----------------------------------------------------------------
     async def wait_thawed(self) -> None:

@@ -93,6 +93,7 @@ class H2Session:
             async with trio.open_nursery() as nursery:
                 self._cancel = nursery.cancel_scope
                 nursery.start_soon(self._writer)
+                nursery.start_soon(self.service.faults.hostility.act, self)
                 await self._reader()
                 nursery.cancel_scope.cancel()
             # Peer closed or protocol error: flush what h2 queued (e.g. GOAWAY), then stop.
@@ -164,7 +165,11 @@ class H2Session:
 
     async def _send(self, data: bytes) -> None:
         async with self._send_lock:
-            await self.stream.send_all(data)
+            await self.service.faults.hostility.send(self, data)
+
+    async def send_raw(self, data: bytes) -> None:
+        """Write bytes as given, between whole frames from h2 (hostile behaviours)."""
+        await self._send(data)
 
     def _all_streams_done(self) -> bool:
         return (
@@ -257,6 +262,8 @@ class H2Session:
             return
         result = self.service.resources.handle(req, self.service.clock())
         if isinstance(result, MonitorRequest):
+            if self.service.faults.hostility.answer_monitor(self, stream_id):
+                return
             if not self.conn.remote_settings.enable_push:
                 self.respond(stream_id, text_response(400, "monitoring needs server push"))
                 return
