@@ -256,10 +256,15 @@ class Router:
                 state.retrying = 0
                 return
             if next_at > now:
-                wait = next_at - now
-                if message.expires_at is not None:
-                    wait = min(wait, message.expires_at - now)
-                await trio.sleep(max(wait, 0.0))
+                if message.expires_at is not None and message.expires_at <= next_at:
+                    # It expires before the next attempt is due: wait for that, then drop it
+                    # (re-reading the clock could land a float ulp short and spin).
+                    await trio.sleep(message.expires_at - now)
+                    self._resolve(Resolution(message.id, route.name, key, "expired"))
+                    state.retrying = 0
+                    return
+                await trio.sleep(next_at - now)
+                next_at = 0.0  # due now, whatever a re-read clock says about the last ulp
                 continue
             outcome = await self._attempt(adapter, message, target)
             now = self._clock()
@@ -323,7 +328,9 @@ class Router:
         if not self._resolved:
             return
         batch, self._resolved = self._resolved, []
-        released = await trio.to_thread.run_sync(self._store.resolve, batch)
+        # Shielded: a cancellation before the thread starts would lose confirmed deliveries.
+        with trio.CancelScope(shield=True):
+            released = await trio.to_thread.run_sync(self._store.resolve, batch)
         self._take_counts(released)
 
     def _take_counts(self, released: Sequence[str] = ()) -> None:
@@ -355,7 +362,7 @@ class Router:
     # -- housekeeping ----------------------------------------------------------------------
 
     def _note_drops(self, route: str, reason: str, n: int) -> None:
-        now = self._clock()
+        now = trio.current_time()
         burst = self._bursts.get(route)
         if burst is None:
             self._bursts[route] = _DropBurst(now, now, n)
@@ -382,10 +389,11 @@ class Router:
 
     async def _housekeeping(self) -> None:
         """Prune dedupe records now and then; close drop bursts. Sleeps otherwise."""
+        # Scheduled on trio's monotonic clock: intervals, not dates.
         interval = min(PRUNE_INTERVAL, max(self._store.dedupe_retention / 10, 1.0))
-        next_prune = self._clock()
+        next_prune = trio.current_time()
         while True:
-            now = self._clock()
+            now = trio.current_time()
             if now >= next_prune:
                 pruned = await trio.to_thread.run_sync(self._store.prune)
                 if pruned:
@@ -394,7 +402,7 @@ class Router:
             burst_end = self._end_bursts(now)
             wake_at = next_prune if burst_end is None else min(next_prune, burst_end)
             self._housekeeping_wake = trio.Event()
-            with trio.move_on_after(max(wake_at - self._clock(), 0.0)):
+            with trio.move_on_at(wake_at):
                 await self._housekeeping_wake.wait()
 
 

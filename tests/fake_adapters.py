@@ -21,6 +21,7 @@ class FakeAdapter(Adapter):
         self.name = name
         self.attempts: list[Message] = []
         self.delivered: list[Message] = []
+        self.delivered_at: list[float] = []  # trio.current_time() of each delivery
         self.fail_next = 0  # this many attempts answer RetryLater
         self.failing = False  # every attempt answers RetryLater
         self.retry_after: float | None = None
@@ -49,6 +50,7 @@ class FakeAdapter(Adapter):
             self.fail_next = max(self.fail_next - 1, 0)
             return RetryLater("fake failure", self.retry_after)
         self.delivered.append(message)
+        self.delivered_at.append(trio.current_time())
         self._poke()
         return Delivered()
 

@@ -1,0 +1,313 @@
+"""The router over a real on-disk store, with in-process adapters and trio's virtual clock.
+
+Tests that need time use pytest-trio's ``autojump_clock`` (or ``mock_clock``, jumped by hand):
+the router's clock is ``EPOCH + trio.current_time()``, so backoff and expiry run in virtual time.
+Virtual time may also jump while a store call runs in a thread (to the next timer), so these
+tests never count on how many attempts fit in an interval.
+Counters are asserted after the router stopped (a stop commits everything confirmed).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import stat
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import trio
+
+from adapters.base import Adapter
+from adapters.log import LogAdapter
+from gateway.config import JournalConfig, LogAdapterConfig, LogTarget, RouteConfig
+from gateway.metrics import Counter, Metrics
+from gateway.router import Router, retry_delay
+from gateway.store import Incoming, Store
+from tests.fake_adapters import FakeAdapter
+
+EPOCH = 1_700_000_000.0
+
+
+def clock() -> float:
+    return EPOCH + trio.current_time()
+
+
+def route(name: str = "r", targets: Sequence[str] = ("a",), **kw: object) -> RouteConfig:
+    fields: dict[str, object] = {"retry_base": 0.05, "retry_cap": 1.0}
+    fields.update(kw)
+    return RouteConfig(
+        name=name,
+        deliver=tuple(LogTarget(t) for t in targets),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def push(url: str, body: bytes, route_name: str = "r", expires_in: float | None = None) -> Incoming:
+    now = clock()
+    return Incoming(
+        push_message_url=url,
+        route=route_name,
+        plaintext=body,
+        raw_body=b"",
+        headers=(),
+        received_at=now,
+        expires_at=None if expires_in is None else now + expires_in,
+    )
+
+
+@dataclass
+class Harness:
+    store: Store
+    router: Router
+    metrics: Metrics
+    acks: list[str] = field(default_factory=list)
+    acked: trio.Event = field(default_factory=trio.Event)
+
+    def ingest(self, *batch: Incoming) -> None:
+        self.store.ingest(batch)
+        self.router.notify()
+
+    async def wait_acks(self, n: int) -> None:
+        while len(self.acks) < n:
+            acked = self.acked
+            await acked.wait()
+
+    def count(self, name: str, **labels: str) -> float:
+        metric = self.metrics.get(name)
+        assert isinstance(metric, Counter)
+        return metric.get(**labels)
+
+
+def open_store(tmp_path: Path, routes: Sequence[RouteConfig], **journal: object) -> Store:
+    # The store reads its clock in worker threads, where trio.current_time() is unavailable;
+    # the run's clock object itself can be read from any thread.
+    run_clock = trio.lowlevel.current_clock()
+    return Store.open(
+        tmp_path / "state",
+        journal=JournalConfig(**journal),  # type: ignore[arg-type]
+        routes=routes,
+        clock=lambda: EPOCH + run_clock.current_time(),
+    )
+
+
+@asynccontextmanager
+async def running(
+    store: Store, routes: Sequence[RouteConfig], adapters: Sequence[Adapter]
+) -> AsyncIterator[Harness]:
+    metrics = Metrics()
+    harness: Harness
+
+    def on_ack(urls: Sequence[str]) -> None:
+        harness.acks.extend(urls)
+        harness.acked.set()
+        harness.acked = trio.Event()
+
+    router = Router(
+        store,
+        routes,
+        {a.name: a for a in adapters},
+        metrics,
+        on_ack=on_ack,
+        clock=clock,
+        retry_floor=0.01,
+        rng=random.Random(7),
+    )
+    harness = Harness(store, router, metrics)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(router.run)
+        yield harness
+        nursery.cancel_scope.cancel()
+
+
+# -- backoff (pure) ---------------------------------------------------------------------------
+
+
+def test_retry_delay_grows_caps_and_respects_the_floor():
+    top = [retry_delay(n, 1.0, 60.0, 0.1, lambda: 0.999999) for n in range(1, 10)]
+    assert top[:6] == pytest.approx([1, 2, 4, 8, 16, 32], rel=1e-5)
+    assert max(top) == pytest.approx(60.0, rel=1e-5)
+    assert retry_delay(3, 1.0, 60.0, 0.1, lambda: 0.0) == 0.1
+    assert retry_delay(10_000, 1.0, 60.0, 0.1, lambda: 0.5) == 30.0  # no overflow
+
+
+async def test_unknown_adapter_is_refused(tmp_path):
+    store = open_store(tmp_path, [route(targets=("nope",))])
+    with pytest.raises(ValueError, match="'nope' is not configured"):
+        Router(store, [route(targets=("nope",))], {}, Metrics(), on_ack=print)
+    store.close()
+
+
+# -- delivery semantics -----------------------------------------------------------------------
+
+
+async def test_in_order_per_target_under_retries(tmp_path, autojump_clock):
+    routes = [route()]
+    a = FakeAdapter("a")
+    a.fail_next = 3
+    store = open_store(tmp_path, routes)
+    async with running(store, routes, [a]) as h:
+        h.ingest(*(push(f"u{i}", b"m%d" % i) for i in range(3)))
+        h.ingest(*(push(f"u{i}", b"m%d" % i) for i in range(3, 6)))
+        await a.wait_until(lambda: len(a.delivered) == 6)
+        assert a.running
+    assert a.bodies() == [b"m%d" % i for i in range(6)]
+    assert [m.body for m in a.attempts[:4]] == [b"m0"] * 4
+    assert h.count("fieldgate_deliveries_retried_total", route="r", adapter="a") == 3
+    assert h.count("fieldgate_deliveries_total", route="r", adapter="a", outcome="delivered") == 6
+    assert h.count("fieldgate_messages_journalled_total", route="r") == 6
+    assert store.queue_usage()["r"].messages == 0
+    assert not a.running
+    store.close()
+
+
+async def test_a_hung_target_does_not_block_another(tmp_path):
+    routes = [route(targets=("slow", "fast"))]
+    slow, fast = FakeAdapter("slow"), FakeAdapter("fast")
+    slow.hanging = True
+    store = open_store(tmp_path, routes)
+    async with running(store, routes, [slow, fast]) as h:
+        h.ingest(*(push(f"u{i}", b"%d" % i) for i in range(3)))
+        await fast.wait_until(lambda: len(fast.delivered) == 3)
+        await slow.wait_until(lambda: len(slow.attempts) == 1)
+        assert [m.body for m in slow.attempts] == [b"0"]  # still stuck on the first
+        assert slow.delivered == []
+        snapshot = h.router.snapshot()
+        assert snapshot["routes"]["r"]["queue_messages"] == 3  # type: ignore[index]
+        slow.release()
+        await slow.wait_until(lambda: len(slow.delivered) == 3)
+    assert slow.bodies() == fast.bodies() == [b"0", b"1", b"2"]
+    store.close()
+
+
+async def test_expired_while_target_broken_is_never_delivered(tmp_path, mock_clock):
+    routes = [route(retry_base=0.2, retry_cap=0.2)]
+    a = FakeAdapter("a")
+    a.failing = True
+    store = open_store(tmp_path, routes)
+    async with running(store, routes, [a]) as h:
+        h.ingest(push("old", b"stale", expires_in=1.0))
+        await a.wait_until(lambda: len(a.attempts) >= 1)
+        mock_clock.jump(2.0)  # the message expires while the target is broken
+        a.failing = False
+        h.ingest(push("new", b"fresh"))
+        await a.wait_until(lambda: len(a.delivered) == 1)
+    assert a.bodies() == [b"fresh"]
+    assert h.count("fieldgate_messages_expired_total", route="r") == 1
+    assert store.queue_usage()["r"].messages == 0
+    store.close()
+
+
+async def test_restart_in_the_middle_of_retries(tmp_path, autojump_clock):
+    routes = [route(retry_base=100.0, retry_cap=100.0)]
+    store = open_store(tmp_path, routes)
+    a = FakeAdapter("a")
+    async with running(store, routes, [a]) as h:
+        h.ingest(*(push(f"u{i}", b"%d" % i) for i in range(2)))
+        await a.wait_until(lambda: len(a.delivered) == 2)
+        a.failing = True
+        h.ingest(*(push(f"u{i}", b"%d" % i) for i in range(2, 5)))
+        await a.wait_until(lambda: len(a.attempts) >= 3)  # message 2 failed
+    store.close()
+
+    store = open_store(tmp_path, routes)
+    [head, *_] = store.pending_deliveries("r", "0:a")
+    assert head.message.body == b"2"
+    assert head.attempts >= 1 and head.next_attempt_at > EPOCH  # the schedule was persisted
+    b = FakeAdapter("a")
+    async with running(store, routes, [b]):
+        await b.wait_until(lambda: len(b.delivered) == 3)
+    assert b.bodies() == [b"2", b"3", b"4"]  # nothing confirmed is delivered again, none lost
+    assert EPOCH + b.delivered_at[0] >= head.next_attempt_at  # the schedule was honoured
+    store.close()
+
+
+async def test_rejected_goes_to_dead_letters_and_the_queue_moves_on(tmp_path):
+    routes = [route()]
+    a = FakeAdapter("a")
+    a.reject_bodies = {b"poison"}
+    store = open_store(tmp_path, routes)
+    async with running(store, routes, [a]) as h:
+        h.ingest(push("u1", b"poison"), push("u2", b"fine"))
+        await a.wait_until(lambda: len(a.delivered) == 1)
+    assert h.count("fieldgate_dead_letters_total", reason="fake rejection") == 1
+    [dead] = store.dead_letters()
+    assert (dead.reason, dead.plaintext, dead.target) == ("fake rejection", b"poison", "0:a")
+    store.close()
+
+
+async def test_delivered_policy_acks_only_after_every_target(tmp_path):
+    routes = [route(targets=("a", "b"), ack="delivered")]
+    a, b = FakeAdapter("a"), FakeAdapter("b")
+    a.hanging = True
+    store = open_store(tmp_path, routes)
+    async with running(store, routes, [a, b]) as h:
+        [result] = store.ingest([push("u1", b"x")])
+        assert not result.ack_now
+        h.router.notify()
+        await b.wait_until(lambda: len(b.delivered) == 1)
+        await a.wait_until(lambda: len(a.attempts) == 1)
+        assert store.ingest([push("u1", b"x")])[0].ack_now is False  # redelivery absorbed
+        assert h.acks == []
+        assert store.pending_acks() == []
+        a.release()
+        await h.wait_acks(1)
+        assert h.acks == ["u1"]
+        assert store.pending_acks() == ["u1"]  # until the agent's DELETE succeeds
+    store.close()
+
+
+async def test_queue_full_policies_are_counted(tmp_path):
+    routes = [
+        route("drop", queue_max_messages=2),
+        route("refuse", queue_max_messages=2, queue_full="refuse-newest"),
+    ]
+    a = FakeAdapter("a")
+    a.hanging = True  # nothing leaves the queues
+    store = open_store(tmp_path, routes)
+    async with running(store, routes, [a]) as h:
+        for name in ("drop", "refuse"):
+            h.ingest(*(push(f"{name}{i}", b"%d" % i, route_name=name) for i in range(5)))
+        assert h.count("fieldgate_messages_dropped_total", route="drop", reason="queue_full") == 3
+        assert h.count("fieldgate_messages_dropped_total", route="refuse", reason="queue_full") == 3
+        depth = h.metrics.get("fieldgate_queue_depth")
+        assert depth.get(route="drop") == depth.get(route="refuse") == 2  # type: ignore[union-attr]
+        a.release()
+        await a.wait_until(lambda: len(a.delivered) >= 4)
+    bodies = {(m.route, m.body) for m in a.delivered}
+    assert ("drop", b"3") in bodies and ("drop", b"4") in bodies  # the newest kept
+    assert ("refuse", b"0") in bodies and ("refuse", b"1") in bodies  # the oldest kept
+    store.close()
+
+
+async def test_duplicates_are_counted_not_delivered_twice(tmp_path):
+    routes = [route()]
+    a = FakeAdapter("a")
+    store = open_store(tmp_path, routes)
+    async with running(store, routes, [a]) as h:
+        h.ingest(push("u1", b"once"), push("u1", b"once"))
+        h.ingest(push("u1", b"once"), push("u2", b"two"))
+        await a.wait_until(lambda: len(a.delivered) == 2)
+        assert h.count("fieldgate_messages_duplicate_total") == 2
+    assert a.bodies() == [b"once", b"two"]
+    store.close()
+
+
+async def test_log_adapter_appends_private_json_lines(tmp_path):
+    out = tmp_path / "deliveries.jsonl"
+    routes = [route(targets=("file",), ack="delivered")]  # on_ack tells when it is written
+    adapter = LogAdapter(LogAdapterConfig("file", path=out))
+    store = open_store(tmp_path, routes)
+    async with running(store, routes, [adapter]) as h:
+        h.ingest(push("u1", "héllo".encode()), push("u2", b"\xff\x00"))
+        await h.wait_acks(2)
+        assert adapter.health().counters == {"delivered": 2}
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(x["route"], x.get("body"), x.get("body_b64")) for x in lines] == [
+        ("r", "héllo", None),
+        ("r", None, "/wA="),
+    ]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    store.close()
