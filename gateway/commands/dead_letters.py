@@ -1,18 +1,145 @@
-"""``fieldgate dead-letters``: list, show, replay or purge dead letters."""
+"""``fieldgate dead-letters``: list, show, replay or purge dead letters.
+
+Opens the journal in the configuration's ``push.state_dir`` (beside a running gateway is fine:
+SQLite WAL lets both in). A replay made while the gateway runs is delivered at its next ingest
+(or restart), since the running router only rereads the journal when woken.
+"""
 
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import sys
+import time
+from pathlib import Path
+
+from gateway.config import ConfigError, load_config
+from gateway.store import DeadLetter, Store, StoreError
 
 HELP = "list, show, replay or purge dead letters"
+DEFAULT_CONFIG = Path("/etc/fieldgate/config.toml")
+EXIT_OK = 0
+EXIT_FAILED = 1  # no such dead letter, cannot replay, journal unusable
+EXIT_CONFIG = 2  # the configuration is invalid (as check-config)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Not implemented yet."""
+    """``list|show ID|replay ID|purge [ID ...]``, each with ``--config FILE``."""
+    config_help = f"the gateway's configuration (default {DEFAULT_CONFIG})"
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=config_help)
+    # The same option after the action too; SUPPRESS keeps the parent's value when absent.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=config_help)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", parents=[common], help="one line per dead letter")
+    listing.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    show = actions.add_parser("show", parents=[common], help="everything about one dead letter")
+    show.add_argument("id", type=int, metavar="ID")
+    show.add_argument(
+        "--body", action="store_true", help="also print the plaintext (text, else base64)"
+    )
+    replay = actions.add_parser(
+        "replay", parents=[common], help="put one back into its route's journal"
+    )
+    replay.add_argument("id", type=int, metavar="ID")
+    purge = actions.add_parser("purge", parents=[common], help="delete the given ones, or all")
+    purge.add_argument("ids", type=int, nargs="*", metavar="ID", help="default: every one")
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def _summary(dead: DeadLetter) -> dict[str, object]:
+    return {
+        "id": dead.id,
+        "reason": dead.reason,
+        "route": dead.route,
+        "target": dead.target,
+        "push_message_url": dead.push_message_url,
+        "received_at": dead.received_at,
+        "dead_at": dead.dead_at,
+        "expires_at": dead.expires_at,
+        "raw_bytes": len(dead.raw_body),
+        "plaintext_bytes": None if dead.plaintext is None else len(dead.plaintext),
+        "replayable": dead.plaintext is not None and dead.route is not None,
+    }
+
+
+def _print_list(store: Store, as_json: bool) -> None:
+    dead_letters = store.dead_letters()
+    if as_json:
+        for dead in dead_letters:
+            print(json.dumps(_summary(dead)))
+        return
+    if not dead_letters:
+        print("no dead letters")
+        return
+    print(f"{'ID':>6}  {'DIED':19}  {'ROUTE':16}  {'BYTES':>7}  REASON")
+    for dead in dead_letters:
+        size = len(dead.plaintext) if dead.plaintext is not None else len(dead.raw_body)
+        route = dead.route or "-"
+        print(f"{dead.id:>6}  {_when(dead.dead_at)}  {route:16}  {size:>7}  {dead.reason}")
+
+
+def _print_one(dead: DeadLetter, with_body: bool) -> None:
+    for key, value in _summary(dead).items():
+        if key in ("received_at", "dead_at", "expires_at") and isinstance(value, float):
+            value = f"{_when(value)} ({value:.3f})"
+        print(f"{key}: {value}")
+    for name, value in dead.headers:
+        print(f"header: {name}: {value}")
+    if with_body and dead.plaintext is not None:
+        try:
+            print(f"body: {dead.plaintext.decode('utf-8')}")
+        except UnicodeDecodeError:
+            print(f"body_b64: {base64.b64encode(dead.plaintext).decode('ascii')}")
+
+
+def _act(store: Store, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        _print_list(store, args.json)
+        return EXIT_OK
+    if args.action == "show":
+        dead = store.dead_letter(args.id)
+        if dead is None:
+            print(f"fieldgate: no dead letter {args.id}", file=sys.stderr)
+            return EXIT_FAILED
+        _print_one(dead, args.body)
+        return EXIT_OK
+    if args.action == "replay":
+        message_id = store.replay_dead_letter(args.id)
+        print(f"dead letter {args.id} replayed as message {message_id}")
+        return EXIT_OK
+    ids = args.ids or None
+    removed = store.purge_dead_letters(ids)
+    print(f"purged {removed} dead letter{'s' if removed != 1 else ''}")
+    return EXIT_OK if ids is None or removed == len(ids) else EXIT_FAILED
 
 
 def run(args: argparse.Namespace) -> int:
-    """Not implemented yet."""
-    print("fieldgate: this command is not implemented yet", file=sys.stderr)
-    return 1
+    """Do the action; 0 on success, 1 when it failed, 2 for an invalid configuration."""
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"fieldgate: {args.config}: invalid configuration:\n{error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as error:
+        print(f"fieldgate: cannot read {args.config}: {error.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not config.push.state_dir.exists():
+        print(f"fieldgate: no journal in {config.push.state_dir}: nothing dead yet")
+        return EXIT_OK if args.action == "list" else EXIT_FAILED
+    try:
+        store = Store.open(config.push.state_dir, journal=config.journal, routes=config.routes)
+    except StoreError as error:
+        print(f"fieldgate: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        return _act(store, args)
+    except StoreError as error:
+        print(f"fieldgate: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        store.close()
