@@ -10,11 +10,12 @@ client (``bench.agent_floor.FloorClient``) against the same service.
 Measured, each beside its floor from the same run:
 
 * sustained messages/s: N messages wait at the push service, then the gateway starts and takes
-  them to the MQTT subscriber; rate over the 10%-90% receipts (start-up excluded). Floor: the
-  bare client draining N the same way (receive + decrypt + DELETE, no MQTT), and a bare paho
-  QoS 1 publisher burst (the MQTT floor);
-* gateway CPU µs/message (``/proc/PID/stat``, all threads) and disk bytes/message
-  (``/proc/PID/io`` write_bytes) over the drain;
+  them to the MQTT subscriber; rate from the first to the last receipt (start-up excluded).
+  Floor: the bare client draining N the same way (receive + decrypt + DELETE, no MQTT; first
+  to last 204), and a bare paho QoS 1 publisher burst (the MQTT floor). Also "live": the
+  gateway connected while the sender POSTs N as fast as the service answers;
+* gateway CPU µs/message (``/proc/PID/stat``, all threads, minus what a start-up without
+  messages costs) and disk bytes/message (``/proc/PID/io`` write_bytes) over the drain;
 * latency at 25%, 50% and 90% of the sustained rate: from the sender's POST (just before it
   writes the request) to the subscriber's on_message; it includes the HTTP/1.1 POST, the push
   service, the gateway and the broker hop. Beside it the same path with the floor client
@@ -27,7 +28,10 @@ Measured, each beside its floor from the same run:
 
 ``FIELDGATE_BENCH_MESSAGES`` (N, default 3000), ``FIELDGATE_BENCH_ROUNDS`` (default 2),
 ``FIELDGATE_BENCH_IDLE`` (idle window, s, default 60), ``FIELDGATE_BENCH_LONG=1`` (also
-1,000,000 messages at 90% load, RSS every 100,000). Results: bench/results/e2e.{md,json,png}.
+1,000,000 messages, or ``FIELDGATE_BENCH_LONG_MESSAGES``, at 90% of the live rate, RSS every
+100,000), ``FIELDGATE_BENCH_PROFILE=FILE`` (the last
+gateway process runs under cProfile; top functions printed). Results:
+bench/results/e2e.{md,json,png}.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pstats
 import shutil
 import statistics
 import sys
@@ -53,6 +58,7 @@ from bench.e2e_common import (
     percentile,
     pin,
     sample,
+    thread_cpu,
 )
 from bench.e2e_procs import (
     KEEPALIVE,
@@ -182,6 +188,7 @@ class Bench:
     """The peers and the children of one run."""
 
     def __init__(self, workdir: Path, messages: int, progress: Progress) -> None:
+        self.startup_cpu = 0.0
         self.workdir = workdir
         self.messages = messages
         self.progress = progress
@@ -215,6 +222,9 @@ class Bench:
         self.gateway.wait_subscribed()
         time.sleep(IDLE_SETTLE)
         start = sample(self.gateway.pid)
+        # What a start without messages costs (imports, store, subscribe, connections): taken
+        # off the drains' CPU, whose gateway starts with N messages waiting.
+        self.startup_cpu = start.cpu
         self.gateway.stop()
         self.keys_file = self.workdir / "keys.json"
         self.keys = export_keys(self.config, self.keys_file)
@@ -288,8 +298,10 @@ class Bench:
         )
         report = floor.expect("result", RESULT_LIMIT + self.messages * 0.01)
         floor.proc.wait()
-        report["rate"] = report["window"] / report["window_seconds"]
-        report["cpu_us"] = report["window_cpu"] / report["window"] * 1e6
+        n = report["messages"]
+        report["rate"] = (n - 1) / report["first_to_last_seconds"]
+        report["window_rate"] = report["window"] / report["window_seconds"]
+        report["cpu_us"] = report["cpu_seconds"] / n * 1e6
         return report
 
     def _wait_sent(self) -> Report:
@@ -299,14 +311,14 @@ class Bench:
             except TimeoutError:
                 self.progress.show(0.0)
 
-    def gateway_drain(self) -> Report:
+    def gateway_drain(self, profile: Path | None = None) -> Report:
         """N waiting messages; the gateway starts and delivers them to the subscriber."""
         self.post(MQTT_ROUTE, self.messages, 0.0)
         self._wait_sent()
         self.subscriber.ask("reset", RESULT_LIMIT, cmd="reset")
-        self.gateway.start()
+        self.gateway.start(profile)
         self.gateway_runs += 1
-        report = self._collect(self.messages, self.gateway.pid)
+        report = self._collect(self.messages, self.gateway.pid, self.startup_cpu)
         self.gateway.wait_ready()
         return report
 
@@ -319,9 +331,15 @@ class Bench:
         report["sender_rate"] = sent["count"] / (sent["t_end"] - sent["t_start"])
         return report
 
-    def _collect(self, n: int, pid: int) -> Report:
-        """Sample ``pid`` until the subscriber has ``n`` messages; rate over 10%-90%."""
+    def _collect(self, n: int, pid: int, startup_cpu: float | None = None) -> Report:
+        """Sample ``pid`` until the subscriber has ``n`` messages.
+
+        The rate is from the first to the last receipt at the subscriber (and over the 10%-90%
+        receipts). CPU/message: with ``startup_cpu`` (a fresh process), all its CPU up to the
+        last receipt minus what a start-up without messages took; else over the first-to-last
+        span."""
         samples = [sample(pid)]
+        threads0 = thread_cpu(pid) if startup_cpu is None else {}
         cores0 = _core_ticks()
         got, last_change, last_got = 0, time.monotonic(), -1
         while got < n:
@@ -336,19 +354,33 @@ class Bench:
                 raise RuntimeError(f"stuck at {got}/{n} messages; see {self.workdir}")
             self.progress.show(got / n)
         busy = _busy(cores0, _core_ticks())
+        threads1 = thread_cpu(pid)
         time.sleep(1.0)  # the commits that mark the last deliveries
         samples.append(sample(pid))
+        main_cpu = threads1.get(pid, 0.0) - threads0.get(pid, 0.0)
+        other_cpu = sum(v - threads0.get(t, 0.0) for t, v in threads1.items() if t != pid)
         times = sorted(self.receipts().values())
         count, t_lo, t_hi = _window(times)
-        cpu = _interpolate(samples, t_hi, "cpu") - _interpolate(samples, t_lo, "cpu")
+        cpu_last = _interpolate(samples, times[-1], "cpu")
+        if startup_cpu is None:
+            cpu = cpu_last - _interpolate(samples, times[0], "cpu")
+        else:
+            cpu = cpu_last - startup_cpu
         written = samples[-1].write_bytes - samples[0].write_bytes
         duplicates = self.subscriber.ask("count", RESULT_LIMIT, cmd="count")["duplicates"]
         return {
             "messages": n,
             "window": count,
             "window_seconds": t_hi - t_lo,
-            "rate": count / (t_hi - t_lo),
-            "cpu_us": cpu / count * 1e6,
+            "window_rate": count / (t_hi - t_lo),
+            "first_to_last_seconds": times[-1] - times[0],
+            "rate": (n - 1) / (times[-1] - times[0]),
+            "cpu_us": cpu / n * 1e6,
+            # Main thread (trio: h2, crypto, MQTT) against the others (SQLite, workers); both
+            # from the start of the process for a drain, from the start of the run otherwise.
+            "main_thread_cpu_us": main_cpu / n * 1e6,
+            "other_threads_cpu_us": other_cpu / n * 1e6,
+            "threads": len(threads1),
             "disk_bytes_per_message": written / n,
             "disk_bytes": written,
             "rss_kib_after": samples[-1].rss_kib,
@@ -457,25 +489,27 @@ class Bench:
             "keepalive_wakeups_allowed": 3 * 2 * math.ceil(seconds / KEEPALIVE),
         }
 
-    def long_run(self, rate: float) -> Report:
-        """LONG_MESSAGES at ``rate`` through the running gateway; RSS every LONG_STEP."""
+    def long_run(self, rate: float, total: int) -> Report:
+        """``total`` messages at ``rate`` through the running gateway; RSS every LONG_STEP."""
         points: list[tuple[int, int]] = []
         name = "fieldgate_deliveries_total"
         labels = {"route": MQTT_ROUTE, "adapter": MQTT_ADAPTER, "outcome": "delivered"}
         base = metric_sum(self.gateway.get("/metrics").decode(), name, **labels)
         started = time.monotonic()
-        for step in range(LONG_MESSAGES // LONG_STEP):
-            self.post(MQTT_ROUTE, LONG_STEP, rate)
-            target = (step + 1) * LONG_STEP
+        step_size = min(LONG_STEP, total)
+        for step in range(total // step_size):
+            self.post(MQTT_ROUTE, step_size, rate)
+            target = (step + 1) * step_size
             done = 0.0
             while done < target:
                 time.sleep(2.0)
                 done = metric_sum(self.gateway.get("/metrics").decode(), name, **labels) - base
-                self.progress.show(done / LONG_MESSAGES)
+                self.progress.show(done / total)
             self._wait_sent()
             points.append((target, sample(self.gateway.pid).rss_kib))
+            print(f"\n  {target:,} messages: RSS {points[-1][1] / 1024:.1f} MiB", file=sys.stderr)
         return {
-            "messages": LONG_MESSAGES,
+            "messages": total,
             "offered_rate": rate,
             "seconds": time.monotonic() - started,
             "rss_kib": points,
@@ -541,7 +575,14 @@ def _lines(path: Path) -> int:
         return 0
 
 
-def run(workdir: Path, messages: int, rounds: int, idle_seconds: float, long: bool) -> Report:
+def run(
+    workdir: Path,
+    messages: int,
+    rounds: int,
+    idle_seconds: float,
+    long: int,
+    profile: Path | None = None,
+) -> Report:
     phases = 5 + 2 * rounds + len(LOADS) * 2 + 2 + (1 if long else 0)
     progress = Progress(phases)
     progress.next("start peers, subscribe")
@@ -557,7 +598,9 @@ def run(workdir: Path, messages: int, rounds: int, idle_seconds: float, long: bo
             progress.next(f"floor drain, round {round_no}")
             drains.append({"variant": "floor", "round": round_no, **bench.floor_drain()})
             progress.next(f"gateway drain, round {round_no}")
-            drains.append({"variant": "gateway", "round": round_no, **bench.gateway_drain()})
+            last = round_no == rounds
+            report = bench.gateway_drain(profile if last else None)
+            drains.append({"variant": "gateway", "round": round_no, **report})
         sustained = statistics.median(d["rate"] for d in drains if d["variant"] == "gateway")
         pool = max(LATENCY_MIN_MESSAGES, round(max(LOADS) * sustained * LATENCY_SECONDS))
         bench.encrypt(MQTT_ROUTE, max(pool, messages))
@@ -575,8 +618,9 @@ def run(workdir: Path, messages: int, rounds: int, idle_seconds: float, long: bo
         rss_after = sample(bench.gateway.pid).rss_kib
         long_report = None
         if long:
-            progress.next(f"{LONG_MESSAGES:,} messages (long run)")
-            long_report = bench.long_run(max(LOADS) * sustained)
+            progress.next(f"{long:,} messages (long run)")
+            # 90% of what the connected gateway kept up with, so that no backlog builds up
+            long_report = bench.long_run(max(LOADS) * live[0]["rate"], long)
         bench.gateway.stop()
         floor = bench.floor_live()
         progress.next("floor live, sender flat out")
@@ -633,12 +677,16 @@ def main() -> None:
     messages = int(os.environ.get("FIELDGATE_BENCH_MESSAGES", DEFAULT_MESSAGES))
     rounds = int(os.environ.get("FIELDGATE_BENCH_ROUNDS", DEFAULT_ROUNDS))
     idle_seconds = float(os.environ.get("FIELDGATE_BENCH_IDLE", DEFAULT_IDLE))
-    long = os.environ.get("FIELDGATE_BENCH_LONG", "") == "1"
+    long = 0
+    if os.environ.get("FIELDGATE_BENCH_LONG", "") == "1":
+        long = int(os.environ.get("FIELDGATE_BENCH_LONG_MESSAGES", LONG_MESSAGES))
+    profile_env = os.environ.get("FIELDGATE_BENCH_PROFILE", "")
+    profile = Path(profile_env).resolve() if profile_env else None
     # On disk, not tmpfs: write_bytes counts only what goes to a block device.
     base = Path(os.environ.get("FIELDGATE_BENCH_DIR", "/var/tmp"))
     workdir = Path(tempfile.mkdtemp(prefix="fieldgate-bench-e2e-", dir=base))
     try:
-        results = run(workdir, messages, rounds, idle_seconds, long)
+        results = run(workdir, messages, rounds, idle_seconds, long, profile)
     except BaseException:
         print(f"(logs kept in {workdir})", file=sys.stderr)
         raise
@@ -650,6 +698,9 @@ def main() -> None:
     (RESULTS / "e2e.json").write_text(json.dumps(results, indent=1, default=_json_default))
     write_chart(results, RESULTS / "e2e.png")
     print(f"raw results: {RESULTS / 'e2e.json'}; chart: {RESULTS / 'e2e.png'}")
+    if profile is not None and profile.exists():
+        print(f"\ncProfile of the last gateway (drain, live, latency, serial, idle): {profile}")
+        pstats.Stats(str(profile)).sort_stats("tottime").print_stats(25)
 
 
 def _json_default(value: object) -> object:

@@ -119,6 +119,19 @@ def sample(pid: int) -> ProcSample:
     return ProcSample(t, cpu, write_bytes, rss)
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """Per thread of ``pid``: user + system CPU seconds (threads that exited are not listed)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    return found
+
+
 def rss_kib_self() -> int:
     """VmRSS of this process in KiB."""
     for line in Path("/proc/self/status").read_text().splitlines():

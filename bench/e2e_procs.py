@@ -173,8 +173,9 @@ class GatewayProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self) -> None:
-        """Spawn it; :meth:`poll_ready` or :meth:`wait_ready` sees READY=1."""
+    def start(self, profile: Path | None = None) -> None:
+        """Spawn it (under cProfile into ``profile`` if given, written when it stops);
+        :meth:`poll_ready` or :meth:`wait_ready` sees READY=1."""
         path = self.config.parent / f"notify-{time.monotonic_ns()}.sock"
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind(str(path))
@@ -183,8 +184,9 @@ class GatewayProcess:
         env.pop("JOURNAL_STREAM", None)
         env.pop("WATCHDOG_USEC", None)
         with self.log.open("ab") as log:
+            wrapper = ["-m", "cProfile", "-o", str(profile)] if profile else []
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
+                [sys.executable, *wrapper, "-m", "gateway", "run", "--config", str(self.config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
