@@ -15,6 +15,7 @@ URL stays for ``journal.dedupe_retention`` (:meth:`Store.prune`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -101,6 +102,11 @@ def _prepare_files(state_dir: Path) -> Path:
     return db
 
 
+def _url_key(url: str) -> int:
+    """A push message URL's 64-bit digest (the in-memory dedupe index holds these)."""
+    return int.from_bytes(hashlib.blake2b(url.encode(), digest_size=8).digest(), "big")
+
+
 class Store:
     """The gateway's SQLite journal. Use :meth:`open`."""
 
@@ -125,6 +131,14 @@ class Store:
         self._usage: dict[str, _Usage] = {}
         self.transactions = 0  # committed write transactions (group commit is observable)
         self._load_usage()
+        # The dedupe index: 64-bit digests of every remembered push message URL (~60 bytes of
+        # RAM each; 100,000 messages a day for the default 28 days would be ~170 MB, so size
+        # dedupe_retention to the message rate). Two URLs share a digest with probability
+        # ~n^2 / 2^65: about 1e-8 for a million remembered URLs.
+        self._seen: set[int] = {
+            _url_key(row[0]) for row in conn.execute("SELECT url FROM dedupe_log")
+        }
+        self._remembered: list[int] = []
 
     @classmethod
     def open(
@@ -245,10 +259,22 @@ class Store:
         counts = StoreCounts()
         with self._lock:
             now = self._clock()
-            with self._transaction():
-                results = [self._ingest_one(incoming, now, counts) for incoming in batch]
+            self._remembered = []
+            try:
+                with self._transaction():
+                    results = [self._ingest_one(incoming, now, counts) for incoming in batch]
+            except BaseException:
+                self._seen.difference_update(self._remembered)  # rolled back: forget them too
+                raise
         self._publish(counts)
         return results
+
+    def _remember(self, url: str, now: float) -> None:
+        """Record a push message URL: appended on disk, indexed in memory."""
+        self._conn.execute("INSERT INTO dedupe_log (url, seen_at) VALUES (?, ?)", (url, now))
+        key = _url_key(url)
+        self._seen.add(key)
+        self._remembered.append(key)
 
     def _owe_ack(self, url: str) -> None:
         self._conn.execute("INSERT OR IGNORE INTO acks VALUES (?, 'owed')", (url,))
@@ -273,7 +299,7 @@ class Store:
 
     def _ingest_one(self, incoming: Incoming, now: float, counts: StoreCounts) -> IngestResult:
         url = incoming.push_message_url
-        if self._conn.execute("SELECT 1 FROM dedupe WHERE url = ?", (url,)).fetchone():
+        if _url_key(url) in self._seen:
             counts.duplicates += 1
             row = self._conn.execute("SELECT state FROM acks WHERE url = ?", (url,)).fetchone()
             if row and row[0] == "held":
@@ -292,13 +318,13 @@ class Store:
         if reason is not None or route is None or incoming.plaintext is None:
             reason = reason or "unknown_route"
             self._dead_letter(incoming, reason, now)
-            self._conn.execute("INSERT INTO dedupe VALUES (?, ?)", (url, now))
+            self._remember(url, now)
             self._owe_ack(url)
             counts.dead_letters[reason] = counts.dead_letters.get(reason, 0) + 1
             return IngestResult(url, "dead_lettered", None, ack_now=True)
 
         if incoming.expires_at is not None and incoming.expires_at <= now:
-            self._conn.execute("INSERT INTO dedupe VALUES (?, ?)", (url, now))
+            self._remember(url, now)
             self._owe_ack(url)
             counts.expired[route.name] = counts.expired.get(route.name, 0) + 1
             return IngestResult(url, "expired", None, ack_now=True)
@@ -313,7 +339,7 @@ class Store:
         message_id = self._insert_message(
             route, url, incoming.plaintext, incoming.received_at, incoming.expires_at, None
         )
-        self._conn.execute("INSERT INTO dedupe VALUES (?, ?)", (url, now))
+        self._remember(url, now)
         counts.journalled[route.name] = counts.journalled.get(route.name, 0) + 1
         if route.ack == "delivered" and route.deliver:
             self._conn.execute("INSERT OR REPLACE INTO acks VALUES (?, 'held')", (url,))
@@ -539,12 +565,21 @@ class Store:
         """Forget dedupe records older than ``journal.dedupe_retention``; return how many."""
         with self._lock:
             cutoff = self._clock() - self._journal.dedupe_retention
+            # The log is in arrival order: walk from its start while records are old enough.
+            # A record whose ack is still owed stays (its message can still come back).
+            old = self._conn.execute(
+                "SELECT id, url FROM dedupe_log WHERE seen_at < ? AND url NOT IN"
+                " (SELECT url FROM acks) ORDER BY id",
+                (cutoff,),
+            ).fetchall()
+            if not old:
+                return 0
             with self._transaction():
-                cursor = self._conn.execute(
-                    "DELETE FROM dedupe WHERE seen_at < ? AND url NOT IN (SELECT url FROM acks)",
-                    (cutoff,),
+                self._conn.executemany(
+                    "DELETE FROM dedupe_log WHERE id = ?", [(row[0],) for row in old]
                 )
-        return cursor.rowcount
+            self._seen.difference_update(_url_key(row[1]) for row in old)
+        return len(old)
 
     @property
     def dedupe_retention(self) -> float:
@@ -554,7 +589,7 @@ class Store:
     def dedupe_records(self) -> int:
         """How many push message URLs are remembered."""
         with self._lock:
-            return int(self._conn.execute("SELECT count(*) FROM dedupe").fetchone()[0])
+            return int(self._conn.execute("SELECT count(*) FROM dedupe_log").fetchone()[0])
 
     # -- dead letters ----------------------------------------------------------------------
 

@@ -387,3 +387,36 @@ def test_replay_refuses_what_cannot_be_delivered(tmp_path):
     assert store.purge_dead_letters([dead.id, 999]) == 1
     assert store.purge_dead_letters() == 0
     store.close()
+
+
+def test_migrates_a_version_1_journal_keeping_its_dedupe_records(tmp_path):
+    from gateway.store_schema import MIGRATIONS
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    db = state / DB_NAME
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    conn.execute("INSERT INTO schema_version VALUES (1)")
+    for statement in MIGRATIONS[0].split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute("INSERT INTO dedupe VALUES ('https://p/m/old', 1.0)")
+    conn.close()
+    db.chmod(0o600)
+    store = open_store(tmp_path)
+    assert store.ingest([incoming("https://p/m/old")])[0].status == "duplicate"
+    assert store.dedupe_records() == 1
+    store.close()
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == len(MIGRATIONS)
+    conn.close()
+
+
+def test_a_failed_batch_is_forgotten_by_the_dedupe_index(tmp_path):
+    store = open_store(tmp_path)
+    bad = incoming("u2", plaintext=[1])  # the driver cannot bind a list: the batch fails
+    with pytest.raises(sqlite3.Error):
+        store.ingest([incoming("u1"), bad])
+    assert store.ingest([incoming("u1")])[0].status == "journalled"
+    store.close()
