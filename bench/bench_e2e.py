@@ -340,6 +340,8 @@ class Bench:
         span."""
         samples = [sample(pid)]
         threads0 = thread_cpu(pid) if startup_cpu is None else {}
+        is_gateway = self.gateway.proc is not None and pid == self.gateway.pid
+        batches0 = self._batches() if is_gateway and startup_cpu is None else (0.0, 0.0)
         cores0 = _core_ticks()
         got, last_change, last_got = 0, time.monotonic(), -1
         while got < n:
@@ -357,6 +359,7 @@ class Bench:
         threads1 = thread_cpu(pid)
         time.sleep(1.0)  # the commits that mark the last deliveries
         samples.append(sample(pid))
+        batches1 = self._batches() if is_gateway else (0.0, 0.0)
         main_cpu = threads1.get(pid, 0.0) - threads0.get(pid, 0.0)
         other_cpu = sum(v - threads0.get(t, 0.0) for t, v in threads1.items() if t != pid)
         times = sorted(self.receipts().values())
@@ -381,12 +384,22 @@ class Bench:
             "main_thread_cpu_us": main_cpu / n * 1e6,
             "other_threads_cpu_us": other_cpu / n * 1e6,
             "threads": len(threads1),
+            "ingest_commits": batches1[0] - batches0[0],
+            "messages_per_ingest_commit": _ratio(
+                batches1[1] - batches0[1], batches1[0] - batches0[0]
+            ),
             "disk_bytes_per_message": written / n,
             "disk_bytes": written,
             "rss_kib_after": samples[-1].rss_kib,
             "duplicates_at_subscriber": duplicates,
             "core_busy": busy,
         }
+
+    def _batches(self) -> tuple[float, float]:
+        """(journal transactions, messages in them) of the agent's group commit, so far."""
+        text = self.gateway.get("/metrics").decode()
+        name = "fieldgate_commit_batch_messages"
+        return metric_sum(text, name + "_count"), metric_sum(text, name + "_sum")
 
     def latency(self, rate: float, cpu_pid: int | None, scrape: bool) -> Report:
         """Offer ``rate`` msg/s for LATENCY_SECONDS; POST -> on_message latency per message."""
@@ -424,6 +437,14 @@ class Bench:
             ha = histogram_buckets(metrics_after, name, route=MQTT_ROUTE)
             report["histogram_p50_le_ms"] = _ms(_histogram_quantile(hb, ha, 0.5))
             report["histogram_p99_le_ms"] = _ms(_histogram_quantile(hb, ha, 0.99))
+            name = "fieldgate_commit_batch_messages"
+            commits = metric_sum(metrics_after, name + "_count") - metric_sum(
+                metrics_before, name + "_count"
+            )
+            batched = metric_sum(metrics_after, name + "_sum") - metric_sum(
+                metrics_before, name + "_sum"
+            )
+            report["messages_per_ingest_commit"] = _ratio(batched, commits)
         return report
 
     def serial(self) -> Report:
@@ -562,6 +583,10 @@ def _busy(
         for core, b in before.items()
         if core in after
     }
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -158,8 +158,10 @@ def render_markdown(res: Report) -> str:
         "",
     ]
     for r in drains:
+        batch = r.get("messages_per_ingest_commit")
         extra = (
-            f" (since process start: main thread {r['main_thread_cpu_us']:,.0f}, other "
+            (f", {batch:.1f} messages per journal commit" if batch else "")
+            + f" (since process start: main thread {r['main_thread_cpu_us']:,.0f}, other "
             f"{r['threads'] - 1} threads {r['other_threads_cpu_us']:,.0f}), "
             f"{r['disk_bytes_per_message']:,.0f} B/msg to disk, subscriber duplicates "
             f"{r['duplicates_at_subscriber']}"
@@ -177,10 +179,12 @@ def render_markdown(res: Report) -> str:
     ]
     for r in res["latency"]:
         busy = ", ".join(f"{core} {v:.0%}" for core, v in sorted(r["core_busy"].items()))
+        batch = r.get("messages_per_ingest_commit")
+        commits = f", {batch:.1f} messages per journal commit" if batch else ""
         lines.append(
             f"- {r['variant']:7} at {r['load']:.0%}: offered {r['offered_rate']:,.0f}/s, sent "
             f"{r['achieved_send_rate']:,.0f}/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} "
-            f"ms, CPU {r.get('cpu_us', 0):,.0f} µs/msg; {busy}"
+            f"ms, CPU {r.get('cpu_us', 0):,.0f} µs/msg{commits}; {busy}"
         )
     lines.append("")
     return "\n".join(lines)
