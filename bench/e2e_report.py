@@ -144,7 +144,8 @@ def render_markdown(res: Report) -> str:
         f"| idle CPU s/minute | {idle['cpu_seconds_per_minute']:.4f} | - | - | - |",
         f"| idle wake-ups/minute (voluntary switches, {idle['seconds']:.0f} s window, all "
         f"threads) | {idle['wakeups_per_minute']:.1f} | keepalives (push, MQTT, serial at "
-        f"{res['keepalive_s']:g} s) allow {idle['keepalive_wakeups_allowed']} in the window | - | "
+        f"{res['keepalive_s']:g} s; MQTT ticks 4x per interval) allow "
+        f"{idle['keepalive_wakeups_allowed']} in the window | - | "
         f"only keepalives: {_verdict(idle['wakeups'] <= idle['keepalive_wakeups_allowed'])} |",
         "",
         "Latency runs from the sender's POST (just before the request is written) to the MQTT "
