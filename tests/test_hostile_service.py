@@ -21,11 +21,14 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
+import h2.config
+import h2.connection
 import pytest
 import trio
 from pywebpush import webpush
 
-from pushservice.hostile import HOSTILE_KINDS, hpack_bomb_block
+from gateway.webpush import useragent as ua
+from pushservice.hostile import DATA, HOSTILE_KINDS, MAX_FRAME_LENGTH, frame, hpack_bomb_block
 from pushservice.service import PushService
 from pushservice.settings import ServiceSettings
 from tests.agent_harness import Running, running, wait_until
@@ -60,6 +63,20 @@ def test_the_hpack_bomb_is_small_on_the_wire_and_huge_decoded() -> None:
     assert len(block) <= 16384
     # Each one-octet reference decodes to the ~4 KiB entry: ~50 MB in all.
     assert block.count(b"\xbe") * 4000 > 40 * MIB
+
+
+def test_an_overlong_frame_is_refused_from_its_header() -> None:
+    """Sans-IO: a frame announcing 16 MiB is refused once its header is in, not buffered."""
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    server.initiate_connection()
+    proto = ua.UserAgentProtocol("http://push.test", max_body=4096)
+    proto.initiate()
+    proto.receive_data(server.data_to_send())
+    with pytest.raises(ua.ProtocolViolation, match="overlong frame"):
+        proto.receive_data(frame(DATA, 0, 1, b"", length=MAX_FRAME_LENGTH))
+        # 64 KiB reads (as the agent does), stopping short of the whole frame.
+        for _ in range(MAX_FRAME_LENGTH // (64 * 1024)):
+            proto.receive_data(bytes(64 * 1024))
 
 
 @pytest.mark.parametrize("kind", sorted(REASONS))
