@@ -37,7 +37,6 @@ bench/results/e2e.{md,json,png}.
 from __future__ import annotations
 
 import json
-import math
 import os
 import pstats
 import shutil
@@ -53,12 +52,23 @@ from bench.e2e_common import (
     CORE_PEERS,
     CORE_UNDER_TEST,
     Child,
-    ProcSample,
     context_switches,
-    percentile,
     pin,
     sample,
     thread_cpu,
+)
+from bench.e2e_measure import (
+    WINDOW,
+    busy_fractions,
+    core_ticks,
+    count_lines,
+    histogram_quantile,
+    interpolate,
+    keepalive_wakeups,
+    latency_summary,
+    output_window,
+    ratio,
+    to_ms,
 )
 from bench.e2e_procs import (
     KEEPALIVE,
@@ -77,7 +87,7 @@ from bench.e2e_procs import (
     stop_process,
     write_config,
 )
-from bench.e2e_report import render_markdown, write_chart
+from bench.e2e_report import Progress, render_markdown, write_chart
 
 DEFAULT_MESSAGES = 3000  # ~4-5 s of gateway drain at the ~700 msg/s seen here
 DEFAULT_ROUNDS = 2  # floor/gateway drains alternate; medians (the VM drifts 20-30%)
@@ -92,7 +102,6 @@ LONG_MESSAGES = 1_000_000
 LONG_STEP = 100_000  # RSS is read every this many delivered messages
 TTL = 86_400  # no message may expire during a run (the long run takes ~30 min)
 REDELIVERY_AFTER = 3600.0  # the service must not push a message twice because a run is slow
-WINDOW = (0.1, 0.9)  # rates over the 10%-90% receipts: start-up and tail excluded
 SAMPLE_EVERY = 0.05  # /proc sampling of the gateway during a drain
 RESULT_LIMIT = 120.0  # a phase making no progress for this long is a failure, not slow
 GOAL_RATE = 0.65  # issue 10: end to end >= 65% of the h2 + cryptography floor
@@ -103,85 +112,6 @@ LINE_BYTES_PER_S = 115200 / 10  # 8N1: start + 8 data + stop bits
 RESULTS = Path(__file__).parent / "results"
 
 Report = dict[str, Any]
-
-
-class Progress:
-    """A plain-text progress bar on stderr."""
-
-    WIDTH = 30
-
-    def __init__(self, phases: int) -> None:
-        self.phases = phases
-        self.phase = 0
-        self.label = ""
-        self.last = ""
-        self.started = time.monotonic()
-
-    def next(self, label: str) -> None:
-        self.phase += 1
-        self.label = label
-        self.show(0.0)
-
-    def show(self, fraction: float) -> None:
-        done = round(max(0.0, min(1.0, fraction)) * self.WIDTH)
-        bar = "#" * done + "." * (self.WIDTH - done)
-        elapsed = time.monotonic() - self.started
-        line = (
-            f"\r[{bar}] {fraction * 100:3.0f}%  phase {self.phase}/{self.phases} "
-            f"{self.label:<34} {elapsed:5.0f} s"
-        )
-        if line != self.last:  # redraw only what changed: the output may be a log file
-            sys.stderr.write(line)
-            sys.stderr.flush()
-            self.last = line
-
-    def done(self) -> None:
-        sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
-def _interpolate(samples: list[ProcSample], t: float, field: str) -> float:
-    """The value of ``field`` at time ``t``, linear between the samples around it."""
-    before = [s for s in samples if s.t <= t]
-    after = [s for s in samples if s.t >= t]
-    if not before:
-        return float(getattr(samples[0], field))
-    if not after:
-        return float(getattr(samples[-1], field))
-    a, b = before[-1], after[0]
-    va, vb = float(getattr(a, field)), float(getattr(b, field))
-    return va if b.t == a.t else va + (vb - va) * (t - a.t) / (b.t - a.t)
-
-
-def _window(times: list[float]) -> tuple[int, float, float]:
-    """(messages, start, end) of the 10%-90% window of sorted receipt times."""
-    lo, hi = (max(1, round(len(times) * f)) - 1 for f in WINDOW)
-    return hi - lo, times[lo], times[hi]
-
-
-def _latency_summary(latencies_s: list[float]) -> Report:
-    ms = [x * 1e3 for x in latencies_s]
-    return {
-        "samples": len(ms),
-        "p50_ms": percentile(ms, 50),
-        "p99_ms": percentile(ms, 99),
-        "max_ms": max(ms),
-    }
-
-
-def _histogram_quantile(
-    before: list[tuple[float, float]], after: list[tuple[float, float]], q: float
-) -> float | None:
-    """Upper bucket bound (s) under which ``q`` of the observations between two scrapes fell."""
-    old = dict(before)
-    diff = [(bound, count - old.get(bound, 0.0)) for bound, count in after]
-    total = diff[-1][1] if diff else 0.0
-    if total <= 0:
-        return None
-    for bound, count in diff:
-        if count >= q * total:
-            return bound
-    return None
 
 
 class Bench:
@@ -342,7 +272,7 @@ class Bench:
         threads0 = thread_cpu(pid) if startup_cpu is None else {}
         is_gateway = self.gateway.proc is not None and pid == self.gateway.pid
         batches0 = self._batches() if is_gateway and startup_cpu is None else (0.0, 0.0)
-        cores0 = _core_ticks()
+        cores0 = core_ticks()
         got, last_change, last_got = 0, time.monotonic(), -1
         while got < n:
             time.sleep(SAMPLE_EVERY)
@@ -355,7 +285,7 @@ class Bench:
             elif time.monotonic() - last_change > RESULT_LIMIT:
                 raise RuntimeError(f"stuck at {got}/{n} messages; see {self.workdir}")
             self.progress.show(got / n)
-        busy = _busy(cores0, _core_ticks())
+        busy = busy_fractions(cores0, core_ticks())
         threads1 = thread_cpu(pid)
         time.sleep(1.0)  # the commits that mark the last deliveries
         samples.append(sample(pid))
@@ -363,10 +293,10 @@ class Bench:
         main_cpu = threads1.get(pid, 0.0) - threads0.get(pid, 0.0)
         other_cpu = sum(v - threads0.get(t, 0.0) for t, v in threads1.items() if t != pid)
         times = sorted(self.receipts().values())
-        count, t_lo, t_hi = _window(times)
-        cpu_last = _interpolate(samples, times[-1], "cpu")
+        count, t_lo, t_hi = output_window(times)
+        cpu_last = interpolate(samples, times[-1], "cpu")
         if startup_cpu is None:
-            cpu = cpu_last - _interpolate(samples, times[0], "cpu")
+            cpu = cpu_last - interpolate(samples, times[0], "cpu")
         else:
             cpu = cpu_last - startup_cpu
         written = samples[-1].write_bytes - samples[0].write_bytes
@@ -385,7 +315,7 @@ class Bench:
             "other_threads_cpu_us": other_cpu / n * 1e6,
             "threads": len(threads1),
             "ingest_commits": batches1[0] - batches0[0],
-            "messages_per_ingest_commit": _ratio(
+            "messages_per_ingest_commit": ratio(
                 batches1[1] - batches0[1], batches1[0] - batches0[0]
             ),
             "disk_bytes_per_message": written / n,
@@ -407,7 +337,7 @@ class Bench:
         self.subscriber.ask("reset", RESULT_LIMIT, cmd="reset")
         metrics_before = self.gateway.get("/metrics").decode() if scrape else ""
         before = sample(cpu_pid) if cpu_pid else None
-        cores0 = _core_ticks()
+        cores0 = core_ticks()
         self.post(MQTT_ROUTE, count, rate, times=True)
         got, deadline = 0, time.monotonic() + RESULT_LIMIT + count / rate
         while got < count:
@@ -417,7 +347,7 @@ class Bench:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"latency run at {rate:.0f}/s stuck at {got}/{count}")
         after = sample(cpu_pid) if cpu_pid else None
-        busy = _busy(cores0, _core_ticks())
+        busy = busy_fractions(cores0, core_ticks())
         sent = self._wait_sent()
         receipts = self.receipts()
         latencies = [receipts[i] - t for i, t in enumerate(sent["send_times"]) if i in receipts]
@@ -426,7 +356,7 @@ class Bench:
             "achieved_send_rate": count / (sent["t_end"] - sent["t_start"]),
             "messages": count,
             "core_busy": busy,
-            **_latency_summary(latencies),
+            **latency_summary(latencies),
         }
         if before is not None and after is not None:
             report["cpu_us"] = (after.cpu - before.cpu) / count * 1e6
@@ -435,8 +365,8 @@ class Bench:
             name = "fieldgate_delivery_latency_seconds"
             hb = histogram_buckets(metrics_before, name, route=MQTT_ROUTE)
             ha = histogram_buckets(metrics_after, name, route=MQTT_ROUTE)
-            report["histogram_p50_le_ms"] = _ms(_histogram_quantile(hb, ha, 0.5))
-            report["histogram_p99_le_ms"] = _ms(_histogram_quantile(hb, ha, 0.99))
+            report["histogram_p50_le_ms"] = to_ms(histogram_quantile(hb, ha, 0.5))
+            report["histogram_p99_le_ms"] = to_ms(histogram_quantile(hb, ha, 0.99))
             name = "fieldgate_commit_batch_messages"
             commits = metric_sum(metrics_after, name + "_count") - metric_sum(
                 metrics_before, name + "_count"
@@ -444,14 +374,14 @@ class Bench:
             batched = metric_sum(metrics_after, name + "_sum") - metric_sum(
                 metrics_before, name + "_sum"
             )
-            report["messages_per_ingest_commit"] = _ratio(batched, commits)
+            report["messages_per_ingest_commit"] = ratio(batched, commits)
         return report
 
     def serial(self) -> Report:
         """K messages to the serial route; rate from fbsim's record file."""
         k = SERIAL_MESSAGES
         self.encrypt(SERIAL_ROUTE, k)
-        base = _lines(self.record)
+        base = count_lines(self.record)
         marks = [max(1, round(k * f)) for f in WINDOW]
         seen: list[float] = []
         self.post(SERIAL_ROUTE, k, 0.0)
@@ -459,7 +389,7 @@ class Bench:
         got = 0
         while got < k:
             time.sleep(0.01)
-            got = _lines(self.record) - base
+            got = count_lines(self.record) - base
             while len(seen) < 2 and got >= marks[len(seen)]:
                 seen.append(time.monotonic())
             self.progress.show(got / k)
@@ -506,7 +436,7 @@ class Bench:
             "wakeups_per_minute": voluntary * per_minute,
             "threads": threads,
             "threads_gone": sorted(set(ctx0) - set(ctx1)),
-            "keepalive_wakeups_allowed": _keepalive_wakeups(seconds),
+            "keepalive_wakeups_allowed": keepalive_wakeups(seconds),
         }
 
     def long_run(self, rate: float, total: int) -> Report:
@@ -559,54 +489,6 @@ class Bench:
             self.gateway.stop()
         for proc in reversed(self.procs):
             stop_process(proc)
-
-
-def _core_ticks() -> dict[str, tuple[int, int]]:
-    """Per core ("cpu0", ...): (busy, total) clock ticks from /proc/stat."""
-    found = {}
-    for line in Path("/proc/stat").read_text().splitlines():
-        name, *values = line.split()
-        if name.startswith("cpu") and name != "cpu":
-            ticks = [int(v) for v in values]
-            idle = ticks[3] + ticks[4]  # idle + iowait
-            found[name] = (sum(ticks) - idle, sum(ticks))
-    return found
-
-
-def _busy(
-    before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]
-) -> dict[str, float]:
-    """Fraction of time each core was busy between two :func:`_core_ticks` readings."""
-    return {
-        core: (after[core][0] - b[0]) / max(1, after[core][1] - b[1])
-        for core, b in before.items()
-        if core in after
-    }
-
-
-def _keepalive_wakeups(seconds: float) -> int:
-    """Wake-ups the keepalives alone cause in ``seconds``: the push PING and the serial ping
-    each a timer and a reply; the MQTT link ticks paho's loop_misc() several times per
-    interval (adapters/mqtt_link.py) plus the PINGRESP."""
-    from adapters.mqtt_link import KEEPALIVE_TICKS_PER_INTERVAL
-
-    per_interval = 2 + 2 + KEEPALIVE_TICKS_PER_INTERVAL + 1
-    return per_interval * math.ceil(seconds / KEEPALIVE)
-
-
-def _ratio(a: float, b: float) -> float | None:
-    return a / b if b else None
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else seconds * 1e3
-
-
-def _lines(path: Path) -> int:
-    try:
-        return path.read_bytes().count(b"\n")
-    except FileNotFoundError:
-        return 0
 
 
 def run(

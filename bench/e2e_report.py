@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import statistics
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,41 @@ NONE = "-"  # an empty cell
 
 GATEWAY_COLORS = ((40, 90, 200), (200, 40, 40))  # p50, p99
 FLOOR_COLORS = ((120, 170, 240), (240, 150, 150))
+
+
+class Progress:
+    """A plain-text progress bar on stderr."""
+
+    WIDTH = 30
+
+    def __init__(self, phases: int) -> None:
+        self.phases = phases
+        self.phase = 0
+        self.label = ""
+        self.last = ""
+        self.started = time.monotonic()
+
+    def next(self, label: str) -> None:
+        self.phase += 1
+        self.label = label
+        self.show(0.0)
+
+    def show(self, fraction: float) -> None:
+        done = round(max(0.0, min(1.0, fraction)) * self.WIDTH)
+        bar = "#" * done + "." * (self.WIDTH - done)
+        elapsed = time.monotonic() - self.started
+        line = (
+            f"\r[{bar}] {fraction * 100:3.0f}%  phase {self.phase}/{self.phases} "
+            f"{self.label:<34} {elapsed:5.0f} s"
+        )
+        if line != self.last:  # redraw only what changed: the output may be a log file
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            self.last = line
+
+    def done(self) -> None:
+        sys.stderr.write("\n")
+        sys.stderr.flush()
 
 
 def _verdict(ok: bool) -> str:

@@ -32,14 +32,29 @@ class KeepAliveSender:
     """POSTs one request after the other on a single keep-alive connection (h11)."""
 
     def __init__(self, host: str, port: int, ttl: int) -> None:
+        self.address = (host, port)
         self.netloc = f"{host}:{port}".encode()
-        self.sock = socket.create_connection((host, port))
+        self.ttl = str(ttl).encode()
+        self.reconnects = 0
+        self._connect()
+
+    def _connect(self) -> None:
+        self.sock = socket.create_connection(self.address)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.conn = h11.Connection(h11.CLIENT)
-        self.ttl = str(ttl).encode()
 
     def post(self, path: str, body: bytes) -> int:
-        """One POST; returns the status code."""
+        """One POST; a connection the service closed is opened again once, as an application
+        server's HTTP client would (counted in ``reconnects``). Returns the status code."""
+        try:
+            return self._post(path, body)
+        except (ConnectionError, h11.ProtocolError):
+            self.sock.close()
+            self.reconnects += 1
+            self._connect()
+            return self._post(path, body)
+
+    def _post(self, path: str, body: bytes) -> int:
         headers = [
             (b"host", self.netloc),
             (b"content-length", b"%d" % len(body)),
@@ -109,6 +124,7 @@ def main() -> None:
                 t_end=time.monotonic(),
                 count=count,
                 refused=refused,
+                reconnects=sender.reconnects,
                 send_times=send_times,
             )
 
