@@ -167,22 +167,34 @@ def line_chart(
     y_title: str,
     width: int = 720,
     height: int = 420,
+    y_log: bool = False,
 ) -> None:
-    """Write a PNG line chart of ``series`` to ``path``; both axes start at 0."""
+    """Write a PNG line chart of ``series`` to ``path``. The x axis starts at 0; the y axis
+    too, or is logarithmic (decades) with ``y_log``, for values spanning several of them."""
     left, right, top, bottom = 60, 20, 40, 50
     canvas = Canvas(width, height)
     xs = [x for s in series for x, _ in s.points] or [1.0]
     ys = [y for s in series for _, y in s.points] or [1.0]
-    x_step, y_step = nice_step(max(xs)), nice_step(max(ys))
+    x_step = nice_step(max(xs))
     x_max = math.ceil(max(xs) / x_step) * x_step
-    y_max = math.ceil(max(ys) / y_step) * y_step
     plot_w, plot_h = width - left - right, height - top - bottom
+    if y_log:
+        lo = math.floor(math.log10(max(min(ys), 1e-3)))
+        hi = max(lo + 1, math.ceil(math.log10(max(max(ys), 1e-3))))
+        y_ticks = [10.0**e for e in range(lo, hi + 1)]
+
+        def y_frac(y: float) -> float:
+            return (math.log10(max(y, 10.0**lo)) - lo) / (hi - lo)
+    else:
+        y_step = nice_step(max(ys))
+        y_max = math.ceil(max(ys) / y_step) * y_step
+        y_ticks = [i * y_step for i in range(round(y_max / y_step) + 1)]
+
+        def y_frac(y: float) -> float:
+            return y / y_max
 
     def px(x: float, y: float) -> tuple[int, int]:
-        return (
-            left + round(x / x_max * plot_w),
-            top + plot_h - round(y / y_max * plot_h),
-        )
+        return left + round(x / x_max * plot_w), top + plot_h - round(y_frac(y) * plot_h)
 
     tick = 0.0
     while tick <= x_max + 1e-9:
@@ -192,14 +204,12 @@ def line_chart(
         text = _label(tick)
         canvas.text(x - len(text) * ADVANCE // 2, top + plot_h + 8, text)
         tick += x_step
-    tick = 0.0
-    while tick <= y_max + 1e-9:
+    for tick in y_ticks:
         _, y = px(0, tick)
         canvas.line(left, y, left + plot_w, y, GRID)
         canvas.line(left - 4, y, left, y, BLACK)
         text = _label(tick)
         canvas.text(left - 7 - len(text) * ADVANCE, y - GLYPH_H // 2, text)
-        tick += y_step
     canvas.line(left, top, left, top + plot_h, BLACK)
     canvas.line(left, top + plot_h, left + plot_w, top + plot_h, BLACK)
     canvas.text(left, 12, title)

@@ -242,5 +242,6 @@ def write_chart(res: Report, path: Path) -> None:
         series,
         title="post to mqtt subscriber latency against offered load (qos 1)",
         x_title="offered load, msg/s",
-        y_title="latency, ms",
+        y_title="latency, ms (log)",
+        y_log=True,
     )
