@@ -40,6 +40,7 @@ import json
 import os
 import pstats
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -590,6 +591,8 @@ def _machine() -> str:
 
 
 def main() -> None:
+    # SIGTERM as Ctrl-C: the finally blocks stop every child process and peer.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     messages = int(os.environ.get("FIELDGATE_BENCH_MESSAGES", DEFAULT_MESSAGES))
     rounds = int(os.environ.get("FIELDGATE_BENCH_ROUNDS", DEFAULT_ROUNDS))
     idle_seconds = float(os.environ.get("FIELDGATE_BENCH_IDLE", DEFAULT_IDLE))
