@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -45,6 +46,7 @@ class _QueuedPush:
     promise: list[tuple[str, str]]
     response: list[tuple[str, str]]
     body: bytes
+    on_withdrawn: Callable[[], None] | None = None
 
 
 class H2Session:
@@ -75,6 +77,7 @@ class H2Session:
         self._requests: dict[int, _PendingRequest] = {}
         self._outbound: dict[int, _Outbound] = {}
         self._push_queue: list[_QueuedPush] = []
+        self._withdrawn: dict[int, Callable[[], None]] = {}  # pushed streams in flight
         self._want_write = trio.Event()
         self._send_lock = trio.Lock()
         self._cancel: trio.CancelScope | None = None
@@ -231,6 +234,9 @@ class H2Session:
                 self._dispatch(event.stream_id, pending)
         elif isinstance(event, h2.events.StreamReset):
             assert event.stream_id is not None
+            withdrawn = self._withdrawn.pop(event.stream_id, None)
+            if withdrawn is not None:
+                withdrawn()
             self._stream_gone(event.stream_id)
         elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
             pass  # _flush after every batch sends what the new windows allow
@@ -297,11 +303,16 @@ class H2Session:
         promise: list[tuple[str, str]],
         response: list[tuple[str, str]],
         body: bytes,
+        on_withdrawn: Callable[[], None] | None = None,
     ) -> bool:
-        """Server-push one response on ``parent``; False if that stream can no longer push."""
+        """Server-push one response on ``parent``; False if that stream can no longer push.
+
+        ``on_withdrawn`` is called if the pushed stream is reset (by a fault or the client)
+        before it completes: the message is then not in flight on this connection any more.
+        """
         if self.closed or self.goaway_sent or not self.stream_open(parent):
             return False
-        self._push_queue.append(_QueuedPush(parent, promise, response, body))
+        self._push_queue.append(_QueuedPush(parent, promise, response, body, on_withdrawn))
         self._drain_push_queue()
         self._flush()
         self._wake()
@@ -324,7 +335,11 @@ class H2Session:
                 continue
             if self.service.faults.take_reset():
                 self.conn.reset_stream(promised, ErrorCodes.CANCEL)
+                if item.on_withdrawn is not None:
+                    item.on_withdrawn()
                 continue
+            if item.on_withdrawn is not None and item.body:
+                self._withdrawn[promised] = item.on_withdrawn
             headers = [*item.response, ("content-length", str(len(item.body)))]
             self.conn.send_headers(promised, headers, end_stream=not item.body)
             if item.body:
@@ -360,5 +375,6 @@ class H2Session:
                     if out.end:
                         self.conn.end_stream(stream_id)
                     del self._outbound[stream_id]
+                    self._withdrawn.pop(stream_id, None)  # fully sent: no longer withdrawable
             except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
                 self._outbound.pop(stream_id, None)

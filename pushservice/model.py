@@ -73,6 +73,9 @@ class Message:
     expires: float
     receipt_id: str | None
     pushed_at: float | None = None
+    # The connection it was last pushed on (not persisted): a new monitor on that same
+    # connection does not get it again while it is in flight.
+    pushed_on: object | None = field(default=None, compare=False, repr=False)
 
     def remaining_ttl(self, now: float) -> int:
         """Whole seconds left before expiry (never negative)."""

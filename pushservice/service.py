@@ -235,9 +235,17 @@ class PushService:
 
     def _push_stored(self, handle: MonitorHandle) -> int:
         now = self.clock()
+        after = self.settings.redelivery_after
         count = 0
         for m in self.state.messages_for(self._sub_ids(handle), None):
-            if m.expires > now and self._accepts(handle, m) and self._push_message(handle, m):
+            in_flight_here = (
+                m.pushed_on is handle.session
+                and m.pushed_at is not None
+                and now - m.pushed_at < after
+            )
+            if in_flight_here or m.expires <= now or not self._accepts(handle, m):
+                continue
+            if self._push_message(handle, m):
                 count += 1
         return count
 
@@ -281,9 +289,18 @@ class PushService:
         ]
         if m.content_encoding:
             response.append(("content-encoding", m.content_encoding))
-        if handle.session.push(handle.stream_id, promise, response, m.body):
-            m.pushed_at = now
+
+        def withdrawn() -> None:
+            # Reset before it completed: a new monitor on this connection may have it again.
+            if m.pushed_on is handle.session:
+                m.pushed_on = None
+
+        # Marked before pushing: a fault may withdraw the push inside push() itself.
+        previous = (m.pushed_at, m.pushed_on)
+        m.pushed_at, m.pushed_on = now, handle.session
+        if handle.session.push(handle.stream_id, promise, response, m.body, withdrawn):
             return True
+        m.pushed_at, m.pushed_on = previous
         return False
 
     # -- Delivery (called by Resources) ------------------------------------------------------

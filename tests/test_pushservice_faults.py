@@ -242,3 +242,17 @@ async def test_silent_client_is_dropped_after_handshake_timeout(service: PushSer
     assert reply.status == 201
     sock = socket.create_connection(("127.0.0.1", int(service.origin.rsplit(":", 1)[1])))
     sock.close()
+
+
+async def test_a_second_monitor_on_the_same_connection_gets_no_repeat_of_pushes_in_flight(
+    service: PushService, ua: H2Client
+) -> None:
+    sub = await subscribe(ua)
+    await send(link_of(sub, REL_PUSH), b"only once")
+    reply = await ua.request("GET", path_of(link_of(sub, REL_SET)), [("prefer", "wait=0")])
+    assert reply.status == 200
+    assert (await ua.next_push()).body == b"only once"
+    # Not acknowledged yet, but in flight on this connection: a new monitor here gets nothing.
+    reply = await ua.request("GET", path_of(link_of(sub, REL_SET)), [("prefer", "wait=0")])
+    assert reply.status == 204
+    assert service.pending_messages() == 1
