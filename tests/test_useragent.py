@@ -392,3 +392,33 @@ def test_stalled_pushes_can_be_cancelled():
     exchange(client, server)
     assert client.open_pushes() == frozenset()
     assert promised in server.resets
+
+
+def test_nothing_is_sent_before_the_preface():
+    client = ua.UserAgentProtocol(ORIGIN, max_body=4096)
+    client.acknowledge(f"{ORIGIN}/message/early")
+    assert client.data_to_send() == b""
+    client.initiate()
+    data = client.data_to_send()
+    assert data.startswith(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    server = Server()
+    server.feed(data)
+    assert [r[":path"] for r in server.requests.values()] == ["/message/early"]
+
+
+def test_before_the_service_settings_at_most_100_requests_are_open():
+    client = ua.UserAgentProtocol(ORIGIN, max_body=4096)
+    client.initiate()
+    for i in range(150):
+        client.acknowledge(f"{ORIGIN}/message/{i}")
+    server = Server(max_concurrent_streams=100)
+    server.feed(client.data_to_send())  # h2 would raise TooManyStreamsError beyond 100
+    assert len(server.requests) == ua.ASSUMED_MAX_CONCURRENT_STREAMS
+
+
+def test_a_frame_announced_over_the_limit_is_refused_before_it_is_buffered():
+    client, _server = connect()
+    # A DATA frame header announcing 16 MiB - 1 bytes, and only a few bytes of it.
+    header = (2**24 - 1).to_bytes(3, "big") + b"\x00\x00" + (1).to_bytes(4, "big")
+    with pytest.raises(ua.ProtocolViolation, match="overlong frame"):
+        client.receive_data(header + b"x" * 10)

@@ -49,6 +49,10 @@ MAX_QUEUED_REQUESTS = 100_000
 
 # The server's connection preface: one 9-byte frame header, of a SETTINGS frame on stream 0.
 PREFACE_CHECK_BYTES = 9
+FRAME_HEADER_BYTES = 9  # RFC 9113 §4.1: 24-bit length, type, flags, stream id
+# Streams we open before the service's SETTINGS say how many it allows: RFC 9113 §6.5.2
+# recommends that the limit be no smaller than 100.
+ASSUMED_MAX_CONCURRENT_STREAMS = 100
 SETTINGS_FRAME_TYPE = 0x04
 
 RequestKind = Literal["subscribe", "monitor", "ack", "unsubscribe"]
@@ -192,6 +196,7 @@ class _Request:
     tag: str = ""
     carries_set: bool = False
     redirects: int = 0
+    path: str = ""
     stream_id: int | None = None
     status: int | None = None
     response_headers: Headers = ()
@@ -278,6 +283,8 @@ class UserAgentProtocol:
         self._preface: bytes | None = b""  # the server's first bytes until checked
         self.pushes_refused = 0  # promises refused because too many were open
         self.frames_received = 0  # h2 events seen: the agent's measure of liveness
+        self._initiated = False
+        self._remote_settings_seen = False
 
     # ------------------------------------------------------------------ connection lifecycle
 
@@ -294,6 +301,8 @@ class UserAgentProtocol:
         )
         self._conn.initiate_connection()
         self._conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self._initiated = True
+        self._pump()
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the socket now (may be empty)."""
@@ -333,7 +342,7 @@ class UserAgentProtocol:
     def _enqueue(self, request: _Request, *, front: bool = False) -> int:
         if len(self._queue) >= MAX_QUEUED_REQUESTS:
             raise ProtocolViolation("too many requests waiting for a stream")
-        self._url_path(request.url)  # validate the origin now, not when it is sent
+        request.path = self._url_path(request.url)  # validated now, not when it is sent
         if front:
             self._queue.appendleft(request)
         else:
@@ -382,11 +391,17 @@ class UserAgentProtocol:
         return self._enqueue(_Request(next(self._ids), "unsubscribe", "DELETE", url, []))
 
     def _free_slots(self) -> int:
-        limit = self._conn.remote_settings.max_concurrent_streams
-        return int(limit) - self._conn.open_outbound_streams
+        # Counted here, not by h2 (which walks every stream on each call). Until the service's
+        # SETTINGS arrive, h2 reports "unlimited": assume RFC 9113 §6.5.2's recommended floor.
+        if self._remote_settings_seen:
+            limit = int(self._conn.remote_settings.max_concurrent_streams)
+        else:
+            limit = ASSUMED_MAX_CONCURRENT_STREAMS
+        return limit - len(self._by_stream)
 
     def _pump(self) -> None:
-        if self._closed or self.goaway_received:
+        # Nothing goes out before our preface (initiate) or after GOAWAY.
+        if self._closed or self.goaway_received or not self._initiated:
             return
         while self._queue and self._free_slots() > 0:
             request = self._queue.popleft()
@@ -398,7 +413,7 @@ class UserAgentProtocol:
             (":method", request.method),
             (":scheme", self.scheme),
             (":authority", self.authority),
-            (":path", self._url_path(request.url)),
+            (":path", request.path),
             ("user-agent", self._user_agent),
             *request.headers,
         ]
@@ -425,11 +440,26 @@ class UserAgentProtocol:
         except h2.exceptions.ProtocolError as exc:
             raise ProtocolViolation(f"HTTP/2 protocol error from the push service: {exc}") from exc
         self.frames_received += len(h2_events)
+        if self._oversized_frame_pending():
+            raise ProtocolViolation(
+                "HTTP/2 protocol error from the push service: overlong frame announced "
+                f"(over SETTINGS_MAX_FRAME_SIZE {self._conn.local_settings.max_frame_size})"
+            )
         events: list[Event] = []
         for ev in h2_events:
             events.extend(self._handle(ev))
         self._pump()
         return events
+
+    def _oversized_frame_pending(self) -> bool:
+        # h2 judges a frame's length only once the whole frame is buffered: a peer announcing a
+        # 16 MiB frame would make us hold 16 MiB. Look at the buffered header ourselves (h2 has
+        # no public accessor; without the attribute, fall back to h2's own late check).
+        buffered = getattr(self._conn.incoming_buffer, "_data", b"")
+        if len(buffered) < FRAME_HEADER_BYTES:
+            return False
+        announced = int.from_bytes(bytes(buffered[:3]), "big")
+        return announced > int(self._conn.local_settings.max_frame_size)
 
     def _check_preface(self, data: bytes) -> None:
         # RFC 7540 §3.5: the server's preface is a SETTINGS frame. h2 waits for a whole frame
@@ -466,6 +496,9 @@ class UserAgentProtocol:
             detail = (ev.additional_data or b"").decode("utf-8", "replace")[:200]
             return [GoAway(int(ev.error_code or 0), int(ev.last_stream_id or 0), detail)]
         if isinstance(ev, h2.events.InformationalResponseReceived | h2.events.TrailersReceived):
+            return []
+        if isinstance(ev, h2.events.RemoteSettingsChanged):
+            self._remote_settings_seen = True
             return []
         # SettingsAcknowledged, RemoteSettingsChanged (h2 acks them itself), WindowUpdated,
         # PriorityUpdated, PingReceived (h2 answers it): nothing for us to do but pump.
@@ -653,6 +686,7 @@ class UserAgentProtocol:
                 request.carries_set,
                 request.redirects + 1,
             )
+            again.path = self._url_path(target)
             self._queue.appendleft(again)
             return []
         if status != 201:
