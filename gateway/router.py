@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import random
+import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,9 @@ FETCH_BATCH = 64
 DROP_BURST_GAP = 10.0
 # Dedupe records are pruned this often at most (and ten times per retention period at least).
 PRUNE_INTERVAL = 3600.0
+# Recording finished deliveries after a failed commit (disk full): retried between these bounds.
+COMMIT_RETRY_BASE = 0.5
+COMMIT_RETRY_CAP = 30.0
 
 
 def retry_delay(
@@ -300,10 +304,14 @@ class Router:
                     "route %s target %s: message %s not delivered (%s), retrying",
                     route.name, key, message.id, outcome.reason,
                 )  # fmt: skip
-            await trio.to_thread.run_sync(
-                self._store.schedule_retry,
-                message.id, route.name, key, attempts, next_at, outcome.reason,
-            )  # fmt: skip
+            try:
+                await trio.to_thread.run_sync(
+                    self._store.schedule_retry,
+                    message.id, route.name, key, attempts, next_at, outcome.reason,
+                )  # fmt: skip
+            except (sqlite3.Error, OSError) as exc:
+                # The retry still happens; only its schedule is not durable this time.
+                log.error("journal: recording a retry failed: %s", exc)
 
     async def _attempt(self, adapter: Adapter, message: Message, target: Target) -> Outcome:
         try:
@@ -319,19 +327,34 @@ class Router:
         self._resolved_event.set()
 
     async def _committer(self) -> None:
+        failures = 0
         while True:
             await self._resolved_event.wait()
             self._resolved_event = trio.Event()
-            await self._flush()
+            if await self._flush():
+                failures = 0
+                continue
+            # Disk full or an I/O error: the confirmations stay in memory and are committed
+            # when the disk takes them again (until then a restart would deliver them again).
+            failures += 1
+            await trio.sleep(min(COMMIT_RETRY_CAP, COMMIT_RETRY_BASE * 2 ** min(failures, 16)))
+            self._resolved_event.set()
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> bool:
+        """Commit the finished deliveries; False (and nothing lost) when the store failed."""
         if not self._resolved:
-            return
+            return True
         batch, self._resolved = self._resolved, []
         # Shielded: a cancellation before the thread starts would lose confirmed deliveries.
         with trio.CancelScope(shield=True):
-            released = await trio.to_thread.run_sync(self._store.resolve, batch)
+            try:
+                released = await trio.to_thread.run_sync(self._store.resolve, batch)
+            except (sqlite3.Error, OSError) as exc:
+                self._resolved[:0] = batch
+                log.error("journal: recording %d deliveries failed: %s", len(batch), exc)
+                return False
         self._take_counts(released)
+        return True
 
     def _take_counts(self, released: Sequence[str] = ()) -> None:
         """Turn the store's events into metrics, drop logs and acks; refresh the gauges."""
@@ -395,7 +418,11 @@ class Router:
         while True:
             now = trio.current_time()
             if now >= next_prune:
-                pruned = await trio.to_thread.run_sync(self._store.prune)
+                try:
+                    pruned = await trio.to_thread.run_sync(self._store.prune)
+                except (sqlite3.Error, OSError) as exc:
+                    log.error("journal: pruning failed: %s", exc)
+                    pruned = 0
                 if pruned:
                     log.info("pruned %d dedupe records", pruned)
                 next_prune = now + interval

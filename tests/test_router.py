@@ -311,3 +311,30 @@ async def test_log_adapter_appends_private_json_lines(tmp_path):
     ]
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     store.close()
+
+
+async def test_a_full_disk_while_recording_deliveries_loses_no_confirmation(
+    tmp_path, autojump_clock, monkeypatch
+):
+    import sqlite3
+
+    r = route(ack="delivered")
+    store = open_store(tmp_path, [r])
+    real_resolve = store.resolve
+    failures = {"left": 3}
+
+    def resolve(batch):  # the disk is full for the first three commits
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_resolve(batch)
+
+    monkeypatch.setattr(store, "resolve", resolve)
+    device = FakeAdapter("a")
+    async with running(store, [r], [device]) as h:
+        h.ingest(push("u1", b"one"))
+        await h.wait_acks(1)  # acknowledged upstream only once the confirmation is on disk
+        assert failures["left"] == 0
+        assert h.acks == ["u1"]
+        assert [m.body for m in device.delivered] == [b"one"]
+    store.close()
