@@ -386,6 +386,11 @@ class MqttAdapter(Adapter):
             return self._count(Rejected(f"{type(target).__name__} given to MQTT adapter"))
         plan = plan_publication(message, target.topic, target.content_type, time.time())
         if isinstance(plan, Rejected):
+            if plan.reason == "expired":
+                # Under a second left: never published. RetryLater (not Rejected) so that the
+                # router counts it expired when due instead of dead-lettering it.
+                remaining = max(message.remaining_lifetime() or 0.0, 0.0)
+                return self._count(RetryLater("expires within a second", after=remaining))
             return self._count(plan)
         link, client = self._link, self._client
         if client is None or link is None or not link.accepted or link.lost.is_set():

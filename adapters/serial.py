@@ -60,6 +60,16 @@ class PortGone(Exception):
     """The port stopped working (unplugged, device end closed)."""
 
 
+# An expired message is never sent; the router sees it is due and counts it expired (a
+# Rejected would make it a dead letter instead).
+EXPIRED = RetryLater("expired before it reached the device", after=0.0)
+
+
+def _expired(message: Message) -> bool:
+    remaining = message.remaining_lifetime()
+    return remaining is not None and remaining <= 0
+
+
 class SerialAdapter(Adapter):
     """One serial port with one device on it; deliveries are serialised (stop-and-wait)."""
 
@@ -116,15 +126,16 @@ class SerialAdapter(Adapter):
         payload = payload_for(message, form)
         mid = sl.message_id(message.id)
         async with self._lock:
-            remaining = message.remaining_lifetime()
-            if remaining is not None and remaining <= 0:
-                return Rejected("expired before it reached the device")
+            if _expired(message):
+                return EXPIRED
             wait_for_link = self.ack_timeout * self.config.max_tries
             with trio.move_on_after(wait_for_link):
                 await self._link_up.wait()
             link = self._link
             if link is None or not self._link_up.is_set() or link.device is None:
                 return RetryLater(f"serial link {self.name} is {self._state}")
+            if _expired(message):  # checked again: waiting for the link took time
+                return EXPIRED
             if len(payload) > link.device.max_message:
                 return Rejected(
                     f"{len(payload)} bytes exceed device {link.device.device_id!r}'s "

@@ -65,7 +65,7 @@ def make_config(
             max_message_bytes=max_message_bytes,
         ),
         routes=tuple(
-            RouteConfig(name=name, deliver=(LogTarget(adapter="log"),), ack=ack)  # type: ignore[arg-type]
+            RouteConfig(name=name, deliver=(LogTarget(adapter="log"),), ack=ack)
             for name in routes
         ),
         adapters={"log": LogAdapterConfig(name="log")},
