@@ -22,6 +22,7 @@ import random
 import sqlite3
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -55,6 +56,11 @@ MAX_UNCOMMITTED = 5000
 # A failed journal commit (disk full, I/O error) is retried between these bounds.
 COMMIT_RETRY_BASE = 0.5
 COMMIT_RETRY_CAP = 30.0
+# Push message URLs committed by this process that are remembered in memory, so that a
+# redelivery skips decryption: a few MB at most, and redeliveries come soon after the original.
+RECENT_MESSAGES = 10_000
+# A held monitoring GET that ends sooner than this is suspicious: re-issued with backoff.
+MIN_MONITOR_HOLD = 1.0
 # Re-monitoring after a 5xx without Retry-After, and re-subscribing a route after a failure.
 RETRY_FLOOR = 1.0
 
@@ -141,6 +147,7 @@ class Agent:
         self._acked: list[str] = []
         self._commit_wanted = trio.Event()
         self._owed_acks: list[str] = list(store.pending_acks())
+        self._recent: OrderedDict[str, None] = OrderedDict()  # committed push message URLs
         self._subscribe_lock = trio.Lock()
         self._distribute_wanted = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -179,6 +186,10 @@ class Agent:
         self.m_deferred = m.counter(
             "fieldgate_messages_deferred_total",
             "Pushed messages left unacknowledged because the journal was behind",
+        )
+        self.m_pushes_refused = m.counter(
+            "fieldgate_pushes_refused_total",
+            "Server pushes refused because too many were open at once",
         )
         self.m_connected = m.gauge(
             "fieldgate_upstream_connected", "1 while connected to the push service"
@@ -290,6 +301,10 @@ class Agent:
             if not batch:
                 continue
             self.m_batch.observe(len(batch))
+            for result in results:
+                self._recent[result.push_message_url] = None
+            while len(self._recent) > RECENT_MESSAGES:
+                self._recent.popitem(last=False)
             if self.observer is not None:
                 for result in results:
                     self.observer(result.status, result.push_message_url, result.message_id)
@@ -386,6 +401,9 @@ class _Session:
         self._frames_seen = 0
         self._pong = trio.Event()
         self._monitors: dict[int, str] = {}
+        self._monitor_started: dict[int, tuple[float, bool]] = {}
+        self._quick_monitor_ends: dict[str, Backoff] = {}
+        self._pushes_refused_seen = 0
         self._cancel: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self._drained = trio.Event()
@@ -507,6 +525,12 @@ class _Session:
                 self._dispatch(event)
             self._flush()
             self._check_drained()
+            refused = self.proto.pushes_refused
+            if refused != self._pushes_refused_seen:
+                if self._pushes_refused_seen == 0:
+                    log.warning("the push service promised more pushes than allowed: refusing")
+                self.agent.m_pushes_refused.inc(refused - self._pushes_refused_seen)
+                self._pushes_refused_seen = refused
             if not data:
                 return
 
@@ -540,6 +564,11 @@ class _Session:
     def _dispatch(self, event: ua.Event) -> None:
         agent = self.agent
         if isinstance(event, ua.MessageReceived):
+            if event.message_url in agent._recent:
+                # A redelivery of a message already committed: the store's dedupe record
+                # answers it, so spare the decryption (an ECDH, the costliest step).
+                agent._enqueue(Incoming(event.message_url, None, None, b"", (), time.time(), None))
+                return
             incoming = agent.ingestor.prepare(event, received_at=time.time())
             agent.status.last_message_at = incoming.received_at
             if incoming.dead_reason:
@@ -618,10 +647,20 @@ class _Session:
 
     def _monitor_ended(self, event: ua.MonitorEnded) -> None:
         self._monitors.pop(event.request_id, None)
+        started, wait0 = self._monitor_started.pop(event.request_id, (0.0, False))
         if self.goaway:
             return
         if event.status in (200, 204):
-            self._remonitor(event.url)
+            # A held GET that the service ends at once, again and again, must not become a
+            # busy loop: back off unless it was held a while (a wait=0 drain ends at once).
+            quick = not wait0 and time.monotonic() - started < MIN_MONITOR_HOLD
+            backoff = self._quick_monitor_ends.setdefault(
+                event.url,
+                Backoff(RETRY_FLOOR, max(RETRY_FLOOR, self.push.backoff_cap), rng=self.agent._rng),
+            )
+            if not quick:
+                backoff.reset()
+            self._remonitor(event.url, delay=backoff.next_delay() if quick else 0.0)
         elif event.status in (404, 410) or 400 <= event.status < 500:
             # RFC 8030 §7.3.1: the service expired the set and every subscription in it.
             log.warning(
@@ -654,6 +693,7 @@ class _Session:
             return
         request_id = self.proto.monitor(url, urgency=self.push.urgency, wait0=wait0)
         self._monitors[request_id] = url
+        self._monitor_started[request_id] = (time.monotonic(), wait0)
         self.agent.status.sets.add(url)
         self._flush()
 
