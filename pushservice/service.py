@@ -432,6 +432,7 @@ _CONTROL_FAULTS = frozenset(
         "delay_pushes",
         "freeze",
         "invalidate_set_links",
+        "hostile",
     }
 )
 
