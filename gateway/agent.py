@@ -219,6 +219,17 @@ class Agent:
         else:
             self._owed_acks.extend(push_message_urls)
 
+    def reconfigure(self, config: Config) -> None:
+        """Adopt reloaded routes ([push] stays): subscribe new ones, unsubscribe removed ones,
+        on the connection that is already open."""
+        self.config = config
+        self.ingestor = Ingestor(
+            config.routes, self.store.subscriptions(), max_body=self.push.max_message_bytes
+        )
+        session = self._session
+        if session is not None and session.usable and session._nursery is not None:
+            session._nursery.start_soon(session._guarded, session._sync_subscriptions)
+
     def subscription_infos(self) -> dict[str, PushSubscriptionInfo]:
         """Each subscribed route's W3C PushSubscription."""
         infos: dict[str, PushSubscriptionInfo] = {}

@@ -10,6 +10,7 @@ import resource
 import signal
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import trio
@@ -19,9 +20,11 @@ from gateway import __version__
 from gateway.agent import Agent, Observer
 from gateway.config import (
     Config,
+    ConfigError,
     LogAdapterConfig,
     MqttAdapterConfig,
     SerialAdapterConfig,
+    load_config,
 )
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
@@ -89,7 +92,7 @@ class Gateway:
             on_ack=self.agent.acknowledge,
         )
         self.status_address: str | None = None
-        self.progress = 0
+        self._router_scope: trio.CancelScope | None = None
 
     def _journalled(self) -> None:
         self.router.notify()
@@ -97,13 +100,53 @@ class Gateway:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every part until cancelled."""
         async with trio.open_nursery() as nursery:
-            await nursery.start(self.router.run)
+            await nursery.start(self._run_router)
             await nursery.start(self.agent.run)
             if self.config.status.listen:
                 self.status_address = await nursery.start(
                     self._serve_status, self.config.status.listen
                 )
             task_status.started()
+
+    async def _run_router(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        # The router and its adapters run in a scope of their own, so that a reload can replace
+        # them while the upstream connection stays up.
+        while True:
+            with trio.CancelScope() as scope:
+                self._router_scope = scope
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self.router.run)
+                    task_status.started()
+                    task_status = trio.TASK_STATUS_IGNORED
+                    await trio.sleep_forever()
+
+    def reload(self, new: Config) -> list[str]:
+        """Apply a reloaded configuration's routes and adapters; returns what was not applied.
+
+        The upstream connection stays: routes added are subscribed on it and routes removed
+        unsubscribed. ``[push]``, ``[status]``, ``[journal]`` and ``[log]`` need a restart.
+        Raises ``ValueError`` (nothing changed) when the new routes cannot be built.
+        """
+        old = self.config
+        ignored = [
+            f"[{name}] changed: restart the gateway to apply it"
+            for name in ("push", "status", "journal", "log")
+            if getattr(new, name) != getattr(old, name)
+        ]
+        config = replace(new, push=old.push, status=old.status, journal=old.journal, log=old.log)
+        adapters = build_adapters(config, self.registry)
+        router = Router(
+            self.store, config.routes, adapters, self.registry, on_ack=self.agent.acknowledge
+        )
+        self.store.set_routes(config.routes)
+        self.config, self.adapters, self.router = config, adapters, router
+        self.agent.reconfigure(config)
+        if self._router_scope is not None:
+            self._router_scope.cancel()  # _run_router starts the new router
+        log.info("configuration reloaded: %d route(s)", len(config.routes))
+        return ignored
 
     async def _serve_status(
         self, listen: str, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
@@ -217,8 +260,11 @@ async def run_gateway(config: Config) -> int:
                 # Only under a systemd watchdog does the process wake up on a timer of its own:
                 # idle, the keepalive is the only other wake-up.
                 nursery.start_soon(_heartbeat, gateway, notifier, watchdog, watchdog.period)
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        _reload(gateway, notifier)
+                        continue
                     log.info("%s: stopping", signal.Signals(signum).name)
                     notifier.stopping()
                     break
@@ -227,6 +273,26 @@ async def run_gateway(config: Config) -> int:
     finally:
         gateway.close()
     return 0
+
+
+def _reload(gateway: Gateway, notifier: Notifier) -> None:
+    """SIGHUP: read the configuration file again and apply what can be applied live."""
+    source = gateway.config.source
+    if source is None:
+        log.warning("SIGHUP: no configuration file to reload")
+        return
+    notifier.reloading()
+    try:
+        new = load_config(source)
+        for warning in new.warnings:
+            log.warning("%s", warning)
+        for note in gateway.reload(new):
+            log.warning("reload: %s", note)
+    except (ConfigError, ValueError) as exc:
+        # A broken file never stops a running gateway: it keeps the configuration it has.
+        for line in str(exc).splitlines():
+            log.error("reload refused: %s", line)
+    notifier.ready(f"running {len(gateway.config.routes)} route(s)")
 
 
 async def _heartbeat(

@@ -553,6 +553,11 @@ class Store:
             counts, self._counts = self._counts, StoreCounts()
         return counts
 
+    def set_routes(self, routes: Sequence[RouteConfig]) -> None:
+        """Adopt a reloaded configuration's routes (ack policy and queue limits per route)."""
+        with self._lock:
+            self._routes = {route.name: route for route in routes}
+
     def queue_usage(self) -> dict[str, QueueUsage]:
         """Undelivered messages and bytes per route (never blocks on a commit)."""
         with self._stats_lock:
