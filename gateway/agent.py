@@ -292,10 +292,13 @@ class Agent:
             self._commit_wanted = trio.Event()
             batch, self._batch = self._batch, []
             acked, self._acked = self._acked, []
+            if not batch and not acked:
+                continue
             try:
-                if acked:
-                    await trio.to_thread.run_sync(self.store.mark_acked, acked)
-                results = await trio.to_thread.run_sync(self.store.ingest, batch) if batch else []
+                # One transaction, so one fsync, for the acks recorded and the batch journalled.
+                results = await trio.to_thread.run_sync(
+                    partial(self.store.ingest, batch, acked=acked)
+                )
             except (sqlite3.Error, OSError, StoreError) as exc:
                 # Disk full, a locked or failing card: nothing was acknowledged, so nothing is
                 # lost; keep the batch and try again. The service redelivers meanwhile.

@@ -7,6 +7,7 @@ transaction.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -36,6 +37,16 @@ def _safe_headers(headers: Headers) -> tuple[tuple[str, str], ...]:
     return tuple((k, v) for k, v in headers if not k.startswith(":"))
 
 
+@functools.lru_cache(maxsize=64)
+def _http_date(value: str) -> float | None:
+    # Cached: messages arriving in the same second carry the same Last-Modified (a pure
+    # function of its argument, so the cache holds no state that matters).
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def expiry(headers: Headers, *, received_at: float, max_age: float) -> float:
     """When a message must no longer reach a device.
 
@@ -45,11 +56,9 @@ def expiry(headers: Headers, *, received_at: float, max_age: float) -> float:
     """
     base = received_at
     last_modified = _header(headers, "last-modified")
-    if last_modified:
-        try:
-            base = min(received_at, parsedate_to_datetime(last_modified).timestamp())
-        except (TypeError, ValueError, OverflowError):
-            base = received_at
+    sent = _http_date(last_modified) if last_modified else None
+    if sent is not None:
+        base = min(received_at, sent)
     expires = base + max_age
     ttl = _header(headers, "ttl")
     if ttl and ttl.strip().isdigit():

@@ -254,14 +254,19 @@ class Store:
 
     # -- ingest ----------------------------------------------------------------------------
 
-    def ingest(self, batch: Sequence[Incoming]) -> list[IngestResult]:
-        """Journal a batch in ONE transaction (group commit) and say which may be acked now."""
+    def ingest(self, batch: Sequence[Incoming], *, acked: Sequence[str] = ()) -> list[IngestResult]:
+        """Journal a batch in ONE transaction (group commit) and say which may be acked now.
+
+        ``acked`` are push message URLs whose DELETE succeeded since the last call: recorded in
+        the same transaction (as :meth:`mark_acked` would), so one fsync covers both.
+        """
         counts = StoreCounts()
         with self._lock:
             now = self._clock()
             self._remembered = []
             try:
                 with self._transaction():
+                    self._delete_owed(acked)
                     results = [self._ingest_one(incoming, now, counts) for incoming in batch]
             except BaseException:
                 self._seen.difference_update(self._remembered)  # rolled back: forget them too
@@ -436,6 +441,10 @@ class Store:
         if not push_message_urls:
             return
         with self._lock, self._transaction():
+            self._delete_owed(push_message_urls)
+
+    def _delete_owed(self, push_message_urls: Sequence[str]) -> None:
+        if push_message_urls:
             self._conn.executemany(
                 "DELETE FROM acks WHERE url = ? AND state = 'owed'",
                 [(u,) for u in push_message_urls],

@@ -216,6 +216,8 @@ class _Pushed:
 
 # 307 redirects followed for one subscribe request (RFC 8030 §7.1 load redistribution).
 MAX_REDIRECTS = 3
+# Distinct Link header values remembered (one per subscription in practice).
+LINK_CACHE_SIZE = 1024
 # A response body we keep for an error message (the rest is discarded).
 MAX_ERROR_BODY = 512
 
@@ -256,6 +258,13 @@ def _decode(headers: Iterable[tuple[bytes | str, bytes | str]]) -> Headers:
     return tuple(out)
 
 
+class _Connection(h2.connection.H2Connection):
+    # h2 remembers 2**16 closed stream ids (~11 MiB after 33k messages) to tell late frames on
+    # them from protocol errors; a few thousand cover any frame still in flight on one
+    # connection, since our streams close in order within a round trip.
+    MAX_CLOSED_STREAMS = 4096
+
+
 class UserAgentProtocol:
     """One HTTP/2 connection to a push service, from the user agent's side.
 
@@ -273,7 +282,7 @@ class UserAgentProtocol:
         self.max_body = max_body
         self._user_agent = user_agent
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
-        self._conn = h2.connection.H2Connection(config=config)
+        self._conn = _Connection(config=config)
         self._ids = itertools.count(1)
         self._queue: deque[_Request] = deque()
         self._by_stream: dict[int, _Request] = {}
@@ -285,6 +294,7 @@ class UserAgentProtocol:
         self.frames_received = 0  # h2 events seen: the agent's measure of liveness
         self._initiated = False
         self._remote_settings_seen = False
+        self._link_cache: dict[tuple[str, ...], str] = {}
 
     # ------------------------------------------------------------------ connection lifecycle
 
@@ -596,13 +606,29 @@ class UserAgentProtocol:
         # RFC 8030 §6: the push resource link is in the pushed response (-12), drafts put it in
         # the promise; look in both, response first.
         for headers in (pushed.response_headers, pushed.promise_headers):
-            try:
-                links = find_links(_headers_all(headers, "link"), REL_PUSH, pushed.message_url)
-            except LinkParseError:
-                continue
-            if links:
-                return links[0]
+            values = tuple(_headers_all(headers, "link"))
+            if values:
+                link = self._push_link_of(values, pushed.message_url)
+                if link:
+                    return link
         return None
+
+    def _push_link_of(self, values: tuple[str, ...], base: str) -> str | None:
+        # Every message of a subscription carries the same Link value: parse each value once.
+        # Absolute targets do not depend on the base; relative ones are resolved per message.
+        cached = self._link_cache.get(values)
+        if cached is None:
+            try:
+                found = find_links(values, REL_PUSH)
+            except LinkParseError:
+                found = []
+            cached = found[0] if found else ""
+            if len(self._link_cache) >= LINK_CACHE_SIZE:
+                self._link_cache.clear()
+            self._link_cache[values] = cached
+        if not cached:
+            return None
+        return cached if "://" in cached else urljoin(base, cached)
 
     def _on_end(self, stream_id: int) -> list[Event]:
         pushed = self._pushed.pop(stream_id, None)
