@@ -107,6 +107,20 @@ def _url_key(url: str) -> int:
     return int.from_bytes(hashlib.blake2b(url.encode(), digest_size=8).digest(), "big")
 
 
+# After a message's TTL has run out at the push service it cannot be redelivered; this much
+# later its dedupe record goes (clock differences, a redelivery already on the wire).
+DEDUPE_TTL_SLACK = 600.0
+
+
+def _forget_at(incoming: Incoming, now: float) -> float | None:
+    """When a push message URL may be forgotten: the service's remaining TTL (the ``ttl``
+    header it sent, when it did) plus slack; None means ``journal.dedupe_retention``."""
+    for name, value in incoming.headers:
+        if name == "ttl" and value.strip().isdigit():
+            return now + int(value.strip()) + DEDUPE_TTL_SLACK
+    return None
+
+
 class Store:
     """The gateway's SQLite journal. Use :meth:`open`."""
 
@@ -274,9 +288,13 @@ class Store:
         self._publish(counts)
         return results
 
-    def _remember(self, url: str, now: float) -> None:
+    def _remember(self, incoming: Incoming, now: float) -> None:
         """Record a push message URL: appended on disk, indexed in memory."""
-        self._conn.execute("INSERT INTO dedupe_log (url, seen_at) VALUES (?, ?)", (url, now))
+        url = incoming.push_message_url
+        self._conn.execute(
+            "INSERT INTO dedupe_log (url, seen_at, forget_at) VALUES (?, ?, ?)",
+            (url, now, _forget_at(incoming, now)),
+        )
         key = _url_key(url)
         self._seen.add(key)
         self._remembered.append(key)
@@ -323,13 +341,13 @@ class Store:
         if reason is not None or route is None or incoming.plaintext is None:
             reason = reason or "unknown_route"
             self._dead_letter(incoming, reason, now)
-            self._remember(url, now)
+            self._remember(incoming, now)
             self._owe_ack(url)
             counts.dead_letters[reason] = counts.dead_letters.get(reason, 0) + 1
             return IngestResult(url, "dead_lettered", None, ack_now=True)
 
         if incoming.expires_at is not None and incoming.expires_at <= now:
-            self._remember(url, now)
+            self._remember(incoming, now)
             self._owe_ack(url)
             counts.expired[route.name] = counts.expired.get(route.name, 0) + 1
             return IngestResult(url, "expired", None, ack_now=True)
@@ -344,7 +362,7 @@ class Store:
         message_id = self._insert_message(
             route, url, incoming.plaintext, incoming.received_at, incoming.expires_at, None
         )
-        self._remember(url, now)
+        self._remember(incoming, now)
         counts.journalled[route.name] = counts.journalled.get(route.name, 0) + 1
         if route.ack == "delivered" and route.deliver:
             self._conn.execute("INSERT OR REPLACE INTO acks VALUES (?, 'held')", (url,))
@@ -576,15 +594,15 @@ class Store:
             }
 
     def prune(self) -> int:
-        """Forget dedupe records older than ``journal.dedupe_retention``; return how many."""
+        """Forget dedupe records past their horizon (see :func:`_forget_at`, at the latest
+        ``journal.dedupe_retention``); return how many."""
         with self._lock:
-            cutoff = self._clock() - self._journal.dedupe_retention
-            # The log is in arrival order: walk from its start while records are old enough.
+            now = self._clock()
             # A record whose ack is still owed stays (its message can still come back).
             old = self._conn.execute(
-                "SELECT id, url FROM dedupe_log WHERE seen_at < ? AND url NOT IN"
-                " (SELECT url FROM acks) ORDER BY id",
-                (cutoff,),
+                "SELECT id, url FROM dedupe_log WHERE coalesce(forget_at, seen_at + ?) < ?"
+                " AND url NOT IN (SELECT url FROM acks) ORDER BY id",
+                (self._journal.dedupe_retention, now),
             ).fetchall()
             if not old:
                 return 0

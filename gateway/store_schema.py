@@ -84,7 +84,14 @@ INSERT INTO dedupe_log (url, seen_at) SELECT url, seen_at FROM dedupe ORDER BY s
 DROP TABLE dedupe;
 """
 
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2)
+# v3: each dedupe record knows when it may be forgotten: once the push service can no longer
+# redeliver the message (its remaining TTL when pushed, plus slack), at the latest after
+# journal.dedupe_retention (NULL: that default). Memory and disk then follow rate x TTL.
+SCHEMA_V3 = """
+ALTER TABLE dedupe_log ADD COLUMN forget_at REAL
+"""
+
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3)
 CURRENT_VERSION = len(MIGRATIONS)
 
 

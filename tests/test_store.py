@@ -359,6 +359,21 @@ def test_dedupe_records_pruned_after_retention(tmp_path):
     store.close()
 
 
+def test_a_message_with_a_known_ttl_is_forgotten_once_it_cannot_come_back(tmp_path):
+    from gateway.store import DEDUPE_TTL_SLACK
+
+    clock = Clock()
+    store = open_store(tmp_path, clock=clock, dedupe_retention=86400.0)
+    store.ingest([incoming("short", headers=(("ttl", "60"),)), incoming("unknown")])
+    store.mark_acked(["short", "unknown"])
+    clock.now += 60 + DEDUPE_TTL_SLACK - 1
+    assert store.prune() == 0  # the service could still redeliver it
+    clock.now += 2
+    assert store.prune() == 1  # "short" is past its TTL; "unknown" keeps the retention
+    assert [r.status for r in store.ingest([incoming("unknown")])] == ["duplicate"]
+    store.close()
+
+
 # -- dead letters -----------------------------------------------------------------------------
 
 
