@@ -135,6 +135,7 @@ class Demo:
         self.by_id: dict[str, Journey] = {}
         self.notes: list[str] = []
         self.mqtt_seen: list[tuple[str, str]] = []
+        self.delivered_routes: set[str] = set()  # routes with ack = "delivered"
         # Events for a message whose 201/202 has not reached the sender yet (the push to the
         # gateway can overtake the answer to the application server).
         self.early: dict[str, list[tuple[str, str | None, float]]] = {}
@@ -172,6 +173,10 @@ class Demo:
         if message_id is not None and journey.message_id is None:
             journey.message_id = message_id
             self.by_id[message_id] = journey
+        if event == "acknowledged" and journey.route in self.delivered_routes:
+            # Under ack = "delivered" the DELETE waits for the device's application ACK, so the
+            # device has it by now (the simulator's record file is only read every few ms).
+            self.event(journey, "device", "the device's application ACK", when=when)
         if event in ("received", "journalled", "acknowledged"):
             self.event(journey, event, when=when)
         elif event in ("dead_lettered", "refused", "expired"):
@@ -324,6 +329,7 @@ async def run_demo(workdir: Path, *, keep_running: bool = False) -> int:
                 adapters=base.adapters,
                 status=base.status,
             )
+            demo.delivered_routes = {r.name for r in config.routes if r.ack == "delivered"}
             gateway = Gateway(config, observer=demo.observe)
             await nursery.start(gateway.run)
             with trio.fail_after(STARTUP_LIMIT):
