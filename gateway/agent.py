@@ -126,6 +126,7 @@ class Agent:
         metrics: Metrics,
         *,
         on_journalled: Callable[[], None] = lambda: None,
+        on_counted: Callable[[], None] = lambda: None,
         observer: Observer | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -134,6 +135,7 @@ class Agent:
         self.store = store
         self.metrics = metrics
         self.on_journalled = on_journalled
+        self.on_counted = on_counted
         self.observer = observer
         self._rng = rng or random.Random()
         parts = urlsplit(self.push.service)
@@ -327,6 +329,8 @@ class Agent:
                 self.acknowledge(ack_now)
             if any(r.status == "journalled" for r in results):
                 self.on_journalled()
+            else:
+                self.on_counted()  # duplicates, dead letters, drops: only the counters moved
 
     # ------------------------------------------------------------------------- distributor
 
@@ -422,6 +426,7 @@ class _Session:
         self._nursery: trio.Nursery | None = None
         self._drained = trio.Event()
         self._flushed = trio.Event()
+        self._established = trio.Event()
         self._closing = False
 
     @property
@@ -539,6 +544,8 @@ class _Session:
                 self._dispatch(event)
             self._flush()
             self._check_drained()
+            if self.proto.established:
+                self._established.set()
             refused = self.proto.pushes_refused
             if refused != self._pushes_refused_seen:
                 if self._pushes_refused_seen == 0:
@@ -723,6 +730,14 @@ class _Session:
 
     async def _setup(self) -> None:
         agent = self.agent
+        # Connected means the service answered our preface, not merely that TCP is up: a
+        # service that accepts connections and then says nothing is not a working upstream.
+        with trio.move_on_after(self.push.connect_timeout):
+            await self._established.wait()
+        if not self._established.is_set():
+            raise SessionEnded(
+                f"no HTTP/2 SETTINGS from the push service within {self.push.connect_timeout:g} s"
+            )
         # Acks owed from before (a restart, a dropped connection) go first.
         owed, agent._owed_acks = agent._owed_acks, []
         if owed:

@@ -82,7 +82,12 @@ class Gateway:
         )
         self.adapters = build_adapters(config, self.registry)
         self.agent = Agent(
-            config, self.store, self.registry, on_journalled=self._journalled, observer=observer
+            config,
+            self.store,
+            self.registry,
+            on_journalled=self._journalled,
+            on_counted=self._counted,
+            observer=observer,
         )
         self.router = Router(
             self.store,
@@ -96,6 +101,9 @@ class Gateway:
 
     def _journalled(self) -> None:
         self.router.notify()
+
+    def _counted(self) -> None:
+        self.router.refresh_counts()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every part until cancelled."""

@@ -156,6 +156,10 @@ class Router:
         self._wake.set()
         self._wake = trio.Event()
 
+    def refresh_counts(self) -> None:
+        """The store counted something without new deliveries (duplicates, dead letters)."""
+        self._take_counts()
+
     def snapshot(self) -> dict[str, object]:
         """Per route: queue, last message, last delivery, last error; per adapter: health."""
         usage = self._store.queue_usage()

@@ -330,6 +330,11 @@ class UserAgentProtocol:
                 self._conn.close_connection()
 
     @property
+    def established(self) -> bool:
+        """True once the service's SETTINGS arrived: it speaks HTTP/2 to us."""
+        return self._remote_settings_seen
+
+    @property
     def open_requests(self) -> int:
         """Requests on the wire or queued, monitors included."""
         return len(self._by_stream) + len(self._queue)
