@@ -24,7 +24,8 @@ if [ "$(id -u)" = 0 ] && have apt-get; then
   echo "system-deps: installing ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # Recommends stay on: Chromium needs its fonts to render the status page test.
+  apt-get install -y -qq "${need[@]}" >/dev/null
   # mosquitto's package enables a system-wide broker; the tests start their own on free ports.
   if have systemctl; then systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
   exit 0
