@@ -98,9 +98,10 @@ async def test_every_metric_moves_with_its_event_and_health_flips(tmp_path):
             "fieldgate_messages_poison_total",
             "fieldgate_reconnects_total",
             "fieldgate_delivery_latency_seconds",
-            "fieldgate_resident_memory_bytes",
         ):
             assert name in moved, f"{name} did not move"
+        # Resident memory is sampled at each scrape; it need not differ between two of them.
+        assert _value(after, "fieldgate_resident_memory_bytes") > 10_000_000
 
         # The push service goes away: /healthz says so, with the reason; then it comes back.
         run.service.faults.freeze(True)
