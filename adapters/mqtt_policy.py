@@ -12,6 +12,7 @@ import struct
 from dataclasses import dataclass
 
 from adapters.base import Delivered, Message, Outcome, Rejected, RetryLater
+from gateway.backoff import full_jitter
 
 # MQTT 5 §2.2.2.2 / MQTT 3.1.1 §1.5.3: a topic is a UTF-8 string of at most 65,535 bytes.
 MAX_TOPIC_BYTES = 65535
@@ -140,8 +141,7 @@ def reconnect_delay(attempt: int, base: float, cap: float, rng: random.Random) -
     Full jitter (AWS Architecture Blog, "Exponential Backoff And Jitter") keeps a fleet of
     gateways that lost the same broker from reconnecting in step.
     """
-    ceiling = min(cap, base * 2.0 ** min(attempt, 62))
-    return rng.uniform(0.0, ceiling)
+    return full_jitter(attempt, base, cap, rng.random)
 
 
 def retry_while_down(state: str, detail: str) -> RetryLater:

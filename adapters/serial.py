@@ -25,6 +25,7 @@ import trio
 from adapters import seriallink as sl
 from adapters.base import Adapter, Delivered, Health, Message, Outcome, Rejected, RetryLater
 from adapters.envelope import payload_for
+from gateway.backoff import full_jitter
 from gateway.config import SerialAdapterConfig, SerialTarget, Target
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
@@ -117,8 +118,9 @@ class SerialAdapter(Adapter):
                 finally:
                     self._close(port)
             # full jitter: a fleet of gateways must not hammer re-enumerating ports in step
-            cap = min(self.config.reopen_cap, self.config.reopen_base * 2 ** min(failures, 16))
-            await trio.sleep(random.uniform(0, cap) if failures else self.config.reopen_base)
+            cfg = self.config
+            delay = full_jitter(failures, cfg.reopen_base, cfg.reopen_cap, random.random)
+            await trio.sleep(delay if failures else cfg.reopen_base)
 
     async def deliver(self, message: Message, target: Target) -> Outcome:
         """Send one message and wait for the device's application acknowledgement."""

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+
+
+def full_jitter(attempt: int, base: float, cap: float, rand: Callable[[], float]) -> float:
+    """One delay for retry number ``attempt`` (0 for the first): ``rand()`` (uniform in [0, 1))
+    times the window ``min(cap, base * 2**attempt)``."""
+    return min(cap, base * 2.0 ** min(max(attempt, 0), 62)) * rand()
 
 
 class Backoff:
@@ -23,9 +30,8 @@ class Backoff:
 
     def next_delay(self, retry_after: float | None = None) -> float:
         """The delay before the next try; counts the attempt."""
-        window = min(self.cap, self.base * (2 ** min(self.attempt, 32)))
+        delay = full_jitter(self.attempt, self.base, self.cap, self._rng.random)
         self.attempt += 1
-        delay = self._rng.uniform(0.0, window)
         if retry_after is not None:
             delay = max(delay, retry_after)
         return delay

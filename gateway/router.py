@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import trio
 
 from adapters.base import Adapter, Delivered, Message, Outcome, Rejected, RetryLater
+from gateway.backoff import full_jitter
 from gateway.config import RouteConfig, Target
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
@@ -58,8 +59,7 @@ def retry_delay(
     ``uniform(0, min(cap, base * 2 ** (attempt - 1)))`` spreads a fleet of gateways whose devices
     failed together (AWS Architecture Blog, "Exponential Backoff And Jitter").
     """
-    ceiling = min(cap, base * 2.0 ** min(max(attempt - 1, 0), 62))
-    return max(floor, ceiling * rand())
+    return max(floor, full_jitter(attempt - 1, base, cap, rand))
 
 
 @dataclass
