@@ -27,11 +27,15 @@ class KeepAliveSender:
     """POSTs one request after the other on a single keep-alive connection."""
 
     def __init__(self, host: str, port: int, ttl: int) -> None:
+        self.address = (host, port)
         self.netloc = f"{host}:{port}"
-        self.sock = socket.create_connection((host, port))
+        self.ttl = str(ttl).encode()
+        self._connect()
+
+    def _connect(self) -> None:
+        self.sock = socket.create_connection(self.address)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.conn = h11.Connection(h11.CLIENT)
-        self.ttl = str(ttl).encode()
 
     def post(self, path: str, body: bytes) -> int:
         """One POST; returns the status code."""

@@ -9,15 +9,30 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import selectors
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+# Shared with the agent benchmark, re-exported for the e2e modules ("as" marks a re-export).
+from bench.agent_common import RouteKeys as RouteKeys
+from bench.agent_common import context_switches as context_switches
+from bench.agent_common import cpu_seconds_self as cpu_seconds_self
+from bench.agent_common import emit as emit
+from bench.agent_common import pin as pin
+from bench.agent_common import read_keys as read_key_list
+from bench.agent_common import rss_kib as _rss_kib
+from bench.agent_common import write_keys as write_keys
+
+
+def rss_kib_self() -> int:
+    """VmRSS of this process in KiB."""
+    return _rss_kib("self")
+
 
 # Core of the process under test (gateway or floor) and of its peers (push service, sender,
 # broker, subscriber, simulator), as in reference/perf-limits.md §2b; ignored on one core.
@@ -32,28 +47,9 @@ ROOT = Path(__file__).resolve().parent.parent
 Report = dict[str, Any]
 
 
-@dataclass(frozen=True)
-class RouteKeys:
-    """One route's subscription as the sender and the floor need it (the file is 0600)."""
-
-    route: str
-    push_url: str
-    set_url: str
-    private_key_der_hex: str
-    auth_secret_hex: str
-    p256dh_hex: str
-
-
-def write_keys(path: Path, routes: list[RouteKeys]) -> None:
-    """Write the keys file with mode 0600 (it holds private keys)."""
-    fd = os.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump([asdict(r) for r in routes], out)
-
-
 def read_keys(path: Path) -> dict[str, RouteKeys]:
     """Read what :func:`write_keys` wrote, by route name."""
-    return {item["route"]: RouteKeys(**item) for item in json.loads(path.read_text())}
+    return {keys.route: keys for keys in read_key_list(path)}
 
 
 def payload(seq: int) -> bytes:
@@ -67,30 +63,11 @@ def seq_of(data: bytes) -> int:
     return int(head) if head.isdigit() else -1
 
 
-def emit(event: str, **fields: object) -> None:
-    """One JSON line to the orchestrator."""
-    sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
-    sys.stdout.flush()
-
-
 def commands() -> Any:
     """The orchestrator's commands on stdin, one JSON object per line, until EOF."""
     for line in sys.stdin:
         if line.strip():
             yield json.loads(line)
-
-
-def pin(core: int, pid: int = 0) -> None:
-    """Pin a process to one core when the machine has more than one."""
-    cores = os.sched_getaffinity(0)
-    if len(cores) > 1 and core in cores:
-        os.sched_setaffinity(pid, {core})
-
-
-def cpu_seconds_self() -> float:
-    """User + system CPU of this process, all threads (getrusage)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass(frozen=True)
@@ -129,30 +106,6 @@ def thread_cpu(pid: int) -> dict[int, float]:
         except OSError:
             continue
         found[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
-    return found
-
-
-def rss_kib_self() -> int:
-    """VmRSS of this process in KiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def context_switches(pid: int) -> dict[str, tuple[int, int]]:
-    """Per thread: (voluntary, involuntary) context switches from /proc/PID/task/*/status."""
-    found: dict[str, tuple[int, int]] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            text = (task / "status").read_text()
-        except OSError:
-            continue  # the thread exited meanwhile
-        values = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-        found[task.name] = (
-            int(values["voluntary_ctxt_switches"]),
-            int(values["nonvoluntary_ctxt_switches"]),
-        )
     return found
 
 

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 import time
 from pathlib import Path
@@ -22,63 +21,30 @@ from urllib.parse import urlsplit
 
 import h11
 
+from bench.agent_sender import KeepAliveSender as BaseSender
 from bench.e2e_common import CORE_PEERS, commands, emit, payload, pin, read_keys
 from gateway.webpush.crypto import encrypt
 
 RECEIVE_SIZE = 65536
 
 
-class KeepAliveSender:
-    """POSTs one request after the other on a single keep-alive connection (h11)."""
+class KeepAliveSender(BaseSender):
+    """The agent benchmark's sender, opening the connection again once if the service closed
+    it, as an application server's HTTP client would (counted in ``reconnects``)."""
 
     def __init__(self, host: str, port: int, ttl: int) -> None:
-        self.address = (host, port)
-        self.netloc = f"{host}:{port}".encode()
-        self.ttl = str(ttl).encode()
         self.reconnects = 0
-        self._connect()
-
-    def _connect(self) -> None:
-        self.sock = socket.create_connection(self.address)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.conn = h11.Connection(h11.CLIENT)
+        super().__init__(host, port, ttl)
 
     def post(self, path: str, body: bytes) -> int:
-        """One POST; a connection the service closed is opened again once, as an application
-        server's HTTP client would (counted in ``reconnects``). Returns the status code."""
+        """One POST; returns the status code."""
         try:
-            return self._post(path, body)
+            return super().post(path, body)
         except (ConnectionError, h11.ProtocolError):
             self.sock.close()
             self.reconnects += 1
             self._connect()
-            return self._post(path, body)
-
-    def _post(self, path: str, body: bytes) -> int:
-        headers = [
-            (b"host", self.netloc),
-            (b"content-length", b"%d" % len(body)),
-            (b"content-encoding", b"aes128gcm"),
-            (b"ttl", self.ttl),
-        ]
-        conn = self.conn
-        out = conn.send(h11.Request(method="POST", target=path, headers=headers)) or b""
-        out += conn.send(h11.Data(data=body)) or b""
-        out += conn.send(h11.EndOfMessage()) or b""
-        self.sock.sendall(out)
-        status = 0
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(self.sock.recv(RECEIVE_SIZE))
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-            elif isinstance(event, h11.EndOfMessage):
-                break
-            elif isinstance(event, h11.ConnectionClosed):
-                raise ConnectionError("the push service closed the connection")
-        conn.start_next_cycle()
-        return status
+            return super().post(path, body)
 
 
 def main() -> None:
