@@ -27,7 +27,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check gateway adapters pushservice
+	$(BIN)/ruff format --check gateway adapters pushservice fieldgate_common
 	$(BIN)/mypy
 
 bench: $(STAMP)

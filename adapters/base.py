@@ -8,6 +8,9 @@ Lifetime follows trio's structured concurrency: the router starts an adapter wit
 deliveries, even while its device or broker is still unreachable) and stops it by cancelling that
 nursery. ``deliver`` may be called concurrently for different targets; the router never has more
 than one delivery in flight per target.
+
+Each adapter kind owns its configuration (``adapters/<kind>_config.py``: the settings and target
+dataclasses, their schema and checks) and is registered in :mod:`adapters.registry`.
 """
 
 from __future__ import annotations
@@ -15,10 +18,31 @@ from __future__ import annotations
 import abc
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import trio
 
-from gateway.config import Target
+PayloadForm = Literal["raw", "envelope"]
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """The settings of one ``[adapters.NAME]`` table; each kind subclasses it (``type`` set)."""
+
+    name: str
+
+    @property
+    def type(self) -> str:
+        """The kind's name (``"mqtt"``): each kind's settings class defines it as a field."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """One ``deliver`` entry of a route: the adapter it names and that kind's options."""
+
+    adapter: str
+    payload: PayloadForm = "raw"  # the body as sent, or the msgpack envelope around it
 
 
 @dataclass(frozen=True)
@@ -37,6 +61,15 @@ class Message:
         if self.expires_at is None:
             return None
         return self.expires_at - (time.time() if now is None else now)
+
+    def expired(self, now: float, *, margin: float = 0.0) -> bool:
+        """Whether the deadline has passed (or is closer than ``margin`` seconds).
+
+        The one test of a message's deadline: the router asks it before every attempt and an
+        adapter asks it as the last thing before the bytes go out. The deadline itself is
+        decided on arrival (``gateway.policy``); nobody downstream computes another.
+        """
+        return self.expires_at is not None and self.expires_at - margin <= now
 
 
 @dataclass(frozen=True)
@@ -61,7 +94,14 @@ class Rejected:
     reason: str
 
 
-Outcome = Delivered | RetryLater | Rejected
+@dataclass(frozen=True)
+class Expired:
+    """The deadline passed before the message could go out: never sent, counted as expired."""
+
+    detail: str = ""
+
+
+Outcome = Delivered | RetryLater | Rejected | Expired
 
 
 @dataclass(frozen=True)
@@ -85,7 +125,7 @@ class Adapter(abc.ABC):
         """Own the connection (reconnects included) until cancelled."""
 
     @abc.abstractmethod
-    async def deliver(self, message: Message, target: Target) -> Outcome:
+    async def deliver(self, message: Message, target: TargetConfig) -> Outcome:
         """Deliver ``message`` to ``target`` and wait for the transport's confirmation."""
 
     @abc.abstractmethod

@@ -16,10 +16,20 @@ from typing import IO
 
 import trio
 
-from adapters.base import Adapter, Delivered, Health, Message, Outcome, Rejected, RetryLater
+from adapters.base import (
+    Adapter,
+    Delivered,
+    Health,
+    Message,
+    Outcome,
+    Rejected,
+    RetryLater,
+    TargetConfig,
+)
 from adapters.envelope import payload_for
-from gateway.config import LogAdapterConfig, LogTarget, Target
-from gateway.logs import get_logger
+from adapters.log_config import LogAdapterConfig, LogTarget
+from fieldgate_common.logs import get_logger
+from fieldgate_common.metrics import Metrics
 
 log = get_logger("adapter.log")
 
@@ -43,7 +53,7 @@ def delivery_line(message: Message, payload: bytes) -> str:
 class LogAdapter(Adapter):
     """Writes deliveries to the log (``path`` unset) or appends them to a file."""
 
-    def __init__(self, config: LogAdapterConfig) -> None:
+    def __init__(self, config: LogAdapterConfig, *, metrics: Metrics | None = None) -> None:
         self.name = config.name
         self._path = config.path
         self._file: IO[str] | None = None
@@ -65,7 +75,7 @@ class LogAdapter(Adapter):
                 self._file.close()
                 self._file = None
 
-    async def deliver(self, message: Message, target: Target) -> Outcome:
+    async def deliver(self, message: Message, target: TargetConfig) -> Outcome:
         """Write one line; a file that cannot be written asks for a retry."""
         if not isinstance(target, LogTarget):
             return Rejected(f"log adapter {self.name} cannot deliver to {type(target).__name__}")

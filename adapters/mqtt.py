@@ -32,8 +32,18 @@ from typing import Any
 import paho.mqtt.client as paho
 import trio
 
-from adapters.base import Adapter, Delivered, Health, Message, Outcome, Rejected, RetryLater
+from adapters.base import (
+    Adapter,
+    Delivered,
+    Health,
+    Message,
+    Outcome,
+    Rejected,
+    RetryLater,
+    TargetConfig,
+)
 from adapters.envelope import payload_for
+from adapters.mqtt_config import MqttAdapterConfig, MqttTarget
 from adapters.mqtt_link import (
     CONNECT_TIMEOUT,
     DEFAULT_RECEIVE_MAXIMUM,
@@ -52,9 +62,8 @@ from adapters.mqtt_policy import (
     reconnect_delay,
     retry_while_down,
 )
-from gateway.config import MqttAdapterConfig, MqttTarget, Target
-from gateway.logs import get_logger
-from gateway.metrics import Counter, Gauge, Histogram, Metrics
+from fieldgate_common.logs import get_logger
+from fieldgate_common.metrics import Counter, Gauge, Histogram, Metrics
 
 log = get_logger("mqtt")
 
@@ -161,7 +170,8 @@ def read_password(config: MqttAdapterConfig) -> str | None:
 
 
 def _outcome_label(outcome: Outcome) -> str:
-    return {Delivered: "delivered", RetryLater: "retry_later", Rejected: "rejected"}[type(outcome)]
+    labels = {Delivered: "delivered", RetryLater: "retry_later", Rejected: "rejected"}
+    return labels.get(type(outcome), "expired")
 
 
 class MqttAdapter(Adapter):
@@ -184,6 +194,7 @@ class MqttAdapter(Adapter):
                 "delivered",
                 "rejected",
                 "retry_later",
+                "expired",
                 "connects",
                 "connect_failures",
                 "disconnects",
@@ -380,42 +391,33 @@ class MqttAdapter(Adapter):
 
     # -- deliveries ----------------------------------------------------------------------------
 
-    async def deliver(self, message: Message, target: Target) -> Outcome:
+    async def deliver(self, message: Message, target: TargetConfig) -> Outcome:
         """Publish ``message`` per ``target`` and return once the broker confirmed it."""
         if not isinstance(target, MqttTarget):
             return self._count(Rejected(f"{type(target).__name__} given to MQTT adapter"))
-        plan = plan_publication(message, target.topic, target.content_type, time.time())
-        if isinstance(plan, Rejected):
-            if plan.reason == "expired":
-                # Under a second left: never published. RetryLater (not Rejected) so that the
-                # router counts it expired when due instead of dead-lettering it.
-                remaining = max(message.remaining_lifetime() or 0.0, 0.0)
-                return self._count(RetryLater("expires within a second", after=remaining))
-            return self._count(plan)
         link, client = self._link, self._client
         if client is None or link is None or not link.accepted or link.lost.is_set():
             return self._count(retry_while_down(self._state, self._detail))
+        if target.qos == 0:
+            return self._count(await self._publish(client, link, message, target))
+        async with link.inflight:  # the broker's Receive Maximum
+            return self._count(await self._publish(client, link, message, target))
+
+    async def _publish(
+        self, client: paho.Client, link: Link, message: Message, target: MqttTarget
+    ) -> Outcome:
+        if link.lost.is_set():  # lost while waiting for an in-flight slot
+            return retry_while_down(self._state, self._detail)
+        # Planned here, after any wait for an in-flight slot: the deadline is the last thing
+        # checked before the bytes go out.
+        plan = plan_publication(message, target.topic, target.content_type, time.time())
+        if not isinstance(plan, Publication):
+            return plan
         payload = payload_for(message, target.payload)
         properties = _PackedProperties(encode_publish_properties(plan)) if self._v5 else None
         too_large = self._too_large(link, plan, payload, properties, target.qos)
         if too_large is not None:
-            return self._count(too_large)
-        if target.qos == 0:
-            return self._count(await self._publish(client, link, plan, payload, properties, target))
-        async with link.inflight:  # the broker's Receive Maximum
-            return self._count(await self._publish(client, link, plan, payload, properties, target))
-
-    async def _publish(
-        self,
-        client: paho.Client,
-        link: Link,
-        plan: Publication,
-        payload: bytes,
-        properties: _PackedProperties | None,
-        target: Any,
-    ) -> Outcome:
-        if link.lost.is_set():  # lost while waiting for an in-flight slot
-            return retry_while_down(self._state, self._detail)
+            return too_large
         started = trio.current_time()
         self._inline = {}
         try:

@@ -26,7 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.config import MqttAdapterConfig
+from adapters.mqtt_config import MqttAdapterConfig
 
 MQTT_PORT = 1883  # IANA "mqtt"
 MQTTS_PORT = 8883  # IANA "secure-mqtt"

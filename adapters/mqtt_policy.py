@@ -6,13 +6,12 @@ rules are unit-tested without a broker; :mod:`adapters.mqtt` applies them to a l
 
 from __future__ import annotations
 
-import math
 import random
 import struct
 from dataclasses import dataclass
 
-from adapters.base import Delivered, Message, Outcome, Rejected, RetryLater
-from gateway.backoff import full_jitter
+from adapters.base import Delivered, Expired, Message, Outcome, Rejected, RetryLater
+from fieldgate_common.backoff import full_jitter
 
 # MQTT 5 §2.2.2.2 / MQTT 3.1.1 §1.5.3: a topic is a UTF-8 string of at most 65,535 bytes.
 MAX_TOPIC_BYTES = 65535
@@ -53,34 +52,39 @@ def topic_problem(topic: str) -> str | None:
     return None
 
 
-def expiry_interval(remaining: float | None) -> int | None:
-    """The Message Expiry Interval for ``remaining`` seconds of lifetime.
+# The broker counts a message's lifetime in whole seconds (Message Expiry Interval): a message
+# with less than one second left cannot be given to it without outliving its deadline there.
+EXPIRY_RESOLUTION = 1.0
 
-    Rounded down, so the broker drops the message no later than the gateway would: a message
-    with less than a whole second left is as good as expired (0 is returned and must not be
-    published). ``None`` (no expiry) stays ``None``.
+
+def expiry_interval(remaining: float | None) -> int | None:
+    """The Message Expiry Interval for ``remaining`` seconds of lifetime (at least one).
+
+    Rounded down, so the broker drops the message no later than the gateway would. ``None``
+    (no expiry) stays ``None``.
     """
     if remaining is None:
         return None
-    if remaining < 1.0 or math.isnan(remaining):
-        return 0
-    return min(int(remaining), MAX_EXPIRY_INTERVAL)
+    return min(max(int(remaining), 1), MAX_EXPIRY_INTERVAL)
 
 
 def plan_publication(
     message: Message, topic_template: str, content_type: str | None, now: float
-) -> Publication | Rejected:
-    """Decide what to publish for ``message``, or why it must not be published at all."""
+) -> Publication | Rejected | Expired:
+    """Decide what to publish for ``message``, or why it must not be published at all.
+
+    The deadline is the last thing checked before the publish: the caller plans right before
+    it writes.
+    """
     topic = render_topic(topic_template, message)
     problem = topic_problem(topic)
     if problem is not None:
         return Rejected(problem)
-    interval = expiry_interval(message.remaining_lifetime(now))
-    if interval == 0:
-        return Rejected("expired")
+    if message.expired(now, margin=EXPIRY_RESOLUTION):
+        return Expired("less than a second left: the broker counts whole seconds")
     return Publication(
         topic=topic,
-        expiry_interval=interval,
+        expiry_interval=expiry_interval(message.remaining_lifetime(now)),
         content_type=content_type if content_type is not None else message.content_type,
         user_properties=(("message-id", message.id), ("route", message.route)),
     )

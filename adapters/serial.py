@@ -23,12 +23,22 @@ import serial.rs485
 import trio
 
 from adapters import seriallink as sl
-from adapters.base import Adapter, Delivered, Health, Message, Outcome, Rejected, RetryLater
+from adapters.base import (
+    Adapter,
+    Delivered,
+    Expired,
+    Health,
+    Message,
+    Outcome,
+    Rejected,
+    RetryLater,
+    TargetConfig,
+)
 from adapters.envelope import payload_for
-from gateway.backoff import full_jitter
-from gateway.config import SerialAdapterConfig, SerialTarget, Target
-from gateway.logs import get_logger
-from gateway.metrics import Metrics
+from adapters.serial_config import SerialAdapterConfig, SerialTarget
+from fieldgate_common.backoff import full_jitter
+from fieldgate_common.logs import get_logger
+from fieldgate_common.metrics import Metrics
 
 log = get_logger("serial")
 
@@ -59,16 +69,6 @@ class _Pending:
 
 class PortGone(Exception):
     """The port stopped working (unplugged, device end closed)."""
-
-
-# An expired message is never sent; the router sees it is due and counts it expired (a
-# Rejected would make it a dead letter instead).
-EXPIRED = RetryLater("expired before it reached the device", after=0.0)
-
-
-def _expired(message: Message) -> bool:
-    remaining = message.remaining_lifetime()
-    return remaining is not None and remaining <= 0
 
 
 class SerialAdapter(Adapter):
@@ -122,27 +122,25 @@ class SerialAdapter(Adapter):
             delay = full_jitter(failures, cfg.reopen_base, cfg.reopen_cap, random.random)
             await trio.sleep(delay if failures else cfg.reopen_base)
 
-    async def deliver(self, message: Message, target: Target) -> Outcome:
+    async def deliver(self, message: Message, target: TargetConfig) -> Outcome:
         """Send one message and wait for the device's application acknowledgement."""
         form = target.payload if isinstance(target, SerialTarget) else "envelope"
         payload = payload_for(message, form)
         mid = sl.message_id(message.id)
         async with self._lock:
-            if _expired(message):
-                return EXPIRED
             wait_for_link = self.ack_timeout * self.config.max_tries
             with trio.move_on_after(wait_for_link):
                 await self._link_up.wait()
             link = self._link
             if link is None or not self._link_up.is_set() or link.device is None:
                 return RetryLater(f"serial link {self.name} is {self._state}")
-            if _expired(message):  # checked again: waiting for the link took time
-                return EXPIRED
-            if len(payload) > link.device.max_message:
+            if not link.device.accepts(len(payload)):
                 return Rejected(
                     f"{len(payload)} bytes exceed device {link.device.device_id!r}'s "
                     f"{link.device.max_message}-byte message buffer"
                 )
+            if message.expired(time.time()):  # the last check before the bytes go out
+                return Expired("expired before it reached the device")
             pending = self._pending = _Pending(mid)
             try:
                 link.send_message(mid, payload, trio.current_time())

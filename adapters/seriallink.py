@@ -194,6 +194,10 @@ class DeviceInfo:
     firmware: str = ""
     device_id: str = ""
 
+    def accepts(self, size: int) -> bool:
+        """Whether a message of ``size`` bytes fits the device's reassembly buffer."""
+        return size <= self.max_message
+
 
 @dataclass(frozen=True)
 class LinkUp:
@@ -338,7 +342,7 @@ class LinkEndpoint:
             raise LinkError(f"link is {self.state.value}")
         if self._message is not None:
             raise LinkError("a message is already in flight (stop-and-wait)")
-        if len(payload) > self.device.max_message:
+        if not self.device.accepts(len(payload)):
             raise LinkError(
                 f"message of {len(payload)} bytes exceeds the device's {self.device.max_message}"
             )
@@ -459,7 +463,7 @@ class LinkEndpoint:
             events.append(LinkUp(info))
             msg = self._message
             if msg is not None:
-                if len(msg.payload) > info.max_message:
+                if not info.accepts(len(msg.payload)):
                     self._message = None
                     events.append(
                         MessageRefused(msg.mid, RefuseCode.TOO_BIG, "larger than device buffer")

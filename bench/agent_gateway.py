@@ -22,6 +22,7 @@ from pathlib import Path
 
 import trio
 
+from adapters.log_config import LogAdapterConfig, LogTarget
 from bench.agent_common import (
     CORE_UNDER_TEST,
     POLL_INTERVAL,
@@ -32,9 +33,10 @@ from bench.agent_common import (
     rss_kib,
     write_keys,
 )
+from fieldgate_common.metrics import Metrics
 from gateway.agent import Agent
-from gateway.config import Config, LogAdapterConfig, LogTarget, PushConfig, RouteConfig
-from gateway.metrics import Metrics
+from gateway.config import Config, PushConfig, RouteConfig
+from gateway.routes import CurrentRoutes, RouteTable
 from gateway.store import Store
 from gateway.webpush.crypto import SubscriptionKeys
 
@@ -157,8 +159,14 @@ def main() -> None:
     profile = sys.argv[7] if len(sys.argv) > 7 else ""
     pin(CORE_UNDER_TEST)
     config = make_config(service, state_dir, routes, keepalive)
-    store = Store.open(state_dir, journal=config.journal, routes=config.routes)
-    agent = Agent(config, store, Metrics(), on_journalled=lambda: None)
+    store = Store.open(state_dir, journal=config.journal)
+    agent = Agent(
+        config,
+        CurrentRoutes(RouteTable(config.routes)),
+        store,
+        Metrics(),
+        on_journalled=lambda: None,
+    )
     try:
         if mode == "setup":
             trio.run(setup, agent, store, state_dir, len(routes))

@@ -23,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from adapters.base import Delivered, Message
 from adapters.mqtt import MqttAdapter
-from gateway.config import MqttAdapterConfig, MqttTarget
+from adapters.mqtt_config import MqttAdapterConfig, MqttTarget
 from tests.mosquitto import Mosquitto
 
 PAYLOAD = b"x" * 100  # perf-limits.md uses 100-byte payloads

@@ -20,10 +20,13 @@ from pathlib import Path
 
 import trio
 
-from adapters.base import Adapter, Delivered, Health, Message, Outcome
-from gateway.config import JournalConfig, LogTarget, RouteConfig, Target
-from gateway.metrics import Metrics
+from adapters.base import Adapter, Delivered, Health, Message, Outcome, TargetConfig
+from adapters.log_config import LogTarget
+from fieldgate_common.metrics import Metrics
+from gateway import policy
+from gateway.config import JournalConfig, RouteConfig
 from gateway.router import Router
+from gateway.routes import RouteTable
 from gateway.store import Incoming, Store
 
 MESSAGES = 20_000
@@ -55,7 +58,7 @@ class NoopAdapter(Adapter):
         task_status.started()
         await trio.sleep_forever()
 
-    async def deliver(self, message: Message, target: Target) -> Outcome:
+    async def deliver(self, message: Message, target: TargetConfig) -> Outcome:
         self.count += 1
         if self.count >= self.target_count:
             self.reached.set()
@@ -65,17 +68,23 @@ class NoopAdapter(Adapter):
         return Health(ok=True, state="noop")
 
 
-def incoming(batch_size: int) -> list[Incoming]:
+ROUTES = RouteTable((RouteConfig(name="bench", deliver=(LogTarget("noop"),)),))
+
+
+def incoming(batch_size: int) -> list[policy.Admission]:
     now = time.time()
     return [
-        Incoming(
-            push_message_url=f"https://push.example/m/{uuid.uuid4().hex}",
-            route="bench",
-            plaintext=BODY,
-            raw_body=b"",
-            headers=(),
-            received_at=now,
-            expires_at=now + 86400,
+        policy.admit(
+            Incoming(
+                push_message_url=f"https://push.example/m/{uuid.uuid4().hex}",
+                route="bench",
+                plaintext=BODY,
+                raw_body=b"",
+                headers=(),
+                received_at=now,
+            ),
+            ROUTES,
+            now,
         )
         for _ in range(batch_size)
     ]
@@ -94,10 +103,9 @@ async def _pump(store: Store, router: Router, adapter: NoopAdapter, count: int, 
 
 
 async def _router_run(state_dir: Path) -> dict[str, float]:
-    routes = [RouteConfig(name="bench", deliver=(LogTarget("noop"),))]
-    store = Store.open(state_dir, journal=JournalConfig(), routes=routes)
+    store = Store.open(state_dir, journal=JournalConfig())
     adapter = NoopAdapter()
-    router = Router(store, routes, {"noop": adapter}, Metrics(), on_ack=lambda urls: None)
+    router = Router(store, ROUTES, {"noop": adapter}, Metrics(), on_ack=lambda urls: None)
     results: dict[str, float] = {}
     async with trio.open_nursery() as nursery:
         await nursery.start(router.run)

@@ -20,7 +20,7 @@ import trio
 from adapters import seriallink as sl
 from adapters.base import Delivered, Message
 from adapters.serial import SerialAdapter
-from gateway.config import SerialAdapterConfig, SerialTarget
+from adapters.serial_config import SerialAdapterConfig, SerialTarget
 
 ROOT = Path(__file__).resolve().parent.parent
 FBSIM = ROOT / "firmware-bridge" / "build" / "fbsim"

@@ -253,7 +253,7 @@ def export_keys(config_path: Path, out: Path) -> dict[str, RouteKeys]:
     from gateway.webpush.crypto import SubscriptionKeys
 
     config = load_config(config_path)
-    store = Store.open(config.push.state_dir, journal=config.journal, routes=config.routes)
+    store = Store.open(config.push.state_dir, journal=config.journal)
     try:
         found = []
         for record in store.subscriptions():

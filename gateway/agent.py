@@ -31,13 +31,16 @@ from urllib.parse import urlsplit
 
 import trio
 
-from gateway.backoff import Backoff
+from fieldgate_common.backoff import Backoff
+from fieldgate_common.logs import get_logger, redact_url
+from fieldgate_common.metrics import Metrics
 from gateway.config import Config, RouteConfig
 from gateway.http1 import HttpError, client_ssl_context, is_loopback_host, post_json
 from gateway.ingest import Ingestor
-from gateway.logs import get_logger, redact_url
-from gateway.metrics import Metrics
-from gateway.store import Incoming, Store, StoreError, SubscriptionRecord
+from gateway.policy import Admission, DeadLetter, admit
+from gateway.routes import CurrentRoutes
+from gateway.status_model import UpstreamSnapshot
+from gateway.store import COMMIT_RETRY_BASE, COMMIT_RETRY_CAP, Store, StoreError, SubscriptionRecord
 from gateway.webpush import useragent as ua
 from gateway.webpush.crypto import PushSubscriptionInfo, SubscriptionKeys
 
@@ -53,16 +56,13 @@ DISTRIBUTE_BACKOFF_CAP = 3600.0
 # Messages received but not yet committed, at most: beyond this they are left unacknowledged
 # with the push service (which redelivers them), so a failing disk cannot exhaust memory.
 MAX_UNCOMMITTED = 5000
-# A failed journal commit (disk full, I/O error) is retried between these bounds.
-COMMIT_RETRY_BASE = 0.5
-COMMIT_RETRY_CAP = 30.0
 # Push message URLs committed by this process that are remembered in memory, so that a
 # redelivery skips decryption: a few MB at most, and redeliveries come soon after the original.
 RECENT_MESSAGES = 10_000
 # A held monitoring GET that ends sooner than this is suspicious: re-issued with backoff.
 MIN_MONITOR_HOLD = 1.0
 # Re-monitoring after a 5xx without Retry-After, and re-subscribing a route after a failure.
-RETRY_FLOOR = 1.0
+REQUEST_RETRY_FLOOR = 1.0
 
 State = Literal["starting", "connecting", "connected", "backoff", "stopped"]
 
@@ -122,6 +122,7 @@ class Agent:
     def __init__(
         self,
         config: Config,
+        routes: CurrentRoutes,
         store: Store,
         metrics: Metrics,
         *,
@@ -130,8 +131,8 @@ class Agent:
         observer: Observer | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self.config = config
         self.push = config.push
+        self.routes = routes
         self.store = store
         self.metrics = metrics
         self.on_journalled = on_journalled
@@ -141,11 +142,9 @@ class Agent:
         parts = urlsplit(self.push.service)
         self.origin = f"{parts.scheme}://{parts.netloc}"
         self.status = AgentStatus(self.push.service)
-        self.ingestor = Ingestor(
-            config.routes, store.subscriptions(), max_body=self.push.max_message_bytes
-        )
+        self.ingestor = Ingestor(store.subscriptions(), max_body=self.push.max_message_bytes)
         self._session: _Session | None = None
-        self._batch: list[Incoming] = []
+        self._batch: list[Admission] = []
         self._acked: list[str] = []
         self._commit_wanted = trio.Event()
         self._owed_acks: list[str] = list(store.pending_acks())
@@ -221,16 +220,24 @@ class Agent:
         else:
             self._owed_acks.extend(push_message_urls)
 
-    def reconfigure(self, config: Config) -> None:
-        """Adopt reloaded routes ([push] stays): subscribe new ones, unsubscribe removed ones,
-        on the connection that is already open."""
-        self.config = config
-        self.ingestor = Ingestor(
-            config.routes, self.store.subscriptions(), max_body=self.push.max_message_bytes
-        )
+    def reconfigure(self) -> None:
+        """The route table was replaced ([push] stays): subscribe new routes, unsubscribe
+        removed ones, on the connection that is already open."""
+        self._distribute_wanted.set()
         session = self._session
         if session is not None and session.usable and session._nursery is not None:
             session._nursery.start_soon(session._guarded, session._sync_subscriptions)
+
+    def snapshot(self) -> UpstreamSnapshot:
+        """The connection's state for the status document."""
+        status = self.status
+        return UpstreamSnapshot(
+            state="connecting" if status.state == "starting" else status.state,
+            since=status.since,
+            service=status.service,
+            last_error=status.last_error,
+            last_message_at=status.last_message_at,
+        )
 
     def subscription_infos(self) -> dict[str, PushSubscriptionInfo]:
         """Each subscribed route's W3C PushSubscription."""
@@ -272,7 +279,7 @@ class Agent:
 
     # --------------------------------------------------------------------------- committer
 
-    def _enqueue(self, incoming: Incoming) -> None:
+    def _enqueue(self, incoming: Admission) -> None:
         if len(self._batch) >= MAX_UNCOMMITTED:
             # The journal cannot keep up (or the disk is failing): leave the message with the
             # push service, which redelivers what we did not acknowledge.
@@ -336,10 +343,10 @@ class Agent:
 
     async def _distributor(self) -> None:
         backoff = Backoff(DISTRIBUTE_BACKOFF_BASE, DISTRIBUTE_BACKOFF_CAP, rng=self._rng)
-        routes = {r.name: r for r in self.config.routes}
         while True:
             await self._distribute_wanted.wait()
             self._distribute_wanted = trio.Event()
+            routes = {r.name: r for r in self.routes.table}
             pending = [
                 rec
                 for rec in self.store.subscriptions()
@@ -585,30 +592,41 @@ class _Session:
     def _dispatch(self, event: ua.Event) -> None:
         agent = self.agent
         if isinstance(event, ua.MessageReceived):
+            now = time.time()
             if event.message_url in agent._recent:
                 # A redelivery of a message already committed: the store's dedupe record
                 # answers it, so spare the decryption (an ECDH, the costliest step).
-                agent._enqueue(Incoming(event.message_url, None, None, b"", (), time.time(), None))
+                agent._enqueue(
+                    admit(
+                        agent.ingestor.redelivery(event.message_url, now), agent.routes.table, now
+                    )
+                )
                 return
-            incoming = agent.ingestor.prepare(event, received_at=time.time())
-            agent.status.last_message_at = incoming.received_at
-            if incoming.dead_reason:
-                agent.m_dead.inc(reason=incoming.dead_reason)
+            admission = admit(
+                agent.ingestor.prepare(event, received_at=now), agent.routes.table, now
+            )
+            agent.status.last_message_at = now
+            disposition = admission.disposition
+            if isinstance(disposition, DeadLetter):
+                agent.m_dead.inc(reason=disposition.reason)
                 log.warning(
                     "dead letter (%s): %d-byte message for %s",
-                    incoming.dead_reason,
+                    disposition.reason,
                     len(event.body),
-                    incoming.route or "no known subscription",
+                    disposition.route or "no known subscription",
                 )
             else:
-                agent.m_received.inc(route=incoming.route or "")
+                agent.m_received.inc(route=admission.incoming.route or "")
             if agent.observer is not None:
                 agent.observer("received", event.message_url, None)
-            agent._enqueue(incoming)
+            agent._enqueue(admission)
         elif isinstance(event, ua.MessageRefused):
             agent.m_dead.inc(reason=event.reason)
             log.warning("refused a pushed message: %s", event.detail)
-            agent._enqueue(agent.ingestor.refused(event, received_at=time.time()))
+            now = time.time()
+            agent._enqueue(
+                admit(agent.ingestor.refused(event, received_at=now), agent.routes.table, now)
+            )
         elif isinstance(event, ua.AckCompleted):
             self._pending.pop(event.request_id, None)
             if event.ok:
@@ -629,7 +647,7 @@ class _Session:
         elif isinstance(event, ua.ConnectionClosed):
             self._end(event.reason)
         elif isinstance(event, ua.RequestReset) and event.kind == "monitor":
-            self._remonitor(event.url, delay=RETRY_FLOOR)
+            self._remonitor(event.url, delay=REQUEST_RETRY_FLOOR)
         elif isinstance(event, ua.RequestReset) and event.kind == "ack":
             self._pending.pop(event.request_id, None)
             agent.m_ack_failed.inc()
@@ -677,7 +695,11 @@ class _Session:
             quick = not wait0 and time.monotonic() - started < MIN_MONITOR_HOLD
             backoff = self._quick_monitor_ends.setdefault(
                 event.url,
-                Backoff(RETRY_FLOOR, max(RETRY_FLOOR, self.push.backoff_cap), rng=self.agent._rng),
+                Backoff(
+                    REQUEST_RETRY_FLOOR,
+                    max(REQUEST_RETRY_FLOOR, self.push.backoff_cap),
+                    rng=self.agent._rng,
+                ),
             )
             if not quick:
                 backoff.reset()
@@ -692,7 +714,7 @@ class _Session:
             assert self._nursery is not None
             self._nursery.start_soon(self._resubscribe_set, event.url)
         else:
-            delay = max(RETRY_FLOOR, event.retry_after or 0.0)
+            delay = max(REQUEST_RETRY_FLOOR, event.retry_after or 0.0)
             log.warning("monitoring answered %d; again in %.0f s", event.status, delay)
             self._remonitor(event.url, delay=delay)
 
@@ -755,7 +777,7 @@ class _Session:
         agent = self.agent
         async with agent._subscribe_lock:
             records = {rec.route: rec for rec in agent.store.subscriptions()}
-            wanted = {route.name: route for route in agent.config.routes}
+            wanted = {route.name: route for route in agent.routes.table}
             for name, record in records.items():
                 if name not in wanted:
                     await self._unsubscribe(record)
@@ -814,7 +836,7 @@ class _Session:
             agent.status.last_error = f"subscribe {route.name}: {reason}"
             if self._nursery is not None and self.usable:
                 self._nursery.start_soon(
-                    self._subscribe_later, route, max(RETRY_FLOOR, retry_after or 0.0)
+                    self._subscribe_later, route, max(REQUEST_RETRY_FLOOR, retry_after or 0.0)
                 )
             return False
         return False
@@ -850,7 +872,7 @@ class _Session:
             for record in expired:
                 await trio.to_thread.run_sync(agent.store.delete_subscription, record.route)
                 agent.ingestor.remove(record.route)
-            routes = {r.name: r for r in agent.config.routes}
+            routes = {r.name: r for r in agent.routes.table}
             for record in expired:
                 if record.route in routes:
                     await self._subscribe(routes[record.route])

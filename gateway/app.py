@@ -9,28 +9,29 @@ from __future__ import annotations
 import resource
 import signal
 import time
-from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
 
 import trio
 
 from adapters.base import Adapter
+from adapters.registry import build_adapter
+from fieldgate_common.logs import get_logger
+from fieldgate_common.metrics import Metrics
 from gateway import __version__
 from gateway.agent import Agent, Observer
-from gateway.config import (
-    Config,
-    ConfigError,
-    LogAdapterConfig,
-    MqttAdapterConfig,
-    SerialAdapterConfig,
-    load_config,
-)
-from gateway.logs import get_logger
-from gateway.metrics import Metrics
+from gateway.config import Config, ConfigError, load_config
 from gateway.router import Router
+from gateway.routes import CurrentRoutes, RouteTable
 from gateway.sdnotify import Notifier, Watchdog, watchdog_interval
 from gateway.status import serve_status
+from gateway.status_model import (
+    AdapterSnapshot,
+    RouteDelivery,
+    RouteSnapshot,
+    StatusSnapshot,
+    SubscriptionSnapshot,
+)
+from gateway.status_schema import status_document
 from gateway.store import Store
 
 log = get_logger("gateway")
@@ -42,21 +43,7 @@ SHUTDOWN_GRACE = 10.0
 
 def build_adapters(config: Config, metrics: Metrics) -> dict[str, Adapter]:
     """One adapter instance per ``[adapters.NAME]`` table."""
-    adapters: dict[str, Adapter] = {}
-    for name, settings in config.adapters.items():
-        if isinstance(settings, MqttAdapterConfig):
-            from adapters.mqtt import MqttAdapter
-
-            adapters[name] = MqttAdapter(settings, metrics=metrics)
-        elif isinstance(settings, SerialAdapterConfig):
-            from adapters.serial import SerialAdapter
-
-            adapters[name] = SerialAdapter(settings, metrics=metrics)
-        elif isinstance(settings, LogAdapterConfig):
-            from adapters.log import LogAdapter
-
-            adapters[name] = LogAdapter(settings)
-    return adapters
+    return {name: build_adapter(settings, metrics) for name, settings in config.adapters.items()}
 
 
 def _resident_bytes() -> int:
@@ -77,12 +64,12 @@ class Gateway:
         self.started_at = time.time()
         self.registry = Metrics()
         self.m_rss = self.registry.gauge("fieldgate_resident_memory_bytes", "Resident set size")
-        self.store = store or Store.open(
-            config.push.state_dir, journal=config.journal, routes=config.routes
-        )
+        self.store = store or Store.open(config.push.state_dir, journal=config.journal)
+        self.routes = CurrentRoutes(RouteTable(config.routes))
         self.adapters = build_adapters(config, self.registry)
         self.agent = Agent(
             config,
+            self.routes,
             self.store,
             self.registry,
             on_journalled=self._journalled,
@@ -91,7 +78,7 @@ class Gateway:
         )
         self.router = Router(
             self.store,
-            config.routes,
+            self.routes.table,
             self.adapters,
             self.registry,
             on_ack=self.agent.acknowledge,
@@ -144,13 +131,12 @@ class Gateway:
             if getattr(new, name) != getattr(old, name)
         ]
         config = replace(new, push=old.push, status=old.status, journal=old.journal, log=old.log)
+        table = RouteTable(config.routes)
         adapters = build_adapters(config, self.registry)
-        router = Router(
-            self.store, config.routes, adapters, self.registry, on_ack=self.agent.acknowledge
-        )
-        self.store.set_routes(config.routes)
+        router = Router(self.store, table, adapters, self.registry, on_ack=self.agent.acknowledge)
         self.config, self.adapters, self.router = config, adapters, router
-        self.agent.reconfigure(config)
+        self.routes.replace(table)
+        self.agent.reconfigure()
         if self._router_scope is not None:
             self._router_scope.cancel()  # _run_router starts the new router
         log.info("configuration reloaded: %d route(s)", len(config.routes))
@@ -169,48 +155,30 @@ class Gateway:
 
     # ---------------------------------------------------------------- StatusProvider
 
-    def status(self) -> dict[str, object]:
-        """The ``/status`` document (see ``gateway/status_schema.py``)."""
-        upstream = self.agent.status
-        records = {rec.route: rec for rec in self.store.subscriptions()}
-        router: Mapping[str, Any] = self.router.snapshot()
-        route_snaps: Mapping[str, Any] = router.get("routes", {})
+    def snapshot(self) -> StatusSnapshot:
+        """What every part reports now, typed (see :mod:`gateway.status_model`)."""
         now = time.time()
-        routes = []
-        for route in self.config.routes:
-            rec = records.get(route.name)
-            snap = route_snaps.get(route.name, {})
-            routes.append(
-                {
-                    "name": route.name,
-                    "ack": route.ack,
-                    "push_resource": rec.push_url if rec else None,
-                    "subscription_age": (now - rec.created_at) if rec else None,
-                    "queue_depth": int(snap.get("queue_depth", 0)),
-                    "queue_bytes": int(snap.get("queue_bytes", 0)),
-                    "last_message": snap.get("last_message"),
-                    "last_delivery": snap.get("last_delivery"),
-                    "last_error": snap.get("last_error"),
-                    "targets": [t.adapter for t in route.deliver],
-                }
+        deliveries = self.router.snapshot()
+        idle = RouteDelivery(0, 0, None, None, None)
+        routes = tuple(
+            RouteSnapshot(
+                route.name,
+                route.ack,
+                tuple(t.adapter for t in route.deliver),
+                deliveries.get(route.name, idle),
             )
-        sets: dict[str, list[str]] = {}
-        for rec in records.values():
-            sets.setdefault(rec.set_url or rec.subscription_url, []).append(rec.route)
-        adapters = []
-        for name, adapter in self.adapters.items():
-            health = adapter.health()
-            adapters.append(
-                {
-                    "name": name,
-                    "type": self.config.adapters[name].type,
-                    "ok": health.ok,
-                    "state": health.state,
-                    "detail": health.detail,
-                    "since": health.since,
-                    "counters": dict(health.counters),
-                }
+            for route in self.routes.table
+        )
+        subscriptions = tuple(
+            SubscriptionSnapshot(
+                rec.route, rec.push_url, rec.set_url or rec.subscription_url, rec.created_at
             )
+            for rec in self.store.subscriptions()
+        )
+        adapters = tuple(
+            AdapterSnapshot(name, self.config.adapters[name].type, adapter.health())
+            for name, adapter in self.adapters.items()
+        )
         counters: dict[str, float] = {}
         for metric_name in (
             "fieldgate_messages_received_total",
@@ -221,21 +189,20 @@ class Gateway:
             counters[metric_name.removeprefix("fieldgate_")] = sum(
                 getattr(metric, "values", {}).values()
             )
-        return {
-            "upstream": {
-                "state": upstream.state if upstream.state != "starting" else "connecting",
-                "since": upstream.since,
-                "service": upstream.service,
-                "last_error": upstream.last_error,
-                "last_message": upstream.last_message_at,
-            },
-            "sets": [{"url": url, "routes": sorted(names)} for url, names in sorted(sets.items())],
-            "routes": routes,
-            "adapters": adapters,
-            "counters": counters,
-            "version": __version__,
-            "uptime": now - self.started_at,
-        }
+        return StatusSnapshot(
+            now=now,
+            version=__version__,
+            uptime=now - self.started_at,
+            upstream=self.agent.snapshot(),
+            routes=routes,
+            subscriptions=subscriptions,
+            adapters=adapters,
+            counters=counters,
+        )
+
+    def status(self) -> dict[str, object]:
+        """The ``/status`` document (see ``gateway/status_schema.py``)."""
+        return status_document(self.snapshot())
 
     def metrics(self) -> str:
         """Prometheus text."""

@@ -1,7 +1,8 @@
 """The ``fieldgate`` command line: one subcommand per module, each with ``configure`` and ``run``.
 
-A command module exposes ``HELP`` (one line), ``configure(parser)`` to add its arguments and
-``run(args) -> int`` (the exit status). Adding a command is one line in :data:`COMMANDS`.
+A command module exposes ``configure(parser)`` to add its arguments and ``run(args) -> int``
+(the exit status); its one line of help is in :data:`COMMANDS`. Adding a command is one line
+there.
 """
 
 from __future__ import annotations
@@ -14,17 +15,31 @@ from types import ModuleType
 
 from gateway import __version__
 
-# (command, module); the order is the order in --help.
-COMMANDS: tuple[tuple[str, str], ...] = (
-    ("run", "gateway.commands.run"),
-    ("check-config", "gateway.commands.check_config"),
-    ("subscriptions", "gateway.commands.subscriptions"),
-    ("status", "gateway.commands.status"),
-    ("dead-letters", "gateway.commands.dead_letters"),
-    ("send", "pushservice.send"),
-    ("push-service", "pushservice.cli"),
-    ("demo", "gateway.commands.demo"),
-    ("version", "gateway.commands.version"),
+# (command, module, one line of help); the order is the order in --help. A command's module is
+# imported only when that command runs (or its --help is asked for): `fieldgate run` on a
+# Raspberry Pi loads the gateway, not the push service.
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("run", "gateway.commands.run", "run the gateway (as systemd's ExecStart does)"),
+    (
+        "check-config",
+        "gateway.commands.check_config",
+        "validate a configuration file: print ok, or every problem found",
+    ),
+    (
+        "subscriptions",
+        "gateway.commands.subscriptions",
+        "print each route's PushSubscription JSON (what an application server needs)",
+    ),
+    ("status", "gateway.commands.status", "show the running gateway's status"),
+    ("dead-letters", "gateway.commands.dead_letters", "list, show, replay or purge dead letters"),
+    ("send", "pushservice.send", "encrypt a message and send it to a push subscription"),
+    ("push-service", "pushservice.cli", "run the reference RFC 8030 push service"),
+    (
+        "demo",
+        "gateway.commands.demo",
+        "run the whole pipeline on loopback: push service, gateway, MQTT broker, serial device",
+    ),
+    ("version", "gateway.commands.version", "print the version"),
 )
 
 EXIT_USAGE = 2
@@ -34,30 +49,42 @@ def _load(module_name: str) -> ModuleType:
     return importlib.import_module(module_name)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full parser, every subcommand's arguments included."""
+def _chosen(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first word that is one), or None."""
+    names = {name for name, _module, _help in COMMANDS}
+    for word in argv:
+        if word in names:
+            return word
+        if not word.startswith("-"):
+            return None
+    return None
+
+
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the ``chosen`` command's module is imported (every one when None)."""
     parser = argparse.ArgumentParser(
         prog="fieldgate",
         description=(
-            "Web Push (RFC 8030) user agent for IoT field gateways: holds one HTTP/2 connection "
+            "Web Push (RFC 8030) user agent for IoT field gateways: holds one connection "
             "to a push service, decrypts each message and delivers it to devices over MQTT or "
             "serial lines."
         ),
     )
     parser.add_argument("--version", action="version", version=f"fieldgate {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module_name in COMMANDS:
-        module = _load(module_name)
-        help_text = getattr(module, "HELP", "")
+    for name, module_name, help_text in COMMANDS:
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
-        module.configure(command_parser)
-        command_parser.set_defaults(_module=module)
+        if chosen is None or name == chosen:
+            module = _load(module_name)
+            module.configure(command_parser)
+            command_parser.set_defaults(_module=module)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fieldgate`` console script."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_chosen(words) or "").parse_args(words)
     try:
         status: int = args._module.run(args)
     except KeyboardInterrupt:

@@ -28,22 +28,12 @@ from typing import TextIO
 import msgpack
 import trio
 
+from adapters.base import AdapterConfig, TargetConfig
+from adapters.log_config import LogAdapterConfig, LogTarget
+from adapters.mqtt_config import MqttAdapterConfig, MqttTarget
+from adapters.serial_config import SerialAdapterConfig, SerialTarget
 from gateway.app import Gateway
-from gateway.config import (
-    AdapterConfig,
-    Config,
-    JournalConfig,
-    LogAdapterConfig,
-    LogTarget,
-    MqttAdapterConfig,
-    MqttTarget,
-    PushConfig,
-    RouteConfig,
-    SerialAdapterConfig,
-    SerialTarget,
-    StatusConfig,
-    Target,
-)
+from gateway.config import Config, JournalConfig, PushConfig, RouteConfig, StatusConfig
 from gateway.http1 import request
 from gateway.webpush.crypto import PushSubscriptionInfo, encrypt
 from pushservice.service import PushService
@@ -195,7 +185,7 @@ def _config(workdir: Path, mqtt_port: int | None, serial_port: Path | None) -> C
         adapters["valve-controller"] = SerialAdapterConfig(
             name="valve-controller", port=str(serial_port), ping_interval=30.0
         )
-        targets: tuple[Target, ...] = (SerialTarget(adapter="valve-controller"),)
+        targets: tuple[TargetConfig, ...] = (SerialTarget(adapter="valve-controller"),)
         routes.append(
             RouteConfig(name="greenhouse-valves", deliver=targets, ack="delivered", max_age=3600)
         )

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
-from gateway.logs import redact_url
+from fieldgate_common.logs import redact_url
 
 # A response we read at most this much of: the receiving server's answer is only a status.
 MAX_RESPONSE_BYTES = 64 * 1024

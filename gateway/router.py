@@ -22,12 +22,30 @@ from dataclasses import dataclass
 
 import trio
 
-from adapters.base import Adapter, Delivered, Message, Outcome, Rejected, RetryLater
-from gateway.backoff import full_jitter
-from gateway.config import RouteConfig, Target
-from gateway.logs import get_logger
-from gateway.metrics import Metrics
-from gateway.store import PendingDelivery, Resolution, Store, StoreCounts, target_key
+from adapters.base import (
+    Adapter,
+    Delivered,
+    Expired,
+    Message,
+    Outcome,
+    Rejected,
+    RetryLater,
+    TargetConfig,
+)
+from fieldgate_common.backoff import Backoff, full_jitter
+from fieldgate_common.logs import get_logger
+from fieldgate_common.metrics import Metrics
+from gateway.config import RouteConfig
+from gateway.routes import RouteTable
+from gateway.status_model import RouteDelivery, TargetDelivery
+from gateway.store import (
+    COMMIT_RETRY_BASE,
+    COMMIT_RETRY_CAP,
+    PendingDelivery,
+    Resolution,
+    Store,
+    StoreCounts,
+)
 
 log = get_logger("router")
 
@@ -46,9 +64,6 @@ PRUNE_INTERVAL = 3600.0
 # delays the upstream ack of `delivered`-policy messages by as much; the other policies do not
 # wait for it.
 RESOLVE_GATHER = 0.005
-# Recording finished deliveries after a failed commit (disk full): retried between these bounds.
-COMMIT_RETRY_BASE = 0.5
-COMMIT_RETRY_CAP = 30.0
 
 
 def retry_delay(
@@ -85,7 +100,7 @@ class Router:
     def __init__(
         self,
         store: Store,
-        routes: Sequence[RouteConfig],
+        routes: RouteTable,
         adapters: Mapping[str, Adapter],
         metrics: Metrics,
         *,
@@ -94,14 +109,13 @@ class Router:
         retry_floor: float = RETRY_FLOOR,
         rng: random.Random | None = None,
     ) -> None:
-        for route in routes:
-            for target in route.deliver:
-                if target.adapter not in adapters:
-                    raise ValueError(
-                        f"route {route.name}: target adapter {target.adapter!r} is not configured"
-                    )
+        for route, _key, target in routes.targets():
+            if target.adapter not in adapters:
+                raise ValueError(
+                    f"route {route.name}: target adapter {target.adapter!r} is not configured"
+                )
         self._store = store
-        self._routes = tuple(routes)
+        self._routes = routes
         self._adapters = dict(adapters)
         self._on_ack = on_ack
         self._clock = clock
@@ -113,9 +127,8 @@ class Router:
         self._housekeeping_wake = trio.Event()
         self._bursts: dict[str, _DropBurst] = {}
         self._targets = {
-            (route.name, target_key(i, t)): _TargetState(route.name, target_key(i, t), t.adapter)
-            for route in self._routes
-            for i, t in enumerate(route.deliver)
+            (route.name, key): _TargetState(route.name, key, target.adapter)
+            for route, key, target in routes.targets()
         }
         self._m_journalled = metrics.counter(
             "fieldgate_messages_journalled_total", "Messages committed to the journal", ["route"]
@@ -164,45 +177,26 @@ class Router:
         """The store counted something without new deliveries (duplicates, dead letters)."""
         self._take_counts()
 
-    def snapshot(self) -> dict[str, object]:
-        """Per route: queue, last message, last delivery, last error; per adapter: health."""
+    def snapshot(self) -> dict[str, RouteDelivery]:
+        """Per route: its journal, last message, last delivery, last error, its targets."""
         usage = self._store.queue_usage()
-        routes: dict[str, object] = {}
+        snapshot: dict[str, RouteDelivery] = {}
         for route in self._routes:
             q = usage.get(route.name)
-            targets = {
-                s.key: {
-                    "adapter": s.adapter,
-                    "last_delivery_at": s.last_delivery_at,
-                    "last_error": s.last_error,
-                    "retrying": s.retrying,
-                }
-                for s in self._targets.values()
-                if s.route == route.name
-            }
-            deliveries = [
-                s.last_delivery_at for s in self._targets.values() if s.route == route.name
-            ]
-            errors = [s.last_error for s in self._targets.values() if s.route == route.name]
-            routes[route.name] = {
-                "queue_messages": q.messages if q else 0,
-                "queue_bytes": q.bytes if q else 0,
-                "last_message_at": q.last_received_at if q else None,
-                "last_delivery_at": max((d for d in deliveries if d is not None), default=None),
-                "last_error": next((e for e in errors if e is not None), None),
-                "targets": targets,
-            }
-        adapters: dict[str, object] = {}
-        for name, adapter in self._adapters.items():
-            health = adapter.health()
-            adapters[name] = {
-                "ok": health.ok,
-                "state": health.state,
-                "detail": health.detail,
-                "since": health.since,
-                "counters": dict(health.counters),
-            }
-        return {"routes": routes, "adapters": adapters}
+            states = [s for s in self._targets.values() if s.route == route.name]
+            deliveries = [s.last_delivery_at for s in states if s.last_delivery_at is not None]
+            snapshot[route.name] = RouteDelivery(
+                queue_messages=q.messages if q else 0,
+                queue_bytes=q.bytes if q else 0,
+                last_message_at=q.last_received_at if q else None,
+                last_delivery_at=max(deliveries, default=None),
+                last_error=next((s.last_error for s in states if s.last_error), None),
+                targets=tuple(
+                    TargetDelivery(s.key, s.adapter, s.last_delivery_at, s.last_error, s.retrying)
+                    for s in states
+                ),
+            )
+        return snapshot
 
     # -- running ---------------------------------------------------------------------------
 
@@ -215,17 +209,15 @@ class Router:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._committer)
                     nursery.start_soon(self._housekeeping)
-                    for route in self._routes:
-                        for i, target in enumerate(route.deliver):
-                            nursery.start_soon(self._worker, route, i, target)
+                    for route, key, target in self._routes.targets():
+                        nursery.start_soon(self._worker, route, key, target)
                     self._take_counts()
                     task_status.started()
         finally:
             with trio.CancelScope(shield=True):
                 await self._flush()
 
-    async def _worker(self, route: RouteConfig, index: int, target: Target) -> None:
-        key = target_key(index, target)
+    async def _worker(self, route: RouteConfig, key: str, target: TargetConfig) -> None:
         adapter = self._adapters[target.adapter]
         state = self._targets[(route.name, key)]
         cursor: str | None = None  # the last message handed to this target
@@ -251,7 +243,7 @@ class Router:
         self,
         route: RouteConfig,
         key: str,
-        target: Target,
+        target: TargetConfig,
         adapter: Adapter,
         state: _TargetState,
         pending: PendingDelivery,
@@ -263,7 +255,7 @@ class Router:
         r, a = route.name, target.adapter
         while True:
             now = self._clock()
-            if _expired(message, now):
+            if message.expired(now):
                 self._resolve(Resolution(message.id, route.name, key, "expired"))
                 state.retrying = 0
                 return
@@ -285,6 +277,11 @@ class Router:
                 self._m_latency.observe(max(now - message.received_at, 0.0), route=r, adapter=a)
                 self._resolve(Resolution(message.id, route.name, key, "delivered"))
                 state.last_delivery_at = now
+                state.retrying = 0
+                return
+            if isinstance(outcome, Expired):
+                self._m_deliveries.inc(route=r, adapter=a, outcome="expired")
+                self._resolve(Resolution(message.id, route.name, key, "expired"))
                 state.retrying = 0
                 return
             if isinstance(outcome, Rejected):
@@ -321,7 +318,7 @@ class Router:
                 # The retry still happens; only its schedule is not durable this time.
                 log.error("journal: recording a retry failed: %s", exc)
 
-    async def _attempt(self, adapter: Adapter, message: Message, target: Target) -> Outcome:
+    async def _attempt(self, adapter: Adapter, message: Message, target: TargetConfig) -> Outcome:
         try:
             return await adapter.deliver(message, target)
         except Exception as exc:  # an adapter bug must not stop the route: retry it
@@ -335,7 +332,7 @@ class Router:
         self._resolved_event.set()
 
     async def _committer(self) -> None:
-        failures = 0
+        backoff = Backoff(COMMIT_RETRY_BASE, COMMIT_RETRY_CAP, rng=self._rng)
         while True:
             await self._resolved_event.wait()
             # Gather: at moderate rates deliveries finish one at a time, and a transaction per
@@ -344,12 +341,11 @@ class Router:
             await trio.sleep(RESOLVE_GATHER)
             self._resolved_event = trio.Event()
             if await self._flush():
-                failures = 0
+                backoff.reset()
                 continue
             # Disk full or an I/O error: the confirmations stay in memory and are committed
             # when the disk takes them again (until then a restart would deliver them again).
-            failures += 1
-            await trio.sleep(min(COMMIT_RETRY_CAP, COMMIT_RETRY_BASE * 2 ** min(failures, 16)))
+            await trio.sleep(backoff.next_delay())
             self._resolved_event.set()
 
     async def _flush(self) -> bool:
@@ -443,7 +439,3 @@ class Router:
             self._housekeeping_wake = trio.Event()
             with trio.move_on_at(wake_at):
                 await self._housekeeping_wake.wait()
-
-
-def _expired(message: Message, now: float) -> bool:
-    return message.expires_at is not None and message.expires_at <= now

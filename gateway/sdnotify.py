@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 import trio
 
-from gateway.logs import get_logger
+from fieldgate_common.logs import get_logger
 
 log = get_logger("sdnotify")
 

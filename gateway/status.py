@@ -32,7 +32,7 @@ from typing import Protocol
 import h11
 import trio
 
-from gateway.logs import get_logger
+from fieldgate_common.logs import get_logger
 from gateway.status_page import render_status_page
 from gateway.status_schema import STATUS_SCHEMA_VERSION
 

@@ -1,7 +1,8 @@
 """The ``/status`` JSON document: its schema (a JSON Schema subset) and a checker.
 
-The schema is the contract between the gateway (which builds the document through its
-``StatusProvider``), the status endpoint, ``fieldgate status`` and any operator tooling.
+The schema is the contract between the gateway (whose parts report typed snapshots,
+:mod:`gateway.status_model`, turned into the document by :func:`status_document` here and
+nowhere else), the status endpoint, ``fieldgate status`` and any operator tooling.
 ``docs/status-schema.md`` explains each field. Compatible changes add optional fields (every
 object accepts unknown keys); anything else bumps :data:`STATUS_SCHEMA_VERSION`.
 
@@ -12,6 +13,8 @@ seconds.
 from __future__ import annotations
 
 from typing import Any
+
+from gateway.status_model import StatusSnapshot
 
 STATUS_SCHEMA_VERSION = 1
 
@@ -160,3 +163,58 @@ def status_errors(document: object) -> list[str]:
 def provider_errors(document: object) -> list[str]:
     """Problems with what a ``StatusProvider.status()`` returned (empty when valid)."""
     return schema_errors(document, PROVIDER_SCHEMA)
+
+
+def status_document(snapshot: StatusSnapshot) -> dict[str, object]:
+    """The provider's part of ``/status`` (the endpoint adds ``schema`` and ``health``)."""
+    now = snapshot.now
+    subscriptions = {sub.route: sub for sub in snapshot.subscriptions}
+    routes = []
+    for route in snapshot.routes:
+        sub = subscriptions.get(route.name)
+        delivery = route.delivery
+        routes.append(
+            {
+                "name": route.name,
+                "ack": route.ack,
+                "push_resource": sub.push_resource if sub else None,
+                "subscription_age": (now - sub.created_at) if sub else None,
+                "queue_depth": delivery.queue_messages,
+                "queue_bytes": delivery.queue_bytes,
+                "last_message": delivery.last_message_at,
+                "last_delivery": delivery.last_delivery_at,
+                "last_error": delivery.last_error,
+                "targets": list(route.targets),
+            }
+        )
+    sets: dict[str, list[str]] = {}
+    for sub in snapshot.subscriptions:
+        sets.setdefault(sub.monitored, []).append(sub.route)
+    adapters = [
+        {
+            "name": adapter.name,
+            "type": adapter.type,
+            "ok": adapter.health.ok,
+            "state": adapter.health.state,
+            "detail": adapter.health.detail,
+            "since": adapter.health.since,
+            "counters": dict(adapter.health.counters),
+        }
+        for adapter in snapshot.adapters
+    ]
+    upstream = snapshot.upstream
+    return {
+        "upstream": {
+            "state": upstream.state,
+            "since": upstream.since,
+            "service": upstream.service,
+            "last_error": upstream.last_error,
+            "last_message": upstream.last_message_at,
+        },
+        "sets": [{"url": url, "routes": sorted(names)} for url, names in sorted(sets.items())],
+        "routes": routes,
+        "adapters": adapters,
+        "counters": dict(snapshot.counters),
+        "version": snapshot.version,
+        "uptime": snapshot.uptime,
+    }

@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from adapters.base import Message
+from fieldgate_common.logs import get_logger
+from gateway import policy
 from gateway.config import JournalConfig, RouteConfig
-from gateway.logs import get_logger
+from gateway.routes import RouteTable
 from gateway.store_schema import migrate
 from gateway.store_types import (
     DeadLetter,
@@ -63,10 +65,18 @@ DB_NAME = "journal.sqlite3"
 # Another process (``fieldgate dead-letters`` beside the running gateway) may hold the write lock
 # for one commit; an fsync on a slow SD card takes tens of milliseconds, so wait up to 5 s.
 BUSY_TIMEOUT_MS = 5000
+# A failed commit (disk full, a failing card) is retried by its caller between these bounds
+# (exponential backoff with full jitter): soon enough to notice a freed disk, rarely enough
+# not to hammer a failing one.
+COMMIT_RETRY_BASE = 0.5
+COMMIT_RETRY_CAP = 30.0
 # Group- or other-accessible bits: the file holds private keys and plaintext.
 _OPEN_TO_OTHERS = 0o077
 
 log = get_logger("store")
+
+# How a journalled message's upstream acknowledgement is timed (the messages.ack_policy column).
+_ACK_POLICY = {False: "stored", True: "delivered"}
 
 
 @dataclass
@@ -107,20 +117,6 @@ def _url_key(url: str) -> int:
     return int.from_bytes(hashlib.blake2b(url.encode(), digest_size=8).digest(), "big")
 
 
-# After a message's TTL has run out at the push service it cannot be redelivered; this much
-# later its dedupe record goes (clock differences, a redelivery already on the wire).
-DEDUPE_TTL_SLACK = 600.0
-
-
-def _forget_at(incoming: Incoming, now: float) -> float | None:
-    """When a push message URL may be forgotten: the service's remaining TTL (the ``ttl``
-    header it sent, when it did) plus slack; None means ``journal.dedupe_retention``."""
-    for name, value in incoming.headers:
-        if name == "ttl" and value.strip().isdigit():
-            return now + int(value.strip()) + DEDUPE_TTL_SLACK
-    return None
-
-
 class Store:
     """The gateway's SQLite journal. Use :meth:`open`."""
 
@@ -129,13 +125,11 @@ class Store:
         conn: sqlite3.Connection,
         path: Path,
         journal: JournalConfig,
-        routes: Sequence[RouteConfig],
         clock: Callable[[], float],
     ) -> None:
         self._conn = conn
         self.path = path
         self._journal = journal
-        self._routes = {route.name: route for route in routes}
         self._clock = clock
         self._lock = threading.Lock()
         # Counts and queue usage have their own lock, held only for dict updates, so the trio
@@ -145,6 +139,9 @@ class Store:
         self._usage: dict[str, _Usage] = {}
         self.transactions = 0  # committed write transactions (group commit is observable)
         self._load_usage()
+        # Subscriptions are few and read often (the status page, every ingest): served from
+        # memory under the stats lock, so a reader never waits for a commit's fsync.
+        self._subscriptions = self._load_subscriptions()
         # The dedupe index: 64-bit digests of every remembered push message URL (~60 bytes of
         # RAM each; 100,000 messages a day for the default 28 days would be ~170 MB, so size
         # dedupe_retention to the message rate). Two URLs share a digest with probability
@@ -160,7 +157,6 @@ class Store:
         state_dir: Path,
         *,
         journal: JournalConfig,
-        routes: Sequence[RouteConfig],
         clock: Callable[[], float] = time.time,
     ) -> Store:
         """Open (creating if needed) the journal in ``state_dir``; raise :class:`StoreError`."""
@@ -185,7 +181,7 @@ class Store:
         except BaseException:
             conn.close()
             raise
-        store = cls(conn, db, journal, routes, clock)
+        store = cls(conn, db, journal, clock)
         if old == 0:
             log.info("created journal %s", db)
         return store
@@ -232,17 +228,20 @@ class Store:
 
     # -- subscriptions ---------------------------------------------------------------------
 
-    def subscriptions(self) -> list[SubscriptionRecord]:
-        """Every stored subscription, by route name."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT route, subscription_url, push_url, set_url, private_key_der, auth_secret,"
-                " created_at, distributed_at FROM subscriptions ORDER BY route"
-            ).fetchall()
-        return [
-            SubscriptionRecord(r[0], r[1], r[2], r[3], bytes(r[4]), bytes(r[5]), r[6], r[7])
+    def _load_subscriptions(self) -> dict[str, SubscriptionRecord]:
+        rows = self._conn.execute(
+            "SELECT route, subscription_url, push_url, set_url, private_key_der, auth_secret,"
+            " created_at, distributed_at FROM subscriptions ORDER BY route"
+        ).fetchall()
+        return {
+            r[0]: SubscriptionRecord(r[0], r[1], r[2], r[3], bytes(r[4]), bytes(r[5]), r[6], r[7])
             for r in rows
-        ]
+        }
+
+    def subscriptions(self) -> list[SubscriptionRecord]:
+        """Every stored subscription, by route name (from memory: never waits for a commit)."""
+        with self._stats_lock:
+            return sorted(self._subscriptions.values(), key=lambda r: r.route)
 
     def save_subscription(self, record: SubscriptionRecord) -> None:
         """Insert or replace the subscription of ``record.route``."""
@@ -260,16 +259,23 @@ class Store:
                     record.distributed_at,
                 ),
             )
+        with self._stats_lock:
+            self._subscriptions[record.route] = record
 
     def delete_subscription(self, route: str) -> None:
         """Forget a route's subscription (no error when there is none)."""
         with self._lock, self._transaction():
             self._conn.execute("DELETE FROM subscriptions WHERE route = ?", (route,))
+        with self._stats_lock:
+            self._subscriptions.pop(route, None)
 
     # -- ingest ----------------------------------------------------------------------------
 
-    def ingest(self, batch: Sequence[Incoming], *, acked: Sequence[str] = ()) -> list[IngestResult]:
-        """Journal a batch in ONE transaction (group commit) and say which may be acked now.
+    def ingest(
+        self, batch: Sequence[policy.Admission], *, acked: Sequence[str] = ()
+    ) -> list[IngestResult]:
+        """Carry out a batch of admissions in ONE transaction (group commit); say which may be
+        acknowledged now.
 
         ``acked`` are push message URLs whose DELETE succeeded since the last call: recorded in
         the same transaction (as :meth:`mark_acked` would), so one fsync covers both.
@@ -281,7 +287,7 @@ class Store:
             try:
                 with self._transaction():
                     self._delete_owed(acked)
-                    results = [self._ingest_one(incoming, now, counts) for incoming in batch]
+                    results = [self._ingest_one(admission, now, counts) for admission in batch]
             except BaseException:
                 self._seen.difference_update(self._remembered)  # rolled back: forget them too
                 raise
@@ -293,7 +299,7 @@ class Store:
         url = incoming.push_message_url
         self._conn.execute(
             "INSERT INTO dedupe_log (url, seen_at, forget_at) VALUES (?, ?, ?)",
-            (url, now, _forget_at(incoming, now)),
+            (url, now, policy.dedupe_horizon(incoming.headers, now)),
         )
         key = _url_key(url)
         self._seen.add(key)
@@ -302,27 +308,29 @@ class Store:
     def _owe_ack(self, url: str) -> None:
         self._conn.execute("INSERT OR IGNORE INTO acks VALUES (?, 'owed')", (url,))
 
-    def _dead_letter(self, incoming: Incoming, reason: str, now: float) -> None:
+    def _dead_letter(self, incoming: Incoming, reason: str, route: str | None, now: float) -> None:
         self._conn.execute(
             "INSERT INTO dead_letters (reason, route, target, push_message_url, headers,"
             " raw_body, plaintext, received_at, dead_at, expires_at)"
-            " VALUES (?, ?, NULL, ?, ?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, NULL, ?, ?, ?, ?, ?, ?, NULL)",
             (
                 reason,
-                incoming.route,
+                route,
                 incoming.push_message_url,
                 json.dumps([list(h) for h in incoming.headers]),
                 incoming.raw_body,
                 incoming.plaintext,
                 incoming.received_at,
                 now,
-                incoming.expires_at,
             ),
         )
 
-    def _ingest_one(self, incoming: Incoming, now: float, counts: StoreCounts) -> IngestResult:
+    def _ingest_one(
+        self, admission: policy.Admission, now: float, counts: StoreCounts
+    ) -> IngestResult:
+        incoming, disposition = admission.incoming, admission.disposition
         url = incoming.push_message_url
-        if _url_key(url) in self._seen:
+        if _url_key(url) in self._seen or isinstance(disposition, policy.Redelivered):
             counts.duplicates += 1
             row = self._conn.execute("SELECT state FROM acks WHERE url = ?", (url,)).fetchone()
             if row and row[0] == "held":
@@ -330,28 +338,22 @@ class Store:
             self._owe_ack(url)  # the service did not see our DELETE: owe it again
             return IngestResult(url, "duplicate", None, ack_now=True)
 
-        route = self._routes.get(incoming.route) if incoming.route is not None else None
-        reason = incoming.dead_reason
-        if reason is None and incoming.route is None:
-            reason = "unknown_subscription"
-        elif reason is None and route is None:
-            reason = "unknown_route"
-        elif reason is None and incoming.plaintext is None:
-            reason = "no_plaintext"
-        if reason is not None or route is None or incoming.plaintext is None:
-            reason = reason or "unknown_route"
-            self._dead_letter(incoming, reason, now)
+        if isinstance(disposition, policy.DeadLetter):
+            self._dead_letter(incoming, disposition.reason, disposition.route, now)
             self._remember(incoming, now)
             self._owe_ack(url)
+            reason = disposition.reason
             counts.dead_letters[reason] = counts.dead_letters.get(reason, 0) + 1
             return IngestResult(url, "dead_lettered", None, ack_now=True)
 
-        if incoming.expires_at is not None and incoming.expires_at <= now:
+        if isinstance(disposition, policy.Expired):
             self._remember(incoming, now)
             self._owe_ack(url)
-            counts.expired[route.name] = counts.expired.get(route.name, 0) + 1
+            counts.expired[disposition.route] = counts.expired.get(disposition.route, 0) + 1
             return IngestResult(url, "expired", None, ack_now=True)
 
+        route = disposition.route
+        assert incoming.plaintext is not None  # the policy journals only what was decrypted
         if not self._make_room(route, len(incoming.plaintext), counts):
             # Not journalled, yet acknowledged: otherwise the service redelivers it forever.
             self._owe_ack(url)
@@ -360,11 +362,17 @@ class Store:
             return IngestResult(url, "refused", None, ack_now=True)
 
         message_id = self._insert_message(
-            route, url, incoming.plaintext, incoming.received_at, incoming.expires_at, None
+            route,
+            url,
+            incoming.plaintext,
+            incoming.received_at,
+            disposition.deadline,
+            None,
+            ack_after_delivery=disposition.ack_after_delivery,
         )
         self._remember(incoming, now)
         counts.journalled[route.name] = counts.journalled.get(route.name, 0) + 1
-        if route.ack == "delivered" and route.deliver:
+        if disposition.ack_after_delivery:
             self._conn.execute("INSERT OR REPLACE INTO acks VALUES (?, 'held')", (url,))
             return IngestResult(url, "journalled", message_id, ack_now=False)
         self._owe_ack(url)
@@ -378,7 +386,8 @@ class Store:
         received_at: float,
         expires_at: float | None,
         only_target: str | None,
-        ack_policy: str | None = None,
+        *,
+        ack_after_delivery: bool,
     ) -> str:
         targets = [target_key(i, t) for i, t in enumerate(route.deliver)]
         if only_target is not None and only_target in targets:
@@ -388,7 +397,7 @@ class Store:
         cursor = self._conn.execute(
             "INSERT INTO messages (route, push_message_url, body, received_at, expires_at,"
             " ack_policy) VALUES (?, ?, ?, ?, ?, ?)",
-            (route.name, url, body, received_at, expires_at, ack_policy or route.ack),
+            (route.name, url, body, received_at, expires_at, _ACK_POLICY[ack_after_delivery]),
         )
         message_id = cursor.lastrowid
         self._conn.executemany(
@@ -580,11 +589,6 @@ class Store:
             counts, self._counts = self._counts, StoreCounts()
         return counts
 
-    def set_routes(self, routes: Sequence[RouteConfig]) -> None:
-        """Adopt a reloaded configuration's routes (ack policy and queue limits per route)."""
-        with self._lock:
-            self._routes = {route.name: route for route in routes}
-
     def queue_usage(self) -> dict[str, QueueUsage]:
         """Undelivered messages and bytes per route (never blocks on a commit)."""
         with self._stats_lock:
@@ -664,13 +668,13 @@ class Store:
             ).fetchone()
         return None if row is None else self._dead_from_row(row)
 
-    def replay_dead_letter(self, dead_id: int) -> str:
+    def replay_dead_letter(self, dead_id: int, routes: RouteTable) -> str:
         """Put a dead letter back into its route's journal; return the new message id.
 
         It goes to the target that rejected it when that target still exists, else to every
-        target of the route; it gets a fresh ``max_age`` (the operator asked for it now) and the
-        ``stored`` policy (its upstream ack was sent when it died). Raises :class:`StoreError`
-        when it cannot be replayed.
+        target of the route; its deadline is :func:`gateway.policy.replay_deadline` and its
+        upstream ack is not held (it was sent when it died). Raises :class:`StoreError` when it
+        cannot be replayed.
         """
         counts = StoreCounts()
         with self._lock:
@@ -682,7 +686,7 @@ class Store:
                 if row is None:
                     raise StoreError(f"no dead letter {dead_id}")
                 dead = self._dead_from_row(row)
-                route = self._routes.get(dead.route or "")
+                route = routes.get(dead.route or "")
                 if dead.plaintext is None:
                     raise StoreError(
                         f"dead letter {dead_id} ({dead.reason}) has no plaintext to deliver"
@@ -698,9 +702,9 @@ class Store:
                     dead.push_message_url or f"dead-letter:{dead_id}",
                     dead.plaintext,
                     now,
-                    now + route.max_age,
+                    policy.replay_deadline(route, now),
                     dead.target,
-                    ack_policy="stored",
+                    ack_after_delivery=False,
                 )
                 self._conn.execute("DELETE FROM dead_letters WHERE id = ?", (dead_id,))
                 counts.journalled[route.name] = counts.journalled.get(route.name, 0) + 1

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from adapters.base import Message
-from gateway.config import Target
+from adapters.base import Message, TargetConfig
 
 
 class StoreError(Exception):
@@ -29,16 +28,16 @@ class SubscriptionRecord:
 
 @dataclass(frozen=True)
 class Incoming:
-    """One pushed message as the agent received it."""
+    """One pushed message as the agent received it: identified and decrypted, or why not."""
 
-    push_message_url: str  # what the agent DELETEs; the dedupe key
+    push_message_url: str  # what the agent acknowledges; the dedupe key
     route: str | None  # None: no subscription matched
-    plaintext: bytes | None  # None when dead-lettered
+    plaintext: bytes | None  # None when it could not be decrypted
     raw_body: bytes
     headers: tuple[tuple[str, str], ...]
     received_at: float  # Unix time
-    expires_at: float | None  # computed by the agent from max_age / Last-Modified / TTL
-    dead_reason: str | None = None  # set => dead letter ("auth_tag_mismatch", ...)
+    failure: str | None = None  # why it cannot be used ("auth_tag_mismatch", "too_large", ...)
+    redelivery: bool = False  # already committed by this process: not decrypted again
 
 
 IngestStatus = Literal["journalled", "duplicate", "dead_lettered", "refused", "expired"]
@@ -144,7 +143,7 @@ class QueueUsage:
     last_received_at: float | None
 
 
-def target_key(index: int, target: Target) -> str:
+def target_key(index: int, target: TargetConfig) -> str:
     """A target's stable name inside its route: position and adapter (``"0:mqtt"``).
 
     Pending deliveries are stored under it, so reordering a route's ``deliver`` list in the

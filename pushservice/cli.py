@@ -10,7 +10,7 @@ from pathlib import Path
 
 import trio
 
-from gateway.logs import get_logger, setup_logging
+from fieldgate_common.logs import get_logger, setup_logging
 from pushservice.service import PushService
 from pushservice.settings import ServiceSettings
 from pushservice.tlsgen import server_context, write_self_signed

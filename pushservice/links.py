@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# RFC 8030 §9.2 link relations.
+REL_PUSH = "urn:ietf:params:push"
+REL_SET = "urn:ietf:params:push:set"
+REL_RECEIPT = "urn:ietf:params:push:receipt"
+
 
 @dataclass(frozen=True)
 class Link:
@@ -14,8 +19,9 @@ class Link:
 
     @property
     def rels(self) -> tuple[str, ...]:
-        """The relation types (``rel`` may hold several, space-separated)."""
-        return tuple(self.params.get("rel", "").split())
+        """The relation types (``rel`` may hold several, space-separated), lower-cased: they
+        compare case-insensitively (RFC 8288 §2.1.1)."""
+        return tuple(rel.lower() for rel in self.params.get("rel", "").split())
 
 
 class LinkParseError(ValueError):

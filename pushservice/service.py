@@ -13,7 +13,7 @@ from pathlib import Path
 
 import trio
 
-from gateway.logs import get_logger
+from fieldgate_common.logs import get_logger
 from pushservice.faults import Faults
 from pushservice.h1session import H1Session
 from pushservice.h2session import H2Session

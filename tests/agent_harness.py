@@ -14,15 +14,11 @@ from pathlib import Path
 import trio
 from pywebpush import webpush
 
+from adapters.log_config import LogAdapterConfig, LogTarget
+from fieldgate_common.metrics import Metrics
 from gateway.agent import Agent
-from gateway.config import (
-    Config,
-    LogAdapterConfig,
-    LogTarget,
-    PushConfig,
-    RouteConfig,
-)
-from gateway.metrics import Metrics
+from gateway.config import Config, PushConfig, RouteConfig
+from gateway.routes import CurrentRoutes, RouteTable
 from gateway.store import Store
 from gateway.webpush.crypto import PushSubscriptionInfo
 from pushservice.service import PushService
@@ -65,8 +61,7 @@ def make_config(
             max_message_bytes=max_message_bytes,
         ),
         routes=tuple(
-            RouteConfig(name=name, deliver=(LogTarget(adapter="log"),), ack=ack)
-            for name in routes
+            RouteConfig(name=name, deliver=(LogTarget(adapter="log"),), ack=ack) for name in routes
         ),
         adapters={"log": LogAdapterConfig(name="log")},
     )
@@ -117,10 +112,11 @@ async def running(
     async with trio.open_nursery() as nursery:
         await nursery.start(partial(service.serve, "127.0.0.1", port, ssl_context=ssl_context))
         config = make_config(service.subscribe_url, tmp_path / "state", **config_kwargs)  # type: ignore[arg-type]
-        store = Store.open(config.push.state_dir, journal=config.journal, routes=config.routes)
+        store = Store.open(config.push.state_dir, journal=config.journal)
         run = Running(service, None, store, config)  # type: ignore[arg-type]
         agent = Agent(
             config,
+            CurrentRoutes(RouteTable(config.routes)),
             store,
             Metrics(),
             on_journalled=lambda: run.journalled.append(1),

@@ -10,8 +10,16 @@ from collections.abc import Callable
 
 import trio
 
-from adapters.base import Adapter, Delivered, Health, Message, Outcome, Rejected, RetryLater
-from gateway.config import Target
+from adapters.base import (
+    Adapter,
+    Delivered,
+    Health,
+    Message,
+    Outcome,
+    Rejected,
+    RetryLater,
+    TargetConfig,
+)
 
 
 class FakeAdapter(Adapter):
@@ -39,7 +47,7 @@ class FakeAdapter(Adapter):
         finally:
             self.running = False
 
-    async def deliver(self, message: Message, target: Target) -> Outcome:
+    async def deliver(self, message: Message, target: TargetConfig) -> Outcome:
         self.attempts.append(message)
         self._poke()
         if self.hanging:

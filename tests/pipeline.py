@@ -29,16 +29,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from pywebpush import webpush
 
+from adapters.base import AdapterConfig, TargetConfig
+from adapters.serial_config import SerialAdapterConfig
 from gateway.app import Gateway
-from gateway.config import (
-    AdapterConfig,
-    Config,
-    PushConfig,
-    RouteConfig,
-    SerialAdapterConfig,
-    StatusConfig,
-    Target,
-)
+from gateway.config import Config, PushConfig, RouteConfig, StatusConfig
 from pushservice.service import PushService
 from pushservice.settings import ServiceSettings
 from tests.agent_harness import wait_until
@@ -56,7 +50,9 @@ SUBSCRIBE_TIMEOUT = 10.0
 SETTLE_TOPIC = "e2e/settle"
 
 
-def route(name: str, *targets: Target, ack: str = "stored", max_age: float = 3600.0) -> RouteConfig:
+def route(
+    name: str, *targets: TargetConfig, ack: str = "stored", max_age: float = 3600.0
+) -> RouteConfig:
     """A route with the fast test retry schedule."""
     return RouteConfig(
         name=name,

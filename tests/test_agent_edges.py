@@ -10,10 +10,11 @@ from functools import partial
 import h11
 import trio
 
+from fieldgate_common.metrics import Metrics
 from gateway.agent import Agent
 from gateway.config import Config
-from gateway.ingest import Ingestor, expiry
-from gateway.metrics import Metrics
+from gateway.ingest import Ingestor
+from gateway.routes import CurrentRoutes, RouteTable
 from gateway.store import Store, SubscriptionRecord
 from gateway.webpush.crypto import SubscriptionKeys, encrypt
 from gateway.webpush.useragent import MessageReceived
@@ -65,8 +66,10 @@ async def test_push_resources_are_distributed_with_retries(tmp_path, monkeypatch
         base = make_config(service.subscribe_url, tmp_path / "state")
         route = replace(base.routes[0], distribute_url=f"http://127.0.0.1:{port}/subs")
         config = Config(push=base.push, routes=(route,), adapters=base.adapters)
-        store = Store.open(config.push.state_dir, journal=config.journal, routes=config.routes)
-        agent = Agent(config, store, Metrics(), rng=random.Random(1))
+        store = Store.open(config.push.state_dir, journal=config.journal)
+        agent = Agent(
+            config, CurrentRoutes(RouteTable(config.routes)), store, Metrics(), rng=random.Random(1)
+        )
         await nursery.start(agent.run)
         await wait_until(lambda: receiver.bodies, "the subscription POSTed")
         assert receiver.statuses[:3] == [503, 503, 204]
@@ -88,8 +91,10 @@ async def test_a_peer_speaking_garbage_is_survived_with_a_clear_reason(tmp_path)
         listeners = await nursery.start(partial(trio.serve_tcp, garbage, 0, host="127.0.0.1"))
         port = listeners[0].socket.getsockname()[1]
         config = make_config(f"http://127.0.0.1:{port}/subscribe", tmp_path / "state")
-        store = Store.open(config.push.state_dir, journal=config.journal, routes=config.routes)
-        agent = Agent(config, store, Metrics(), rng=random.Random(1))
+        store = Store.open(config.push.state_dir, journal=config.journal)
+        agent = Agent(
+            config, CurrentRoutes(RouteTable(config.routes)), store, Metrics(), rng=random.Random(1)
+        )
         await nursery.start(agent.run)
         await wait_until(lambda: agent.status.connections >= 3, "several attempts")
         assert agent.status.state in ("backoff", "connecting")
@@ -98,8 +103,8 @@ async def test_a_peer_speaking_garbage_is_survived_with_a_clear_reason(tmp_path)
     store.close()
 
 
-def _ingestor(routes: Config, *records: SubscriptionRecord) -> Ingestor:
-    return Ingestor(routes.routes, records, max_body=4096)
+def _ingestor(*records: SubscriptionRecord) -> Ingestor:
+    return Ingestor(records, max_body=4096)
 
 
 def _record(route: str, keys: SubscriptionKeys, n: int) -> SubscriptionRecord:
@@ -115,9 +120,8 @@ def _record(route: str, keys: SubscriptionKeys, n: int) -> SubscriptionRecord:
 
 
 def test_a_message_without_push_link_is_matched_by_trial_decryption():
-    config = make_config("https://p.example/subscribe", tmp_path_placeholder(), routes=("a", "b"))
     keys_a, keys_b = SubscriptionKeys.generate(), SubscriptionKeys.generate()
-    ingestor = _ingestor(config, _record("a", keys_a, 1), _record("b", keys_b, 2))
+    ingestor = _ingestor(_record("a", keys_a, 1), _record("b", keys_b, 2))
     body = encrypt(b"for b", p256dh=keys_b.p256dh, auth_secret=keys_b.auth_secret)
     event = MessageReceived(
         "https://p.example/message/x", None, "https://p.example/set/1", (), body, "aes128gcm"
@@ -127,26 +131,10 @@ def test_a_message_without_push_link_is_matched_by_trial_decryption():
 
 
 def test_unknown_push_resource_and_unsupported_encoding_are_dead_letters():
-    config = make_config("https://p.example/subscribe", tmp_path_placeholder())
     keys = SubscriptionKeys.generate()
-    ingestor = _ingestor(config, _record("valves", keys, 1))
+    ingestor = _ingestor(_record("valves", keys, 1))
     body = encrypt(b"x", p256dh=keys.p256dh, auth_secret=keys.auth_secret)
     unknown = MessageReceived("u", "https://p.example/push/999", None, (), body, "aes128gcm")
-    assert ingestor.prepare(unknown, received_at=0).dead_reason == "unknown_subscription"
+    assert ingestor.prepare(unknown, received_at=0).failure == "unknown_subscription"
     legacy = MessageReceived("u", "https://p.example/push/1", None, (), body, "aesgcm")
-    assert ingestor.prepare(legacy, received_at=0).dead_reason == "unsupported_encoding"
-
-
-def test_expiry_counts_from_last_modified_and_a_ttl_header_can_only_shorten_it():
-    sent = "Thu, 01 Jan 1970 00:16:40 GMT"  # 1000 s after the epoch
-    assert expiry((("last-modified", sent),), received_at=1010.0, max_age=60) == 1060.0
-    assert expiry((), received_at=1010.0, max_age=60) == 1070.0
-    assert expiry((("ttl", "5"),), received_at=1010.0, max_age=60) == 1015.0
-    assert expiry((("ttl", "500"),), received_at=1010.0, max_age=60) == 1070.0
-    assert expiry((("last-modified", "garbage"),), received_at=1010.0, max_age=60) == 1070.0
-
-
-def tmp_path_placeholder():
-    from pathlib import Path
-
-    return Path("/nonexistent-state")  # pure tests: nothing is opened
+    assert ingestor.prepare(legacy, received_at=0).failure == "unsupported_encoding"

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from gateway.backoff import Backoff
+from fieldgate_common.backoff import Backoff
 
 
 def test_delays_stay_within_the_doubling_window_up_to_the_cap():

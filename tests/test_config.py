@@ -12,20 +12,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.cli import main
-from gateway.config import (
-    ConfigError,
-    ConfigProblem,
-    LogTarget,
-    MqttAdapterConfig,
-    MqttTarget,
-    SerialAdapterConfig,
-    SerialTarget,
-    format_key_path,
-    load_config,
-    parse_config,
+from adapters.log_config import LogTarget
+from adapters.mqtt_config import MqttAdapterConfig, MqttTarget
+from adapters.serial_config import SerialAdapterConfig, SerialTarget
+from fieldgate_common.units import (
+    UnitError,
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_size,
 )
-from gateway.units import UnitError, format_duration, format_size, parse_duration, parse_size
+from gateway.cli import main
+from gateway.config import ConfigError, ConfigProblem, format_key_path, load_config, parse_config
 
 SOURCE = Path("/etc/fieldgate/config.toml")
 NO_ENV: dict[str, str] = {}

@@ -6,20 +6,18 @@ import dataclasses
 import re
 from pathlib import Path
 
+from adapters.log_config import LogAdapterConfig
+from adapters.mqtt_config import MqttAdapterConfig, MqttTarget
+from adapters.serial_config import SerialAdapterConfig, SerialTarget
+from fieldgate_common.units import parse_duration
 from gateway.config import (
     JournalConfig,
-    LogAdapterConfig,
     LogConfig,
-    MqttAdapterConfig,
-    MqttTarget,
     PushConfig,
     RouteConfig,
-    SerialAdapterConfig,
-    SerialTarget,
     StatusConfig,
     load_config,
 )
-from gateway.units import parse_duration
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from gateway import policy
 from gateway.cli import main
 from gateway.config import load_config
+from gateway.routes import RouteTable
 from gateway.store import Incoming, Resolution, Store
 
 CONFIG = """\
@@ -37,15 +40,15 @@ def config(tmp_path: Path) -> Path:
 def fill(config: Path) -> None:
     """Two dead letters: undecryptable (id 1), rejected by the target with plaintext (id 2)."""
     loaded = load_config(config)
-    store = Store.open(loaded.push.state_dir, journal=loaded.journal, routes=loaded.routes)
-    base = {"raw_body": b"\x01\x02", "received_at": 1.7e9, "expires_at": None}
-    store.ingest(
-        [
-            Incoming("https://p/m/1", "r", None, headers=(("ttl", "60"),), **base,  # type: ignore[arg-type]
-                     dead_reason="auth_tag_mismatch"),
-            Incoming("https://p/m/2", "r", b"secret text", headers=(), **base),  # type: ignore[arg-type]
-        ]
-    )  # fmt: skip
+    store = Store.open(loaded.push.state_dir, journal=loaded.journal)
+    base = {"raw_body": b"\x01\x02", "received_at": time.time()}
+    batch = [
+        Incoming("https://p/m/1", "r", None, headers=(("ttl", "60"),), **base,  # type: ignore[arg-type]
+                 failure="auth_tag_mismatch"),
+        Incoming("https://p/m/2", "r", b"secret text", headers=(), **base),  # type: ignore[arg-type]
+    ]  # fmt: skip
+    routes = RouteTable(loaded.routes)
+    store.ingest([policy.admit(incoming, routes, time.time()) for incoming in batch])
     [pending] = store.pending_deliveries("r", "0:log")
     store.resolve([Resolution(pending.message.id, "r", "0:log", "rejected", "device said no")])
     store.close()
@@ -81,7 +84,7 @@ def test_list_show_replay_purge(config, capsys):
     assert status == 0 and "replayed as message" in out
 
     loaded = load_config(config)
-    store = Store.open(loaded.push.state_dir, journal=loaded.journal, routes=loaded.routes)
+    store = Store.open(loaded.push.state_dir, journal=loaded.journal)
     assert [p.message.body for p in store.pending_deliveries("r", "0:log")] == [b"secret text"]
     assert [d.id for d in store.dead_letters()] == [1]
     store.close()

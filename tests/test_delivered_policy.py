@@ -18,10 +18,12 @@ from pathlib import Path
 import trio
 from pywebpush import webpush
 
+from adapters.log_config import LogTarget
+from fieldgate_common.metrics import Metrics
 from gateway.agent import Agent
-from gateway.config import Config, LogTarget, RouteConfig
-from gateway.metrics import Metrics
+from gateway.config import Config, RouteConfig
 from gateway.router import Router
+from gateway.routes import CurrentRoutes, RouteTable
 from gateway.store import Store
 from pushservice.service import PushService
 from pushservice.settings import ServiceSettings
@@ -39,19 +41,24 @@ class Pipeline:
 async def pipeline(
     service: PushService, config: Config, device: FakeAdapter
 ) -> AsyncIterator[Pipeline]:
-    store = Store.open(config.push.state_dir, journal=config.journal, routes=config.routes)
+    store = Store.open(config.push.state_dir, journal=config.journal)
     try:
         async with trio.open_nursery() as nursery:
             holder: list[Router] = []
             agent = Agent(
                 config,
+                CurrentRoutes(RouteTable(config.routes)),
                 store,
                 Metrics(),
                 on_journalled=lambda: holder[0].notify(),
                 rng=random.Random(3),
             )
             router = Router(
-                store, config.routes, {"dev": device}, Metrics(), on_ack=agent.acknowledge
+                store,
+                RouteTable(config.routes),
+                {"dev": device},
+                Metrics(),
+                on_ack=agent.acknowledge,
             )
             holder.append(router)
             await nursery.start(router.run)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import trio
 
-from gateway.config import MqttAdapterConfig, MqttTarget
+from adapters.mqtt_config import MqttAdapterConfig, MqttTarget
 from tests.agent_harness import wait_until
 from tests.mosquitto import Mosquitto, MosquittoFactory, mosquitto, mosquitto_factory  # noqa: F401
 from tests.pipeline import (

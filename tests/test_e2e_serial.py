@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 import trio
 
-from gateway.config import AdapterConfig, MqttAdapterConfig, MqttTarget, SerialTarget
+from adapters.base import AdapterConfig
+from adapters.mqtt_config import MqttAdapterConfig, MqttTarget
+from adapters.serial_config import SerialTarget
 from tests.agent_harness import WAIT_LIMIT, wait_until
 from tests.mosquitto import Mosquitto, mosquitto, mosquitto_factory  # noqa: F401
 from tests.pipeline import (

@@ -4,13 +4,17 @@ matches its documented schema. Push service, gateway and status endpoint on loop
 from __future__ import annotations
 
 import json
+import socket
+import sys
+import time
 import urllib.error
 import urllib.request
 
 import trio
 from pywebpush import webpush
 
-from gateway.config import LogAdapterConfig, LogTarget
+from adapters.log_config import LogAdapterConfig, LogTarget
+from adapters.mqtt_config import MqttAdapterConfig, MqttTarget
 from gateway.status_schema import status_errors
 from gateway.webpush.crypto import PushSubscriptionInfo, SubscriptionKeys
 from tests.agent_harness import wait_until
@@ -120,3 +124,92 @@ async def _healthz_until(run: Pipeline, wanted: int) -> tuple[int, bytes]:
             if code == wanted:
                 return code, body
             await trio.sleep(0.05)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _row(page: str, name: str) -> list[str]:
+    """The cells of the status page's table row for route ``name``."""
+    row = next(r for r in page.split("<tr>") if r.startswith(f"<td>{name}</td>"))
+    return [cell.split(">", 1)[1] for cell in row.split("</td>")[:-1]]
+
+
+async def test_status_page_metrics_and_cli_show_what_happened_to_each_route(tmp_path):
+    """Queued, delivered and failed messages, and what every status surface says of them.
+
+    One route delivers to a file; the other to a broker that is down, so its messages wait in
+    the journal with the broker's error. /status, /metrics, the HTML page and `fieldgate
+    status` must each show the queue depth, the last message and the last delivery that
+    happened, not defaults (they once showed an empty queue while messages waited).
+    """
+    deliveries = tmp_path / "deliveries.jsonl"
+    routes = [
+        route("valves", LogTarget(adapter="out")),
+        route("pumps", MqttTarget(adapter="down", qos=1)),
+    ]
+    adapters = {
+        "out": LogAdapterConfig(name="out", path=deliveries),
+        "down": MqttAdapterConfig(
+            name="down", port=_free_port(), reconnect_base=0.05, reconnect_cap=0.1
+        ),
+    }
+    pump_bodies = (b"p1", b"pump two", b"pump three!")
+    async with running_gateway(tmp_path, routes, adapters) as run:
+        before = time.time()
+        await run.send("valves", b"delivered one")
+        await run.send_all("pumps", pump_bodies)
+        await wait_until(lambda: deliveries.exists() and deliveries.read_text(), "a delivery")
+        await wait_until(lambda: run.queue_depth() == 3, "three messages waiting")
+        await wait_until(
+            lambda: run.counter("fieldgate_deliveries_total", route="pumps") >= 1,
+            "a failed attempt on the broker route",
+        )
+        after = time.time()
+
+        status, body = await trio.to_thread.run_sync(_get, run, "/status")
+        assert status == 200
+        document = json.loads(body)
+        assert status_errors(document) == []
+        by_name = {r["name"]: r for r in document["routes"]}
+        valves, pumps = by_name["valves"], by_name["pumps"]
+        assert (valves["queue_depth"], valves["queue_bytes"]) == (0, 0)
+        assert before <= valves["last_message"] <= after
+        assert before <= valves["last_delivery"] <= after
+        assert valves["last_error"] is None
+        assert pumps["queue_depth"] == 3
+        assert pumps["queue_bytes"] == sum(len(b) for b in pump_bodies)
+        assert before <= pumps["last_message"] <= after
+        assert pumps["last_delivery"] is None
+        assert "Connection refused" in pumps["last_error"]  # why they wait: the broker
+        assert document["health"]["ok"] is False
+
+        metrics = run.gateway.metrics()
+        assert 'fieldgate_queue_depth{route="pumps"} 3' in metrics
+        assert 'fieldgate_queue_depth{route="valves"} 0' in metrics
+        assert f'fieldgate_queue_bytes{{route="pumps"}} {pumps["queue_bytes"]}' in metrics
+
+        status, page_bytes = await trio.to_thread.run_sync(_get, run, "/")
+        assert status == 200
+        page = page_bytes.decode()
+        # Route, Queued, Last message, Last delivery, Subscribed, Last error, ...
+        valves_row, pumps_row = _row(page, "valves"), _row(page, "pumps")
+        assert (valves_row[1], pumps_row[1]) == ("0", "3")
+        assert valves_row[3].endswith("ago") and pumps_row[3] == "never"
+        assert pumps_row[2].endswith("ago")
+
+        cli = await trio.run_process(
+            [sys.executable, "-m", "gateway", "status", "--url",
+             f"http://{run.gateway.status_address}"],
+            capture_stdout=True,
+            check=False,
+        )  # fmt: skip
+        assert cli.returncode == 1  # unhealthy: the broker is down
+        lines = cli.stdout.decode().splitlines()
+        [pumps_line] = [line for line in lines if line.startswith("pumps ")]
+        [valves_line] = [line for line in lines if line.startswith("valves ")]
+        assert pumps_line.split()[1] == "3" and valves_line.split()[1] == "0"
+        assert "never" in pumps_line and "never" not in valves_line

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.metrics import Metrics
+from fieldgate_common.metrics import Metrics
 
 
 def test_counters_gauges_and_histograms_render_in_the_text_format():
@@ -49,7 +49,7 @@ def test_wrong_labels_are_refused():
 
 
 def test_capability_urls_are_redacted_for_logs():
-    from gateway.logs import redact_url
+    from fieldgate_common.logs import redact_url
 
     assert (
         redact_url("https://push.example.net/set/s3cr3t-t0ken") == "https://push.example.net/set/…"

@@ -23,8 +23,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from adapters.base import Delivered, Health, Message, Rejected, RetryLater
+from adapters.base import Delivered, Expired, Health, Message, Rejected, RetryLater
 from adapters.mqtt import MqttAdapter
+from adapters.mqtt_config import MqttAdapterConfig, MqttTarget
 from adapters.mqtt_policy import (
     Publication,
     encode_publish_properties,
@@ -35,8 +36,8 @@ from adapters.mqtt_policy import (
     topic_problem,
     variable_byte_integer,
 )
-from gateway.config import MqttAdapterConfig, MqttTarget, SerialTarget
-from gateway.metrics import Metrics
+from adapters.serial_config import SerialTarget
+from fieldgate_common.metrics import Metrics
 from tests.mosquitto import Mosquitto, MosquittoFactory, mosquitto, mosquitto_factory, tls_ca  # noqa: F401
 
 # Generous bounds for a loaded 2-core machine; a healthy run needs milliseconds.
@@ -162,14 +163,19 @@ def test_overlong_topic_is_refused() -> None:
 def test_expiry_interval_rounds_down_and_never_means_none() -> None:
     assert expiry_interval(None) is None
     assert expiry_interval(59.99) == 59
-    assert expiry_interval(0.5) == 0
-    assert expiry_interval(-3.0) == 0
+    assert expiry_interval(1.0) == 1
     assert expiry_interval(1e12) == 2**32 - 1
 
 
-def test_expired_message_is_rejected_before_publishing() -> None:
+def test_expired_message_is_never_planned_for_publishing() -> None:
     message = make_message(ttl=10.0)
-    assert plan_publication(message, "t", None, now=message.received_at + 11) == Rejected("expired")
+    assert isinstance(plan_publication(message, "t", None, now=message.received_at + 11), Expired)
+    # Under MQTT's one-second resolution the broker could keep it past its deadline.
+    almost = plan_publication(message, "t", None, now=message.received_at + 9.5)
+    assert isinstance(almost, Expired)
+    assert isinstance(
+        plan_publication(message, "t", None, now=message.received_at + 8.9), Publication
+    )
 
 
 def test_target_content_type_overrides_the_message() -> None:
@@ -315,13 +321,13 @@ async def test_expired_and_bad_topic_are_rejected_and_never_published(
     with subscribed(mosquitto) as subscriber:
         async with running(adapter):
             # Expired (or under MQTT's one-second resolution): never published, and handed
-            # back as RetryLater so that the router counts it expired, not dead.
+            # back as Expired so that the router counts it expired, not dead.
             expired = make_message(1, ttl=-1.0)
             outcome = await adapter.deliver(expired, MqttTarget(adapter="mq"))
-            assert isinstance(outcome, RetryLater) and outcome.after == 0.0
+            assert isinstance(outcome, Expired)
             almost = make_message(2, ttl=0.5)  # MQTT expiry is whole seconds
             outcome = await adapter.deliver(almost, MqttTarget(adapter="mq"))
-            assert isinstance(outcome, RetryLater) and 0.0 < (outcome.after or 0.0) <= 0.5
+            assert isinstance(outcome, Expired)
             wild = make_message(3, route="a/+")
             outcome = await adapter.deliver(wild, MqttTarget(adapter="mq", topic="x/{route}"))
             assert isinstance(outcome, Rejected) and "wildcard" in outcome.reason

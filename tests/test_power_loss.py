@@ -33,7 +33,7 @@ from gateway.config import JournalConfig
 from gateway.store import Store
 from pushservice.service import PushService
 from pushservice.settings import ServiceSettings
-from tests.agent_harness import make_config, wait_until
+from tests.agent_harness import wait_until
 from tests.gateway_process import GatewayProcess, free_port, write_config
 
 SEED = 20261125
@@ -60,8 +60,7 @@ def stack() -> Iterator[ExitStack]:
 
 
 def test_the_journal_uses_full_synchronous_wal(tmp_path: Path) -> None:
-    config = make_config("http://127.0.0.1:1/subscribe", tmp_path / "state")
-    store = Store.open(tmp_path / "state", journal=JournalConfig(), routes=config.routes)
+    store = Store.open(tmp_path / "state", journal=JournalConfig())
     try:
         conn = store._conn  # the store's own connection: synchronous is per connection
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

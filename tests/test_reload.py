@@ -12,8 +12,9 @@ from pathlib import Path
 import trio
 from pywebpush import webpush
 
+from adapters.log_config import LogAdapterConfig, LogTarget
 from gateway.app import Gateway
-from gateway.config import Config, LogAdapterConfig, LogTarget, RouteConfig
+from gateway.config import Config, RouteConfig
 from pushservice.service import PushService
 from tests.agent_harness import make_config, wait_until
 from tests.gateway_process import GatewayProcess, free_port, write_config

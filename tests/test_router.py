@@ -22,10 +22,13 @@ import trio
 
 from adapters.base import Adapter
 from adapters.log import LogAdapter
-from gateway.config import JournalConfig, LogAdapterConfig, LogTarget, RouteConfig
-from gateway.metrics import Counter, Metrics
+from adapters.log_config import LogAdapterConfig, LogTarget
+from fieldgate_common.metrics import Counter, Metrics
+from gateway import policy
+from gateway.config import JournalConfig, RouteConfig
 from gateway.router import Router, retry_delay
-from gateway.store import Incoming, Store
+from gateway.routes import RouteTable
+from gateway.store import Incoming, IngestResult, Store
 from tests.fake_adapters import FakeAdapter
 
 EPOCH = 1_700_000_000.0
@@ -52,22 +55,26 @@ def push(url: str, body: bytes, route_name: str = "r", expires_in: float | None 
         route=route_name,
         plaintext=body,
         raw_body=b"",
-        headers=(),
+        headers=() if expires_in is None else (("ttl", str(int(expires_in))),),
         received_at=now,
-        expires_at=None if expires_in is None else now + expires_in,
     )
 
 
 @dataclass
 class Harness:
     store: Store
+    routes: RouteTable
     router: Router
     metrics: Metrics
     acks: list[str] = field(default_factory=list)
     acked: trio.Event = field(default_factory=trio.Event)
 
+    def admit(self, *batch: Incoming) -> list[IngestResult]:
+        """Journal as the agent does: the real policy decides, the store carries it out."""
+        return self.store.ingest([policy.admit(i, self.routes, clock()) for i in batch])
+
     def ingest(self, *batch: Incoming) -> None:
-        self.store.ingest(batch)
+        self.admit(*batch)
         self.router.notify()
 
     async def wait_acks(self, n: int) -> None:
@@ -88,7 +95,6 @@ def open_store(tmp_path: Path, routes: Sequence[RouteConfig], **journal: object)
     return Store.open(
         tmp_path / "state",
         journal=JournalConfig(**journal),  # type: ignore[arg-type]
-        routes=routes,
         clock=lambda: EPOCH + run_clock.current_time(),
     )
 
@@ -105,9 +111,10 @@ async def running(
         harness.acked.set()
         harness.acked = trio.Event()
 
+    table = RouteTable(tuple(routes))
     router = Router(
         store,
-        routes,
+        table,
         {a.name: a for a in adapters},
         metrics,
         on_ack=on_ack,
@@ -115,7 +122,7 @@ async def running(
         retry_floor=0.01,
         rng=random.Random(7),
     )
-    harness = Harness(store, router, metrics)
+    harness = Harness(store, table, router, metrics)
     async with trio.open_nursery() as nursery:
         await nursery.start(router.run)
         yield harness
@@ -136,7 +143,7 @@ def test_retry_delay_grows_caps_and_respects_the_floor():
 async def test_unknown_adapter_is_refused(tmp_path):
     store = open_store(tmp_path, [route(targets=("nope",))])
     with pytest.raises(ValueError, match="'nope' is not configured"):
-        Router(store, [route(targets=("nope",))], {}, Metrics(), on_ack=print)
+        Router(store, RouteTable((route(targets=("nope",)),)), {}, Metrics(), on_ack=print)
     store.close()
 
 
@@ -174,8 +181,11 @@ async def test_a_hung_target_does_not_block_another(tmp_path):
         await slow.wait_until(lambda: len(slow.attempts) == 1)
         assert [m.body for m in slow.attempts] == [b"0"]  # still stuck on the first
         assert slow.delivered == []
-        snapshot = h.router.snapshot()
-        assert snapshot["routes"]["r"]["queue_messages"] == 3  # type: ignore[index]
+        snapshot = h.router.snapshot()["r"]
+        assert snapshot.queue_messages == 3
+        assert snapshot.last_delivery_at is not None  # the fast target delivered
+        [stuck] = [t for t in snapshot.targets if t.adapter == "slow"]
+        assert stuck.last_delivery_at is None
         slow.release()
         await slow.wait_until(lambda: len(slow.delivered) == 3)
     assert slow.bodies() == fast.bodies() == [b"0", b"1", b"2"]
@@ -244,12 +254,12 @@ async def test_delivered_policy_acks_only_after_every_target(tmp_path):
     a.hanging = True
     store = open_store(tmp_path, routes)
     async with running(store, routes, [a, b]) as h:
-        [result] = store.ingest([push("u1", b"x")])
+        [result] = h.admit(push("u1", b"x"))
         assert not result.ack_now
         h.router.notify()
         await b.wait_until(lambda: len(b.delivered) == 1)
         await a.wait_until(lambda: len(a.attempts) == 1)
-        assert store.ingest([push("u1", b"x")])[0].ack_now is False  # redelivery absorbed
+        assert h.admit(push("u1", b"x"))[0].ack_now is False  # redelivery absorbed
         assert h.acks == []
         assert store.pending_acks() == []
         a.release()

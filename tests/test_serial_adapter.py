@@ -12,9 +12,9 @@ import trio
 
 from adapters.base import Delivered, Message, Rejected, RetryLater
 from adapters.serial import SerialAdapter
+from adapters.serial_config import SerialAdapterConfig, SerialTarget
 from adapters.seriallink import message_id
-from gateway.config import SerialAdapterConfig, SerialTarget
-from gateway.metrics import Metrics
+from fieldgate_common.metrics import Metrics
 from tests.serial_sim import Simulator, point_symlink, start_simulator
 
 ENVELOPE = SerialTarget(adapter="dev", payload="envelope")

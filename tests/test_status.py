@@ -20,8 +20,8 @@ import pytest
 import trio
 import trio.testing
 
+from fieldgate_common.metrics import Metrics
 from gateway.commands.status import listen_from_config, render_status
-from gateway.metrics import Metrics
 from gateway.status import (
     MAX_CONNECTIONS,
     MAX_REQUEST_HEAD_BYTES,

@@ -8,10 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import JournalConfig, LogTarget, RouteConfig
+from adapters.log_config import LogTarget
+from gateway import policy
+from gateway.config import JournalConfig, RouteConfig
+from gateway.routes import RouteTable
 from gateway.store import (
     DB_NAME,
     Incoming,
+    IngestResult,
     Resolution,
     Store,
     StoreError,
@@ -45,21 +49,32 @@ def incoming(
         "raw_body": b"\x00cipher",
         "headers": (("content-encoding", "aes128gcm"),),
         "received_at": 1_700_000_000.0,
-        "expires_at": None,
     }
     fields.update(kw)
     return Incoming(**fields)  # type: ignore[arg-type]
 
 
+class JournalUnderTest(Store):
+    """The store with the routes of one test: :meth:`admit` runs the real policy first."""
+
+    routes = RouteTable()
+
+    def admit(self, batch: list[Incoming]) -> list[IngestResult]:
+        now = self._clock()
+        return self.ingest([policy.admit(i, self.routes, now) for i in batch])
+
+
 def open_store(
     tmp_path: Path, *routes: RouteConfig, clock: Clock | None = None, **journal: object
-) -> Store:
-    return Store.open(
+) -> JournalUnderTest:
+    store = JournalUnderTest.open(
         tmp_path / "state",
         journal=JournalConfig(**journal),  # type: ignore[arg-type]
-        routes=routes or (route(),),
         clock=clock or Clock(),
     )
+    assert isinstance(store, JournalUnderTest)
+    store.routes = RouteTable(routes or (route(),))
+    return store
 
 
 def mode(path: Path) -> int:
@@ -71,7 +86,7 @@ def mode(path: Path) -> int:
 
 def test_creates_private_state_dir_and_files(tmp_path):
     store = open_store(tmp_path)
-    store.ingest([incoming("u1")])
+    store.admit([incoming("u1")])
     state = tmp_path / "state"
     assert mode(state) == 0o700
     assert mode(state / DB_NAME) == 0o600
@@ -123,7 +138,7 @@ def test_refuses_a_newer_schema(tmp_path):
 
 def test_reopen_keeps_schema_and_data(tmp_path):
     store = open_store(tmp_path)
-    store.ingest([incoming("u1")])
+    store.admit([incoming("u1")])
     store.close()
     store = open_store(tmp_path)
     assert store.queue_usage()["r"].messages == 1
@@ -158,7 +173,7 @@ def test_subscriptions_upsert_delete_and_survive_reopen(tmp_path):
 def test_batch_is_one_transaction_and_acked_after_commit(tmp_path):
     store = open_store(tmp_path)
     before = store.transactions
-    results = store.ingest([incoming(f"u{i}") for i in range(50)])
+    results = store.admit([incoming(f"u{i}") for i in range(50)])
     assert store.transactions == before + 1
     assert {r.status for r in results} == {"journalled"}
     assert all(r.ack_now for r in results)
@@ -172,12 +187,12 @@ def test_batch_is_one_transaction_and_acked_after_commit(tmp_path):
 
 def test_duplicates_in_a_batch_across_batches_and_restarts(tmp_path):
     store = open_store(tmp_path)
-    first = store.ingest([incoming("u1"), incoming("u1")])
+    first = store.admit([incoming("u1"), incoming("u1")])
     assert [r.status for r in first] == ["journalled", "duplicate"]
     store.mark_acked(["u1"])
     store.close()
     store = open_store(tmp_path)
-    again = store.ingest([incoming("u1")])
+    again = store.admit([incoming("u1")])
     assert again[0].status == "duplicate"
     assert again[0].ack_now  # our DELETE was lost: owe it again
     assert store.pending_acks() == ["u1"]
@@ -189,10 +204,10 @@ def test_duplicates_in_a_batch_across_batches_and_restarts(tmp_path):
 def test_delivered_policy_holds_the_ack_until_every_target_resolved(tmp_path):
     r = route(ack="delivered", deliver=(LogTarget("a"), LogTarget("b")))
     store = open_store(tmp_path, r)
-    [result] = store.ingest([incoming("u1")])
+    [result] = store.admit([incoming("u1")])
     assert (result.status, result.ack_now) == ("journalled", False)
     assert store.pending_acks() == []
-    assert store.ingest([incoming("u1")])[0].ack_now is False  # redelivery absorbed
+    assert store.admit([incoming("u1")])[0].ack_now is False  # redelivery absorbed
     mid = result.message_id
     assert mid is not None
     assert store.resolve([Resolution(mid, "r", target_key(0, LogTarget("a")), "delivered")]) == []
@@ -200,15 +215,15 @@ def test_delivered_policy_holds_the_ack_until_every_target_resolved(tmp_path):
     assert released == ["u1"]
     assert store.pending_acks() == ["u1"]
     assert store.queue_usage()["r"].messages == 0  # pruned
-    assert store.ingest([incoming("u1")])[0].ack_now is True
+    assert store.admit([incoming("u1")])[0].ack_now is True
     store.close()
 
 
 def test_poison_messages_are_dead_lettered_and_acked(tmp_path):
     store = open_store(tmp_path)
-    results = store.ingest(
+    results = store.admit(
         [
-            incoming("bad", plaintext=None, dead_reason="auth_tag_mismatch"),
+            incoming("bad", plaintext=None, failure="auth_tag_mismatch"),
             incoming("nosub", route_name=None, plaintext=None),
             incoming("gone", route_name="removed-route"),
         ]
@@ -223,7 +238,7 @@ def test_poison_messages_are_dead_lettered_and_acked(tmp_path):
     dead = store.dead_letters()[0]
     assert dead.raw_body == b"\x00cipher"
     assert dead.headers == (("content-encoding", "aes128gcm"),)
-    assert store.ingest([incoming("bad", plaintext=None, dead_reason="x")])[0].status == "duplicate"
+    assert store.admit([incoming("bad", plaintext=None, failure="x")])[0].status == "duplicate"
     assert store.take_counts().dead_letters == {
         "auth_tag_mismatch": 1,
         "unknown_subscription": 1,
@@ -235,7 +250,7 @@ def test_poison_messages_are_dead_lettered_and_acked(tmp_path):
 def test_already_expired_message_is_not_journalled(tmp_path):
     clock = Clock()
     store = open_store(tmp_path, clock=clock)
-    [result] = store.ingest([incoming("u1", expires_at=clock.now - 1)])
+    [result] = store.admit([incoming("u1", received_at=clock.now - 2, headers=(("ttl", "1"),))])
     assert (result.status, result.ack_now) == ("expired", True)
     assert store.queue_usage().get("r") is None or store.queue_usage()["r"].messages == 0
     assert store.take_counts().expired == {"r": 1}
@@ -247,7 +262,7 @@ def test_already_expired_message_is_not_journalled(tmp_path):
 
 def test_refuse_newest_acks_and_counts(tmp_path):
     store = open_store(tmp_path, route(queue_max_messages=2, queue_full="refuse-newest"))
-    results = store.ingest([incoming(f"u{i}", body=bytes([i])) for i in range(4)])
+    results = store.admit([incoming(f"u{i}", body=bytes([i])) for i in range(4)])
     assert [r.status for r in results] == ["journalled", "journalled", "refused", "refused"]
     assert all(r.ack_now for r in results)
     assert sorted(store.pending_acks()) == ["u0", "u1", "u2", "u3"]
@@ -259,7 +274,7 @@ def test_refuse_newest_acks_and_counts(tmp_path):
 
 def test_drop_oldest_by_count_and_bytes(tmp_path):
     store = open_store(tmp_path, route(queue_max_messages=3, queue_max_bytes=250))
-    store.ingest([incoming(f"u{i}", body=bytes([i]) * 100) for i in range(4)])
+    store.admit([incoming(f"u{i}", body=bytes([i]) * 100) for i in range(4)])
     pending = store.pending_deliveries("r", "0:a")
     assert [p.message.body[0] for p in pending] == [2, 3]  # 250 bytes hold two of them
     assert store.take_counts().dropped == {("r", "queue_full"): 2}
@@ -269,8 +284,8 @@ def test_drop_oldest_by_count_and_bytes(tmp_path):
 
 def test_drop_oldest_releases_held_acks(tmp_path):
     store = open_store(tmp_path, route(ack="delivered", queue_max_messages=1))
-    store.ingest([incoming("u0")])
-    store.ingest([incoming("u1")])
+    store.admit([incoming("u0")])
+    store.admit([incoming("u1")])
     assert store.take_counts().released_acks == ["u0"]
     assert store.pending_acks() == ["u0"]
     store.close()
@@ -278,10 +293,10 @@ def test_drop_oldest_releases_held_acks(tmp_path):
 
 def test_global_journal_limit(tmp_path):
     store = open_store(tmp_path, route("a"), route("b", queue_full="refuse-newest"), max_bytes=300)
-    store.ingest([incoming("a1", route_name="a", body=b"a" * 200)])
-    [refused] = store.ingest([incoming("b1", route_name="b", body=b"b" * 200)])
+    store.admit([incoming("a1", route_name="a", body=b"a" * 200)])
+    [refused] = store.admit([incoming("b1", route_name="b", body=b"b" * 200)])
     assert refused.status == "refused"
-    [dropping] = store.ingest([incoming("a2", route_name="a", body=b"A" * 200)])
+    [dropping] = store.admit([incoming("a2", route_name="a", body=b"A" * 200)])
     assert dropping.status == "journalled"
     assert store.queue_usage()["a"].messages == 1
     store.close()
@@ -289,8 +304,8 @@ def test_global_journal_limit(tmp_path):
 
 def test_a_message_larger_than_the_queue_is_refused_even_with_drop_oldest(tmp_path):
     store = open_store(tmp_path, route(queue_max_bytes=50))
-    store.ingest([incoming("small", body=b"s")])
-    [big] = store.ingest([incoming("big", body=b"b" * 51)])
+    store.admit([incoming("small", body=b"s")])
+    [big] = store.admit([incoming("big", body=b"b" * 51)])
     assert big.status == "refused"
     assert store.queue_usage()["r"].messages == 1  # nothing dropped for a hopeless case
     store.close()
@@ -301,7 +316,7 @@ def test_a_message_larger_than_the_queue_is_refused_even_with_drop_oldest(tmp_pa
 
 def test_retry_state_survives_reopen_and_resolve_prunes(tmp_path):
     store = open_store(tmp_path)
-    [r] = store.ingest([incoming("u1")])
+    [r] = store.admit([incoming("u1")])
     assert r.message_id is not None
     store.schedule_retry(r.message_id, "r", "0:a", 3, 1_700_000_100.0, "broker down")
     store.close()
@@ -318,10 +333,10 @@ def test_retry_state_survives_reopen_and_resolve_prunes(tmp_path):
 
 def test_message_ids_are_never_reused(tmp_path):
     store = open_store(tmp_path)
-    [first] = store.ingest([incoming("u1")])
+    [first] = store.admit([incoming("u1")])
     assert first.message_id is not None
     store.resolve([Resolution(first.message_id, "r", "0:a", "delivered")])
-    [second] = store.ingest([incoming("u2")])
+    [second] = store.admit([incoming("u2")])
     assert second.message_id is not None
     assert int(second.message_id) > int(first.message_id)
     store.close()
@@ -329,7 +344,7 @@ def test_message_ids_are_never_reused(tmp_path):
 
 def test_expired_resolution_counts_once_per_message(tmp_path):
     store = open_store(tmp_path, route(deliver=(LogTarget("a"), LogTarget("b"))))
-    [r] = store.ingest([incoming("u1")])
+    [r] = store.admit([incoming("u1")])
     assert r.message_id is not None
     store.take_counts()
     store.resolve(
@@ -345,10 +360,10 @@ def test_expired_resolution_counts_once_per_message(tmp_path):
 def test_dedupe_records_pruned_after_retention(tmp_path):
     clock = Clock()
     store = open_store(tmp_path, clock=clock, dedupe_retention=100.0)
-    store.ingest([incoming("old")])
+    store.admit([incoming("old")])
     store.mark_acked(["old"])
     clock.now += 50
-    store.ingest([incoming("owed")])
+    store.admit([incoming("owed")])
     clock.now += 60
     assert store.prune() == 1
     assert store.dedupe_records() == 1
@@ -360,17 +375,17 @@ def test_dedupe_records_pruned_after_retention(tmp_path):
 
 
 def test_a_message_with_a_known_ttl_is_forgotten_once_it_cannot_come_back(tmp_path):
-    from gateway.store import DEDUPE_TTL_SLACK
+    from gateway.policy import DEDUPE_TTL_SLACK
 
     clock = Clock()
     store = open_store(tmp_path, clock=clock, dedupe_retention=86400.0)
-    store.ingest([incoming("short", headers=(("ttl", "60"),)), incoming("unknown")])
+    store.admit([incoming("short", headers=(("ttl", "60"),)), incoming("unknown")])
     store.mark_acked(["short", "unknown"])
     clock.now += 60 + DEDUPE_TTL_SLACK - 1
     assert store.prune() == 0  # the service could still redeliver it
     clock.now += 2
     assert store.prune() == 1  # "short" is past its TTL; "unknown" keeps the retention
-    assert [r.status for r in store.ingest([incoming("unknown")])] == ["duplicate"]
+    assert [r.status for r in store.admit([incoming("unknown")])] == ["duplicate"]
     store.close()
 
 
@@ -379,12 +394,12 @@ def test_a_message_with_a_known_ttl_is_forgotten_once_it_cannot_come_back(tmp_pa
 
 def test_rejected_delivery_becomes_a_replayable_dead_letter(tmp_path):
     store = open_store(tmp_path, route(deliver=(LogTarget("a"), LogTarget("b"))))
-    [r] = store.ingest([incoming("u1", body=b"hello")])
+    [r] = store.admit([incoming("u1", body=b"hello")])
     assert r.message_id is not None
     store.resolve([Resolution(r.message_id, "r", "1:b", "rejected", "too big for device")])
     [dead] = store.dead_letters()
     assert (dead.reason, dead.target, dead.plaintext) == ("too big for device", "1:b", b"hello")
-    new_id = store.replay_dead_letter(dead.id)
+    new_id = store.replay_dead_letter(dead.id, store.routes)
     assert store.dead_letters() == []
     assert [p.message.id for p in store.pending_deliveries("r", "1:b")] == [new_id]
     assert [p.message.id for p in store.pending_deliveries("r", "0:a")] == [r.message_id]
@@ -393,12 +408,12 @@ def test_rejected_delivery_becomes_a_replayable_dead_letter(tmp_path):
 
 def test_replay_refuses_what_cannot_be_delivered(tmp_path):
     store = open_store(tmp_path)
-    store.ingest([incoming("bad", plaintext=None, dead_reason="auth_tag_mismatch")])
+    store.admit([incoming("bad", plaintext=None, failure="auth_tag_mismatch")])
     [dead] = store.dead_letters()
     with pytest.raises(StoreError, match="no plaintext"):
-        store.replay_dead_letter(dead.id)
+        store.replay_dead_letter(dead.id, store.routes)
     with pytest.raises(StoreError, match="no dead letter 999"):
-        store.replay_dead_letter(999)
+        store.replay_dead_letter(999, store.routes)
     assert store.purge_dead_letters([dead.id, 999]) == 1
     assert store.purge_dead_letters() == 0
     store.close()
@@ -420,7 +435,7 @@ def test_migrates_a_version_1_journal_keeping_its_dedupe_records(tmp_path):
     conn.close()
     db.chmod(0o600)
     store = open_store(tmp_path)
-    assert store.ingest([incoming("https://p/m/old")])[0].status == "duplicate"
+    assert store.admit([incoming("https://p/m/old")])[0].status == "duplicate"
     assert store.dedupe_records() == 1
     store.close()
     conn = sqlite3.connect(db)
@@ -432,6 +447,6 @@ def test_a_failed_batch_is_forgotten_by_the_dedupe_index(tmp_path):
     store = open_store(tmp_path)
     bad = incoming("u2", plaintext=[1])  # the driver cannot bind a list: the batch fails
     with pytest.raises(sqlite3.Error):
-        store.ingest([incoming("u1"), bad])
-    assert store.ingest([incoming("u1")])[0].status == "journalled"
+        store.admit([incoming("u1"), bad])
+    assert store.admit([incoming("u1")])[0].status == "journalled"
     store.close()

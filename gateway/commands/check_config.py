@@ -6,20 +6,11 @@ import argparse
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from gateway.config import (
-    AdapterConfig,
-    Config,
-    ConfigError,
-    LogAdapterConfig,
-    MqttAdapterConfig,
-    MqttTarget,
-    SerialAdapterConfig,
-    Target,
-    load_config,
-)
-from gateway.units import format_duration, format_size
+from adapters.base import AdapterConfig, TargetConfig
+from adapters.registry import KINDS
+from fieldgate_common.units import format_duration, format_size
+from gateway.config import Config, ConfigError, load_config
 
-HELP = "validate a configuration file: print ok, or every problem found"
 EXIT_OK = 0
 EXIT_INVALID = 2  # as the issue asks; also argparse's usage-error status
 MASK = "***"  # stands in for every secret in --show output
@@ -97,37 +88,12 @@ def _public_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
-def _describe_target(target: Target, adapter: AdapterConfig | None) -> str:
-    kind = adapter.type if adapter is not None else "?"
-    text = f"{target.adapter} ({kind}"
-    if isinstance(target, MqttTarget):
-        text += f", topic {target.topic}, qos {target.qos}"
-        if target.retain:
-            text += ", retained"
+def _describe_target(target: TargetConfig, adapter: AdapterConfig | None) -> str:
+    text = f"{target.adapter} ({adapter.type if adapter is not None else '?'}"
+    if adapter is not None:
+        text += KINDS[adapter.type].describe_target(target)
     return text + f", payload {target.payload})"
 
 
 def _describe_adapter(adapter: AdapterConfig) -> str:
-    if isinstance(adapter, MqttAdapterConfig):
-        scheme = "mqtts" if adapter.tls else "mqtt"
-        port = adapter.port or (8883 if adapter.tls else 1883)
-        host = f"[{adapter.host}]" if ":" in adapter.host else adapter.host
-        text = f"mqtt {scheme}://{host}:{port} (MQTT {adapter.protocol}"
-        if adapter.username is not None:
-            text += f", user {adapter.username}"
-        if adapter.password is not None:
-            text += f", password {MASK}"
-        if adapter.password_file is not None:
-            text += f", password from {adapter.password_file}"
-        if adapter.cert_file is not None:
-            text += f", client certificate {adapter.cert_file}"
-        return text + ")"
-    if isinstance(adapter, SerialAdapterConfig):
-        frame = f"8{adapter.parity[0].upper()}{adapter.stop_bits}"
-        extras = "".join(
-            [", RTS/CTS" if adapter.rtscts else "", ", RS-485" if adapter.rs485 else ""]
-        )
-        return f"serial {adapter.port} {adapter.baud} baud {frame}{extras}"
-    if isinstance(adapter, LogAdapterConfig):
-        return f"log {adapter.path if adapter.path is not None else '(the gateway log)'}"
-    raise AssertionError(f"unknown adapter type {adapter!r}")
+    return KINDS[adapter.type].describe(adapter)

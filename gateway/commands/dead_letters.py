@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from gateway.config import ConfigError, load_config
+from gateway.routes import RouteTable
 from gateway.store import DeadLetter, Store, StoreError
 
-HELP = "list, show, replay or purge dead letters"
 DEFAULT_CONFIG = Path("/etc/fieldgate/config.toml")
 EXIT_OK = 0
 EXIT_FAILED = 1  # no such dead letter, cannot replay, journal unusable
@@ -97,7 +97,7 @@ def _print_one(dead: DeadLetter, with_body: bool) -> None:
             print(f"body_b64: {base64.b64encode(dead.plaintext).decode('ascii')}")
 
 
-def _act(store: Store, args: argparse.Namespace) -> int:
+def _act(store: Store, routes: RouteTable, args: argparse.Namespace) -> int:
     if args.action == "list":
         _print_list(store, args.json)
         return EXIT_OK
@@ -109,7 +109,7 @@ def _act(store: Store, args: argparse.Namespace) -> int:
         _print_one(dead, args.body)
         return EXIT_OK
     if args.action == "replay":
-        message_id = store.replay_dead_letter(args.id)
+        message_id = store.replay_dead_letter(args.id, routes)
         print(f"dead letter {args.id} replayed as message {message_id}")
         return EXIT_OK
     ids = args.ids or None
@@ -132,12 +132,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"fieldgate: no journal in {config.push.state_dir}: nothing dead yet")
         return EXIT_OK if args.action == "list" else EXIT_FAILED
     try:
-        store = Store.open(config.push.state_dir, journal=config.journal, routes=config.routes)
+        store = Store.open(config.push.state_dir, journal=config.journal)
     except StoreError as error:
         print(f"fieldgate: {error}", file=sys.stderr)
         return EXIT_FAILED
     try:
-        return _act(store, args)
+        return _act(store, RouteTable(config.routes), args)
     except StoreError as error:
         print(f"fieldgate: {error}", file=sys.stderr)
         return EXIT_FAILED

@@ -6,9 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from gateway.logs import setup_logging
-
-HELP = "run the whole pipeline on loopback: push service, gateway, MQTT broker, serial device"
+from fieldgate_common.logs import setup_logging
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

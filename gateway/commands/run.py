@@ -8,10 +8,8 @@ from pathlib import Path
 
 import trio
 
+from fieldgate_common.logs import get_logger, setup_logging
 from gateway.config import ConfigError, load_config
-from gateway.logs import get_logger, setup_logging
-
-HELP = "run the gateway (as systemd's ExecStart does)"
 
 EXIT_CONFIG = 2
 

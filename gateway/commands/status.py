@@ -20,8 +20,6 @@ from gateway.config import StatusConfig
 from gateway.status_client import FetchError, endpoint_from_url, fetch
 from gateway.status_format import format_ago, format_duration, format_since, format_value
 
-HELP = "show the running gateway's status"
-
 DEFAULT_CONFIG = Path("/etc/fieldgate/config.toml")
 EXIT_HEALTHY = 0
 EXIT_UNHEALTHY = 1

@@ -11,8 +11,6 @@ from gateway.config import ConfigError, load_config
 from gateway.store import Store, StoreError
 from gateway.webpush.crypto import PushSubscriptionInfo, SubscriptionKeys
 
-HELP = "print each route's PushSubscription JSON (what an application server needs)"
-
 EXIT_CONFIG = 2
 EXIT_NOT_YET = 1
 
@@ -32,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
     try:
-        store = Store.open(config.push.state_dir, journal=config.journal, routes=config.routes)
+        store = Store.open(config.push.state_dir, journal=config.journal)
     except StoreError as exc:
         print(f"fieldgate: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -6,8 +6,6 @@ import argparse
 
 from gateway import __version__
 
-HELP = "print the version"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """No arguments."""

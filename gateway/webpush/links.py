@@ -59,10 +59,12 @@ def _parse_quoted(text: str, i: int) -> tuple[str, int]:
 
 
 def _parse_token(text: str, i: int, stops: str) -> tuple[str, int]:
+    # A token ends at whitespace too (RFC 9110 §5.6.2: tokens hold no spaces); what follows it
+    # must then be a delimiter, which the caller checks.
     start = i
-    while i < len(text) and text[i] not in stops:
+    while i < len(text) and text[i] not in stops and text[i] not in " \t":
         i += 1
-    return text[start:i].strip(), i
+    return text[start:i], i
 
 
 def parse_link_header(value: str, base: str | None = None) -> list[Link]:

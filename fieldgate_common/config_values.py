@@ -13,13 +13,13 @@ import ipaddress
 import json
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.units import UnitError, format_duration, parse_duration, parse_size
+from fieldgate_common.units import UnitError, format_duration, parse_duration, parse_size
 
 Convert = Callable[[object], Any]  # TOML value -> field value, or raises Invalid
 
@@ -28,15 +28,10 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 URGENCIES = ("very-low", "low", "normal", "high")  # RFC 8030 §5.3
 # sockaddr_un.sun_path is 108 bytes on Linux, one of them the terminating NUL (unix(7)).
 UNIX_PATH_MAX = 107
-# MQTT strings (topic names) are prefixed by a two-byte length (MQTT 5 §1.5.4).
-MQTT_STRING_MAX = 65535
-# MQTT Keep Alive is a two-byte number of seconds (MQTT 5 §3.1.2.10).
-MQTT_KEEPALIVE_MAX = 65535.0
 # RFC 8030 §7.2: a push service MUST support messages of at least 4096 octets.
 RFC8030_MIN_MESSAGE_BYTES = 4096
 # A VAPID public key is an uncompressed P-256 point: 0x04 || X || Y (RFC 8292 §3.2).
 VAPID_KEY_BYTES = 65
-TOP_LEVEL_KEYS = ("push", "status", "journal", "log", "adapters", "routes")
 
 
 class Invalid(Exception):
@@ -71,6 +66,12 @@ def found(value: object) -> str:
     if isinstance(value, datetime.datetime | datetime.date | datetime.time):
         return f"a date/time ({value.isoformat()})"
     return type(value).__name__
+
+
+def alternatives(choices: Sequence[str]) -> str:
+    """``"a", "b" or "c"``: choices quoted for a message."""
+    shown = [f'"{choice}"' for choice in choices]
+    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " or " + shown[-1]
 
 
 def closest(word: str, choices: Iterable[str]) -> str | None:
@@ -142,7 +143,7 @@ def choice(*choices: str) -> Convert:
 
 
 def duration(*, allow_zero: bool = False, maximum: float | None = None) -> Convert:
-    """Seconds, from ``"30s"``-style text (see :mod:`gateway.units`)."""
+    """Seconds, from ``"30s"``-style text (see :mod:`fieldgate_common.units`)."""
 
     def convert(value: object) -> float:
         try:
@@ -246,54 +247,6 @@ def listen(value: object) -> str:
         return text
     split_host_port(text)
     return text
-
-
-_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
-TOPIC_PLACEHOLDERS = ("route", "id")
-
-
-def topic(value: object) -> str:
-    """An MQTT topic to publish to, with ``{route}`` and ``{id}`` placeholders."""
-    topic = nonempty_text(value)
-    if "+" in topic or "#" in topic:
-        raise Invalid(
-            f"topic {quoted(topic)} contains a wildcard (+ or #): wildcards are for "
-            "subscriptions; a published message goes to one topic"
-        )
-    for match in _PLACEHOLDER.finditer(topic):
-        if match.group(1) not in TOPIC_PLACEHOLDERS:
-            close = closest(match.group(1), TOPIC_PLACEHOLDERS)
-            raise Invalid(
-                f"unknown placeholder {quoted(match.group())} in topic: the placeholders are "
-                "{route} and {id}",
-                None if close is None else "{" + close + "}",
-            )
-    if "{" in _PLACEHOLDER.sub("", topic) or "}" in _PLACEHOLDER.sub("", topic):
-        raise Invalid(f"unbalanced brace in topic {quoted(topic)}: placeholders are {{id}}")
-    if topic.startswith("$"):
-        raise Invalid(f"topic {quoted(topic)} starts with $: such topics belong to the broker")
-    if len(topic.encode()) > MQTT_STRING_MAX:
-        raise Invalid(f"topic is longer than {MQTT_STRING_MAX} bytes")
-    return topic
-
-
-def mqtt_host(value: object) -> str:
-    """A broker host name or address (not a URL)."""
-    host = nonempty_text(value)
-    if "://" in host or "/" in host:
-        raise Invalid(
-            f"expected a host name or address, found {quoted(host)}: give the port in "
-            '"port" and set tls = true for MQTT over TLS'
-        )
-    return host
-
-
-def mqtt_protocol(value: object) -> str:
-    """``"5"`` or ``"3.1.1"`` (the integer 5 is accepted too)."""
-    if value == 5 and not isinstance(value, bool):
-        return "5"
-    result: str = choice("5", "3.1.1")(value)
-    return result
 
 
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+={0,2}")
