@@ -34,10 +34,10 @@ from bench.agent_common import (
     write_keys,
 )
 from fieldgate_common.metrics import Metrics
-from gateway.agent import Agent
 from gateway.config import Config, PushConfig, RouteConfig
 from gateway.routes import CurrentRoutes, RouteTable
 from gateway.store import Store
+from gateway.upstream.supervisor import Upstream
 from gateway.webpush.crypto import SubscriptionKeys
 
 # Queue limits far above the benchmark's N: messages pile up in the journal (there is no router
@@ -66,8 +66,8 @@ def make_config(service: str, state_dir: Path, routes: list[str], keepalive: flo
     )
 
 
-def _connected(agent: Agent) -> bool:
-    return agent.status.state == "connected" and bool(agent.status.sets)
+def _connected(agent: Upstream) -> bool:
+    return agent.status.state == "connected" and bool(agent.subscription_infos())
 
 
 async def _wait(predicate: Callable[[], bool], limit: float) -> None:
@@ -76,19 +76,19 @@ async def _wait(predicate: Callable[[], bool], limit: float) -> None:
             await trio.sleep(POLL_INTERVAL)
 
 
-def _all_acked(agent: Agent, expect: int) -> bool:
+def _all_acked(agent: Upstream, expect: int) -> bool:
     """Every one of ``expect`` distinct messages journalled and its DELETE answered.
 
     The acknowledgement counter also counts the 404s of messages the service pushed twice, so it
     only gates the (store-locking) check of the dedupe records and the acks still owed; the end
     time therefore includes the commit that records the last acks.
     """
-    if agent.m_acked.get() < expect:
+    if agent.m.acked.get() < expect:
         return False
     return agent.store.dedupe_records() >= expect and not agent.store.pending_acks()
 
 
-async def setup(agent: Agent, store: Store, state_dir: Path, routes: int) -> None:
+async def setup(agent: Upstream, store: Store, state_dir: Path, routes: int) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(agent.run)
         await _wait(lambda: _connected(agent) and len(store.subscriptions()) == routes, SETUP_LIMIT)
@@ -110,9 +110,9 @@ async def setup(agent: Agent, store: Store, state_dir: Path, routes: int) -> Non
     emit("setup", routes=len(found))
 
 
-async def measure(agent: Agent, mode: str, expect: int) -> None:
+async def measure(agent: Upstream, mode: str, expect: int) -> None:
     """Time ``expect`` acknowledged messages; drain timing starts before the connection."""
-    acked = agent.m_acked
+    acked = agent.m.acked
     async with trio.open_nursery() as nursery:
         rss_start = rss_kib()
         t0, cpu0 = time.monotonic(), cpu_seconds_self()
@@ -160,7 +160,7 @@ def main() -> None:
     pin(CORE_UNDER_TEST)
     config = make_config(service, state_dir, routes, keepalive)
     store = Store.open(state_dir, journal=config.journal)
-    agent = Agent(
+    agent = Upstream(
         config,
         CurrentRoutes(RouteTable(config.routes)),
         store,

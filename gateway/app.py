@@ -1,4 +1,5 @@
-"""The gateway process: the store, the adapters, the router, the agent and the status endpoint.
+"""The gateway process: the store, the adapters, the router, the upstream side and the status
+endpoint.
 
 :class:`Gateway` wires the parts together and is the status endpoint's provider; ``fieldgate
 run`` calls :func:`run_gateway`, which adds signals and systemd notification around it.
@@ -18,7 +19,6 @@ from adapters.registry import build_adapter
 from fieldgate_common.logs import get_logger
 from fieldgate_common.metrics import Metrics
 from gateway import __version__
-from gateway.agent import Agent, Observer
 from gateway.config import Config, ConfigError, load_config
 from gateway.router import Router
 from gateway.routes import CurrentRoutes, RouteTable
@@ -33,6 +33,8 @@ from gateway.status_model import (
 )
 from gateway.status_schema import status_document
 from gateway.store import Store
+from gateway.upstream.journal import Observer
+from gateway.upstream.supervisor import Upstream
 
 log = get_logger("gateway")
 
@@ -67,7 +69,7 @@ class Gateway:
         self.store = store or Store.open(config.push.state_dir, journal=config.journal)
         self.routes = CurrentRoutes(RouteTable(config.routes))
         self.adapters = build_adapters(config, self.registry)
-        self.agent = Agent(
+        self.upstream = Upstream(
             config,
             self.routes,
             self.store,
@@ -81,7 +83,7 @@ class Gateway:
             self.routes.table,
             self.adapters,
             self.registry,
-            on_ack=self.agent.acknowledge,
+            on_ack=self.upstream.acknowledge,
         )
         self.status_address: str | None = None
         self._router_scope: trio.CancelScope | None = None
@@ -96,7 +98,7 @@ class Gateway:
         """Run every part until cancelled."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self._run_router)
-            await nursery.start(self.agent.run)
+            await nursery.start(self.upstream.run)
             if self.config.status.listen:
                 self.status_address = await nursery.start(
                     self._serve_status, self.config.status.listen
@@ -133,10 +135,12 @@ class Gateway:
         config = replace(new, push=old.push, status=old.status, journal=old.journal, log=old.log)
         table = RouteTable(config.routes)
         adapters = build_adapters(config, self.registry)
-        router = Router(self.store, table, adapters, self.registry, on_ack=self.agent.acknowledge)
+        router = Router(
+            self.store, table, adapters, self.registry, on_ack=self.upstream.acknowledge
+        )
         self.config, self.adapters, self.router = config, adapters, router
         self.routes.replace(table)
-        self.agent.reconfigure()
+        self.upstream.reconfigure()
         if self._router_scope is not None:
             self._router_scope.cancel()  # _run_router starts the new router
         log.info("configuration reloaded: %d route(s)", len(config.routes))
@@ -193,7 +197,7 @@ class Gateway:
             now=now,
             version=__version__,
             uptime=now - self.started_at,
-            upstream=self.agent.snapshot(),
+            upstream=self.upstream.snapshot(),
             routes=routes,
             subscriptions=subscriptions,
             adapters=adapters,
@@ -207,14 +211,15 @@ class Gateway:
     def metrics(self) -> str:
         """Prometheus text."""
         self.m_rss.set(_resident_bytes())
+        self.router.publish_gauges()
         return self.registry.render()
 
     def health(self) -> tuple[bool, str]:
-        """Healthy when connected upstream and every adapter is ok."""
-        upstream = self.agent.status
-        if upstream.state != "connected":
-            reason = upstream.last_error or upstream.state
-            return False, f"push service {upstream.state}: {reason}"
+        """Healthy when the journal commits, the push service is connected and every adapter
+        is ok; otherwise the first reason."""
+        problem = self.upstream.problem()
+        if problem is not None:
+            return False, problem
         sick = [name for name, a in self.adapters.items() if not a.health().ok]
         if sick:
             return False, "adapter(s) not ok: " + ", ".join(sorted(sick))

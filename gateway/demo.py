@@ -324,9 +324,9 @@ async def run_demo(workdir: Path, *, keep_running: bool = False) -> int:
             await nursery.start(gateway.run)
             with trio.fail_after(STARTUP_LIMIT):
                 await _poll_until(
-                    lambda: len(gateway.agent.subscription_infos()) == len(config.routes)
+                    lambda: len(gateway.upstream.subscription_infos()) == len(config.routes)
                 )
-            infos = gateway.agent.subscription_infos()
+            infos = gateway.upstream.subscription_infos()
             demo.say(f"status page    http://{gateway.status_address}/\n")
             for route in config.routes:
                 demo.say(f"route {route.name} (ack: {route.ack}) -> PushSubscription:")

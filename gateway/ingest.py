@@ -1,9 +1,10 @@
 """From a pushed message to an :class:`~gateway.store_types.Incoming`: find its subscription and
 decrypt it (or say why not).
 
-A small key index and pure functions; no I/O. The agent calls :meth:`Ingestor.prepare` for each
-:class:`~gateway.webpush.useragent.MessageReceived`, asks :mod:`gateway.policy` what to do with
-the result, and hands both to the store in one transaction.
+A small key index and pure functions; no I/O. The journal writer calls :meth:`Ingestor.prepare`
+for each :class:`~gateway.upstream.contract.Pushed` (whichever protocol brought it), asks
+:mod:`gateway.policy` what to do with the result, and hands both to the store in one
+transaction.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from dataclasses import dataclass
 
 from gateway import policy
 from gateway.store_types import Incoming, SubscriptionRecord
+from gateway.upstream.contract import Headers, Pushed
 from gateway.webpush.crypto import DecryptError, SubscriptionKeys
-from gateway.webpush.useragent import Headers, MessageReceived, MessageRefused
 
 # Trial decryption of a message that names no push resource tries at most this many
 # subscriptions of its set (each try costs one ECDH, ~70 µs): enough for any real gateway,
@@ -62,15 +63,18 @@ class Ingestor:
         entry = self._by_route.get(route)
         return entry.record if entry else None
 
-    def prepare(self, event: MessageReceived, *, received_at: float) -> Incoming:
+    def prepare(self, event: Pushed, *, received_at: float) -> Incoming:
         """Identify and decrypt one pushed message (or record why it cannot be used)."""
         headers = _safe_headers(event.headers)
 
         def failed(reason: str, route: str | None = None) -> Incoming:
             return Incoming(
-                event.message_url, route, None, event.body, headers, received_at, failure=reason
+                event.key, route, None, event.body, headers, received_at, failure=reason
             )
 
+        if event.refused is not None:
+            entry = self._by_push_url.get(event.push_url) if event.push_url else None
+            return failed(event.refused, entry.record.route if entry else None)
         if not policy.encoding_supported(event.content_encoding):
             return failed("unsupported_encoding")
         entry = self._by_push_url.get(event.push_url) if event.push_url else None
@@ -82,18 +86,16 @@ class Ingestor:
             plaintext = entry.keys.decrypt(event.body, max_body=self.max_body)
         except DecryptError as exc:
             return failed(exc.reason, entry.record.route)
-        return Incoming(
-            event.message_url, entry.record.route, plaintext, event.body, headers, received_at
-        )
+        return Incoming(event.key, entry.record.route, plaintext, event.body, headers, received_at)
 
     def _trial_decrypt(
-        self, event: MessageReceived, headers: tuple[tuple[str, str], ...], received_at: float
+        self, event: Pushed, headers: tuple[tuple[str, str], ...], received_at: float
     ) -> Incoming:
         # No push link: the AES-GCM tag tells which of the set's subscriptions it was for.
         candidates = [
             e
             for e in self._by_route.values()
-            if event.set_url in (e.record.set_url, e.record.subscription_url)
+            if event.monitor_url in (e.record.set_url, e.record.subscription_url)
         ][:MAX_TRIAL_DECRYPTS]
         for entry in candidates:
             try:
@@ -101,29 +103,16 @@ class Ingestor:
             except DecryptError:
                 continue
             return Incoming(
-                event.message_url, entry.record.route, plaintext, event.body, headers, received_at
+                event.key, entry.record.route, plaintext, event.body, headers, received_at
             )
         return Incoming(
-            event.message_url,
+            event.key,
             None,
             None,
             event.body,
             headers,
             received_at,
             failure="unknown_subscription",
-        )
-
-    def refused(self, event: MessageRefused, *, received_at: float) -> Incoming:
-        """A message the protocol layer refused (too large, bad status)."""
-        entry = self._by_push_url.get(event.push_url) if event.push_url else None
-        return Incoming(
-            event.message_url,
-            entry.record.route if entry else None,
-            None,
-            b"",
-            _safe_headers(event.headers),
-            received_at,
-            failure=event.reason,
         )
 
     @staticmethod

@@ -16,6 +16,8 @@ from email.utils import parsedate_to_datetime
 from gateway.config import RouteConfig
 from gateway.routes import RouteTable
 from gateway.store_types import Incoming
+from gateway.upstream.contract import AckCode
+from gateway.webpush.crypto import REASONS as DECRYPT_FAILURES
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -167,3 +169,12 @@ def dispose(incoming: Incoming, routes: RouteTable, now: float) -> Disposition:
     if expires <= now:
         return Expired(route.name)
     return Journal(route, expires, acknowledge_after_delivery(route))
+
+
+def ack_code(disposition: Disposition) -> AckCode:
+    """What the service is told with the acknowledgement (autopush keeps statistics of it)."""
+    if isinstance(disposition, DeadLetter):
+        if disposition.reason in DECRYPT_FAILURES:
+            return AckCode.UNDECRYPTABLE
+        return AckCode.REFUSED
+    return AckCode.TAKEN

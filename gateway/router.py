@@ -365,15 +365,21 @@ class Router:
         return True
 
     def _take_counts(self, released: Sequence[str] = ()) -> None:
-        """Turn the store's events into metrics, drop logs and acks; refresh the gauges."""
+        """Turn the store's events into metrics, drop logs and acks."""
         counts = self._store.take_counts()
         self._count(counts)
-        for route, usage in self._store.queue_usage().items():
-            self._m_depth.set(usage.messages, route=route)
-            self._m_bytes.set(usage.bytes, route=route)
         acks = [*released, *counts.released_acks]
         if acks:
             self._on_ack(acks)
+
+    def publish_gauges(self) -> None:
+        """Set the queue gauges from the journal now (a scrape reads what the journal holds,
+        not what it held at the last commit)."""
+        usage = self._store.queue_usage()
+        for route in self._routes:
+            q = usage.get(route.name)
+            self._m_depth.set(q.messages if q else 0, route=route.name)
+            self._m_bytes.set(q.bytes if q else 0, route=route.name)
 
     def _count(self, counts: StoreCounts) -> None:
         if counts.empty():

@@ -16,10 +16,10 @@ from pywebpush import webpush
 
 from adapters.log_config import LogAdapterConfig, LogTarget
 from fieldgate_common.metrics import Metrics
-from gateway.agent import Agent
 from gateway.config import Config, PushConfig, RouteConfig
 from gateway.routes import CurrentRoutes, RouteTable
 from gateway.store import Store
+from gateway.upstream.supervisor import Upstream
 from gateway.webpush.crypto import PushSubscriptionInfo
 from pushservice.service import PushService
 from pushservice.settings import ServiceSettings
@@ -72,13 +72,13 @@ class Running:
     """A push service and an agent talking to it."""
 
     service: PushService
-    agent: Agent
+    upstream: Upstream
     store: Store
     config: Config
     journalled: list[int] = field(default_factory=list)
 
     def info(self, route: str) -> PushSubscriptionInfo:
-        return self.agent.subscription_infos()[route]
+        return self.upstream.subscription_infos()[route]
 
     async def send(self, route: str, data: bytes, **kwargs: object) -> None:
         """Send like an application server would: pywebpush over HTTP/1.1, in a thread."""
@@ -114,7 +114,7 @@ async def running(
         config = make_config(service.subscribe_url, tmp_path / "state", **config_kwargs)  # type: ignore[arg-type]
         store = Store.open(config.push.state_dir, journal=config.journal)
         run = Running(service, None, store, config)  # type: ignore[arg-type]
-        agent = Agent(
+        agent = Upstream(
             config,
             CurrentRoutes(RouteTable(config.routes)),
             store,
@@ -122,7 +122,7 @@ async def running(
             on_journalled=lambda: run.journalled.append(1),
             rng=random.Random(7),
         )
-        run.agent = agent
+        run.upstream = agent
         await nursery.start(agent.run)
         if connected:
             await wait_until(

@@ -125,7 +125,7 @@ class Pipeline:
 
     def info(self, route_name: str) -> dict[str, Any]:
         """The route's PushSubscription as JSON (what an application server is given)."""
-        info: dict[str, Any] = self.gateway.agent.subscription_infos()[route_name].to_json()
+        info: dict[str, Any] = self.gateway.upstream.subscription_infos()[route_name].to_json()
         return info
 
     async def send(
@@ -225,8 +225,8 @@ async def running_gateway(
             await nursery.start(gateway.run)
             await wait_until(
                 lambda: (
-                    gateway.agent.status.state == "connected"
-                    and len(gateway.agent.subscription_infos()) == len(config.routes)
+                    gateway.upstream.status.state == "connected"
+                    and len(gateway.upstream.subscription_infos()) == len(config.routes)
                 ),
                 "the gateway to subscribe every route",
             )

@@ -32,7 +32,7 @@ async def test_routes_share_one_set_and_one_connection(tmp_path):
         records = run.store.subscriptions()
         assert len({r.set_url for r in records}) == 1 and records[0].set_url
         assert len({r.push_url for r in records}) == 3
-        assert run.agent.status.connections == 1
+        assert run.upstream.status.connections == 1
 
 
 async def test_a_restart_reuses_the_subscriptions(tmp_path):
@@ -51,7 +51,7 @@ async def test_dropped_connection_loses_nothing(tmp_path):
         await wait_until(lambda: run.service.acked_count() == 1, "first ack")
         run.service.faults.drop_connections()
         await run.send("valves", b"during")
-        await wait_until(lambda: run.agent.status.connections >= 2, "a reconnect")
+        await wait_until(lambda: run.upstream.status.connections >= 2, "a reconnect")
         await run.send("valves", b"after")
         await wait_until(lambda: run.service.acked_count() == 3, "all acks")
         assert run.journal("valves") == [b"before", b"during", b"after"]
@@ -62,7 +62,7 @@ async def test_goaway_opens_the_next_connection_and_loses_nothing(tmp_path):
         await run.send("valves", b"one")
         await wait_until(lambda: run.service.acked_count() == 1, "first ack")
         run.service.faults.goaway()
-        await wait_until(lambda: run.agent.status.connections >= 2, "the next connection")
+        await wait_until(lambda: run.upstream.status.connections >= 2, "the next connection")
         await run.send("valves", b"two")
         await wait_until(lambda: run.service.acked_count() == 2, "second ack")
         assert run.journal("valves") == [b"one", b"two"]
@@ -86,7 +86,7 @@ async def test_expired_set_is_resubscribed_with_new_push_resources(tmp_path):
             ),
             "new subscriptions",
         )
-        await wait_until(lambda: run.agent.status.state == "connected", "connected")
+        await wait_until(lambda: run.upstream.status.state == "connected", "connected")
         await run.send("a", b"to the new resource")
         await wait_until(lambda: run.service.acked_count() == 1, "the ack")
         assert run.journal("a") == [b"to the new resource"]
@@ -108,9 +108,9 @@ async def test_unanswered_pings_mean_a_dead_path(tmp_path):
     async with running(tmp_path, keepalive=0.3) as run:
         run.service.faults.freeze(True)
         # Two keepalive intervals and a little: the agent must have given up on the path.
-        await wait_until(lambda: run.agent.status.state != "connected", "the dead path found", 3)
+        await wait_until(lambda: run.upstream.status.state != "connected", "the dead path found", 3)
         run.service.faults.freeze(False)
-        await wait_until(lambda: run.agent.status.state == "connected", "reconnected")
+        await wait_until(lambda: run.upstream.status.state == "connected", "reconnected")
         await run.send("valves", b"after the thaw")
         await wait_until(lambda: run.journal("valves") == [b"after the thaw"], "the message")
 
@@ -169,6 +169,6 @@ async def test_tls_with_an_unknown_ca_fails_clearly(tmp_path):
     async with running(
         tmp_path, ssl_context=server_context, ca_file=other_ca, connected=False
     ) as run:
-        await wait_until(lambda: run.agent.status.last_error is not None, "an error")
-        assert "CERTIFICATE_VERIFY_FAILED" in run.agent.status.last_error
-        assert run.agent.subscription_infos() == {}
+        await wait_until(lambda: run.upstream.status.last_error is not None, "an error")
+        assert "CERTIFICATE_VERIFY_FAILED" in run.upstream.status.last_error
+        assert run.upstream.subscription_infos() == {}

@@ -11,13 +11,13 @@ import h11
 import trio
 
 from fieldgate_common.metrics import Metrics
-from gateway.agent import Agent
 from gateway.config import Config
 from gateway.ingest import Ingestor
 from gateway.routes import CurrentRoutes, RouteTable
 from gateway.store import Store, SubscriptionRecord
+from gateway.upstream.contract import Pushed
+from gateway.upstream.supervisor import Upstream
 from gateway.webpush.crypto import SubscriptionKeys, encrypt
-from gateway.webpush.useragent import MessageReceived
 from pushservice.service import PushService
 from tests.agent_harness import make_config, wait_until
 
@@ -53,8 +53,8 @@ class Receiver:
 
 
 async def test_push_resources_are_distributed_with_retries(tmp_path, monkeypatch):
-    monkeypatch.setattr("gateway.agent.DISTRIBUTE_BACKOFF_BASE", 0.05)
-    monkeypatch.setattr("gateway.agent.DISTRIBUTE_BACKOFF_CAP", 0.1)
+    monkeypatch.setattr("gateway.upstream.subscriptions.DISTRIBUTE_BACKOFF_BASE", 0.05)
+    monkeypatch.setattr("gateway.upstream.subscriptions.DISTRIBUTE_BACKOFF_CAP", 0.1)
     receiver = Receiver(fail=2)
     service = PushService()
     async with trio.open_nursery() as nursery:
@@ -67,7 +67,7 @@ async def test_push_resources_are_distributed_with_retries(tmp_path, monkeypatch
         route = replace(base.routes[0], distribute_url=f"http://127.0.0.1:{port}/subs")
         config = Config(push=base.push, routes=(route,), adapters=base.adapters)
         store = Store.open(config.push.state_dir, journal=config.journal)
-        agent = Agent(
+        agent = Upstream(
             config, CurrentRoutes(RouteTable(config.routes)), store, Metrics(), rng=random.Random(1)
         )
         await nursery.start(agent.run)
@@ -92,7 +92,7 @@ async def test_a_peer_speaking_garbage_is_survived_with_a_clear_reason(tmp_path)
         port = listeners[0].socket.getsockname()[1]
         config = make_config(f"http://127.0.0.1:{port}/subscribe", tmp_path / "state")
         store = Store.open(config.push.state_dir, journal=config.journal)
-        agent = Agent(
+        agent = Upstream(
             config, CurrentRoutes(RouteTable(config.routes)), store, Metrics(), rng=random.Random(1)
         )
         await nursery.start(agent.run)
@@ -123,7 +123,7 @@ def test_a_message_without_push_link_is_matched_by_trial_decryption():
     keys_a, keys_b = SubscriptionKeys.generate(), SubscriptionKeys.generate()
     ingestor = _ingestor(_record("a", keys_a, 1), _record("b", keys_b, 2))
     body = encrypt(b"for b", p256dh=keys_b.p256dh, auth_secret=keys_b.auth_secret)
-    event = MessageReceived(
+    event = Pushed(
         "https://p.example/message/x", None, "https://p.example/set/1", (), body, "aes128gcm"
     )
     incoming = ingestor.prepare(event, received_at=1000.0)
@@ -134,7 +134,7 @@ def test_unknown_push_resource_and_unsupported_encoding_are_dead_letters():
     keys = SubscriptionKeys.generate()
     ingestor = _ingestor(_record("valves", keys, 1))
     body = encrypt(b"x", p256dh=keys.p256dh, auth_secret=keys.auth_secret)
-    unknown = MessageReceived("u", "https://p.example/push/999", None, (), body, "aes128gcm")
+    unknown = Pushed("u", "https://p.example/push/999", None, (), body, "aes128gcm")
     assert ingestor.prepare(unknown, received_at=0).failure == "unknown_subscription"
-    legacy = MessageReceived("u", "https://p.example/push/1", None, (), body, "aesgcm")
+    legacy = Pushed("u", "https://p.example/push/1", None, (), body, "aesgcm")
     assert ingestor.prepare(legacy, received_at=0).failure == "unsupported_encoding"

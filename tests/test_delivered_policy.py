@@ -20,11 +20,11 @@ from pywebpush import webpush
 
 from adapters.log_config import LogTarget
 from fieldgate_common.metrics import Metrics
-from gateway.agent import Agent
 from gateway.config import Config, RouteConfig
 from gateway.router import Router
 from gateway.routes import CurrentRoutes, RouteTable
 from gateway.store import Store
+from gateway.upstream.supervisor import Upstream
 from pushservice.service import PushService
 from pushservice.settings import ServiceSettings
 from tests.agent_harness import make_config, wait_until
@@ -33,7 +33,7 @@ from tests.fake_adapters import FakeAdapter
 
 @dataclass
 class Pipeline:
-    agent: Agent
+    upstream: Upstream
     store: Store
 
 
@@ -45,7 +45,7 @@ async def pipeline(
     try:
         async with trio.open_nursery() as nursery:
             holder: list[Router] = []
-            agent = Agent(
+            agent = Upstream(
                 config,
                 CurrentRoutes(RouteTable(config.routes)),
                 store,
@@ -104,7 +104,7 @@ async def test_receipt_arrives_only_after_the_device_confirmed(tmp_path):
         await nursery.start(partial(service.serve, "127.0.0.1", 0))
         config = delivered_config(service, tmp_path / "state")
         async with pipeline(service, config, device) as run:
-            info = run.agent.subscription_infos()["valves"].to_json()
+            info = run.upstream.subscription_infos()["valves"].to_json()
             receipt_url = await send_with_receipt(info, b"close valve 3")
             await wait_until(lambda: len(device.attempts) >= 1, "the delivery attempt")
             # Redeliveries come and go (redelivery_after=0.3 s) while the device holds it.
@@ -128,7 +128,7 @@ async def test_a_gateway_stopped_before_confirmation_gets_the_message_again(tmp_
         stuck = FakeAdapter("dev")
         stuck.failing = True
         async with pipeline(service, config, stuck) as run:
-            info = run.agent.subscription_infos()["valves"].to_json()
+            info = run.upstream.subscription_infos()["valves"].to_json()
             receipt_url = await send_with_receipt(info, b"open valve 1")
             await wait_until(lambda: len(stuck.attempts) >= 1, "a failed attempt")
         assert service.pending_messages() == 1  # never acknowledged

@@ -75,7 +75,7 @@ async def test_every_metric_moves_with_its_event_and_health_flips(tmp_path):
         await run.send("valves", b"one")
         await run.send("valves", b"two", ttl=1)  # under a second left when pushed: expired
         # Undecryptable: a poison message, dead-lettered and acknowledged.
-        info = run.gateway.agent.subscription_infos()["valves"]
+        info = run.gateway.upstream.subscription_infos()["valves"]
         wrong = SubscriptionKeys.generate()
         forged = PushSubscriptionInfo(info.endpoint, wrong.p256dh, wrong.auth_secret).to_json()
         await trio.to_thread.run_sync(lambda: webpush(forged, b"?", ttl=60))
@@ -88,7 +88,7 @@ async def test_every_metric_moves_with_its_event_and_health_flips(tmp_path):
         # A reconnect, after which the service redelivers nothing new but the metric moves.
         run.service.faults.drop_connections()
         await wait_until(lambda: run.counter("fieldgate_reconnects_total") >= 1, "a reconnect")
-        await wait_until(lambda: run.gateway.agent.status.state == "connected", "connected")
+        await wait_until(lambda: run.gateway.upstream.status.state == "connected", "connected")
         after = run.gateway.metrics()
         for name in METRICS:
             assert name in after, f"{name} missing from /metrics"

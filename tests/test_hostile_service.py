@@ -50,7 +50,7 @@ REASONS = {
     "unanswered_promises": "stalled",
     "endless_body": "stalled",
     "slow_loris": "no answer to PING",
-    "flip_set": "sets keep expiring",
+    "flip_set": "subscriptions keep being lost",
 }
 
 
@@ -106,7 +106,8 @@ async def test_the_agent_survives_and_recovers(
             run.service.faults.drop_connections()
         await wait_until(
             lambda: (
-                run.agent.status.state == "connected" and len(run.agent.subscription_infos()) == 2
+                run.upstream.status.state == "connected"
+                and len(run.upstream.subscription_infos()) == 2
             ),
             "connected and subscribed again",
         )
@@ -124,7 +125,7 @@ async def send_until_journalled(run: Running, route: str, body: bytes) -> None:
     subscription expired), so the next try goes to the new one.
     """
     for _ in range(RECOVERY_TRIES):
-        await wait_until(lambda: route in run.agent.subscription_infos(), f"{route} subscribed")
+        await wait_until(lambda: route in run.upstream.subscription_infos(), f"{route} subscribed")
         await run.send(route, body)
         with trio.move_on_after(RECOVERY_WAIT):
             await wait_until(lambda: body in run.journal(route), f"{route} recovered")

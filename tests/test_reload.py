@@ -47,21 +47,21 @@ async def test_reload_adds_and_removes_routes_on_the_same_connection(tmp_path):
         base = make_config(service.subscribe_url, tmp_path / "state")
         gateway = Gateway(_config(base, deliveries, "a"))
         await nursery.start(gateway.run)
-        await wait_until(lambda: "a" in gateway.agent.subscription_infos(), "route a")
-        old_a = gateway.agent.subscription_infos()["a"]
+        await wait_until(lambda: "a" in gateway.upstream.subscription_infos(), "route a")
+        old_a = gateway.upstream.subscription_infos()["a"]
 
         assert gateway.reload(_config(base, deliveries, "a", "b")) == []
-        await wait_until(lambda: "b" in gateway.agent.subscription_infos(), "route b")
-        info = gateway.agent.subscription_infos()["b"].to_json()
+        await wait_until(lambda: "b" in gateway.upstream.subscription_infos(), "route b")
+        info = gateway.upstream.subscription_infos()["b"].to_json()
         await trio.to_thread.run_sync(lambda: webpush(info, b"to b", ttl=60))
         await wait_until(lambda: _bodies(deliveries) == ["to b"], "delivery through b")
-        assert gateway.agent.status.connections == 1  # the connection stayed
-        assert gateway.agent.subscription_infos()["a"] == old_a  # a untouched
+        assert gateway.upstream.status.connections == 1  # the connection stayed
+        assert gateway.upstream.subscription_infos()["a"] == old_a  # a untouched
 
         gateway.reload(_config(base, deliveries, "b"))
-        await wait_until(lambda: "a" not in gateway.agent.subscription_infos(), "a removed")
+        await wait_until(lambda: "a" not in gateway.upstream.subscription_infos(), "a removed")
         assert old_a.endpoint not in {s.push_url for s in service.subscriptions()}
-        assert gateway.agent.status.connections == 1
+        assert gateway.upstream.status.connections == 1
 
         changed = replace(_config(base, deliveries, "b"), push=replace(base.push, keepalive=5.0))
         assert gateway.reload(changed) == ["[push] changed: restart the gateway to apply it"]

@@ -181,9 +181,9 @@ async def test_https_service_with_an_unknown_ca_and_no_ca_file_is_refused(tmp_pa
     ca.issue_cert("127.0.0.1").configure_cert(server_context)
     async with running(tmp_path, ssl_context=server_context, connected=False) as run:
         assert run.service.subscribe_url.startswith("https://")
-        await wait_until(lambda: run.agent.status.last_error is not None, "an error")
-        assert "CERTIFICATE_VERIFY_FAILED" in (run.agent.status.last_error or "")
-        assert run.agent.subscription_infos() == {}
+        await wait_until(lambda: run.upstream.status.last_error is not None, "an error")
+        assert "CERTIFICATE_VERIFY_FAILED" in (run.upstream.status.last_error or "")
+        assert run.upstream.subscription_infos() == {}
         assert run.service.subscriptions() == []
 
 

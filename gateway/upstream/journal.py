@@ -1,0 +1,170 @@
+"""From a pushed message to a journal commit, then to an acknowledgement: the one ingest path
+that every upstream protocol feeds.
+
+:meth:`JournalWriter.take` identifies and decrypts a message (:class:`~gateway.ingest.Ingestor`)
+and asks the policy what to do with it (:func:`gateway.policy.admit`); :meth:`JournalWriter.run`
+commits everything that arrived while the previous transaction ran in one transaction (group
+commit: the fsync cost per message shrinks with the load), together with the acknowledgements
+that finished meanwhile, and only then owes the acknowledgements the policy allows.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from functools import partial
+
+import trio
+
+from fieldgate_common.backoff import Backoff
+from fieldgate_common.logs import get_logger
+from gateway import policy
+from gateway.ingest import Ingestor
+from gateway.routes import CurrentRoutes
+from gateway.store import COMMIT_RETRY_BASE, COMMIT_RETRY_CAP, IngestResult, Store, StoreError
+from gateway.upstream.acks import Acknowledgements
+from gateway.upstream.contract import Ack, Pushed
+from gateway.upstream.instruments import UpstreamInstruments
+
+log = get_logger("journal")
+
+# Messages received but not yet committed, at most: beyond this they are left unacknowledged
+# with the push service (which redelivers them), so a failing disk cannot exhaust memory.
+MAX_UNCOMMITTED = 5000
+# Keys committed by this process that are remembered in memory, so that a redelivery skips
+# decryption (an ECDH, the costliest step): a few MB at most, and redeliveries come soon.
+RECENT_MESSAGES = 10_000
+
+# Called with (event, message key, journal message id) as a message moves: "received",
+# "journalled", "duplicate", "dead_lettered", "refused", "expired", "acknowledged". For the demo
+# and for tests; None costs nothing on the hot path.
+Observer = Callable[[str, str, str | None], None]
+
+
+class JournalWriter:
+    """Group-commits what arrives; owes the acknowledgements the policy allows."""
+
+    def __init__(
+        self,
+        store: Store,
+        routes: CurrentRoutes,
+        ingestor: Ingestor,
+        acks: Acknowledgements,
+        instruments: UpstreamInstruments,
+        *,
+        on_journalled: Callable[[], None],
+        on_counted: Callable[[], None],
+        observer: Observer | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._routes = routes
+        self._ingestor = ingestor
+        self._acks = acks
+        self._m = instruments
+        self._on_journalled = on_journalled
+        self._on_counted = on_counted
+        self._observer = observer
+        self._rng = rng or random.Random()
+        self._batch: list[policy.Admission] = []
+        self._wanted = trio.Event()
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self.problem: str | None = None  # why commits fail now (None: they work)
+        self.last_message_at: float | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Messages taken and not yet committed."""
+        return len(self._batch)
+
+    def take(self, message: Pushed) -> None:
+        """One message from a connection: identify, decrypt, decide, queue for the commit."""
+        now = time.time()
+        self.last_message_at = now
+        if message.key in self._recent:
+            # A redelivery of a message already committed: its dedupe record answers it.
+            incoming = Ingestor.redelivery(message.key, now)
+        else:
+            incoming = self._ingestor.prepare(message, received_at=now)
+        admission = policy.admit(incoming, self._routes.table, now)
+        disposition = admission.disposition
+        if isinstance(disposition, policy.DeadLetter):
+            self._m.dead.inc(reason=disposition.reason)
+            log.warning(
+                "dead letter (%s): %d-byte message for %s%s",
+                disposition.reason,
+                len(message.body),
+                disposition.route or "no known subscription",
+                f" ({message.detail})" if message.detail else "",
+            )
+        elif not isinstance(disposition, policy.Redelivered):
+            self._m.received.inc(route=incoming.route or "")
+        if self._observer is not None:
+            self._observer("received", message.key, None)
+        if len(self._batch) >= MAX_UNCOMMITTED:
+            # The journal cannot keep up (or the disk is failing): leave the message with the
+            # push service, which redelivers what we did not acknowledge.
+            self._m.deferred.inc()
+            return
+        self._batch.append(admission)
+        self._wanted.set()
+
+    def acks_finished(self) -> None:
+        """Acknowledgements finished: record them with the next commit."""
+        self._wanted.set()
+
+    async def run(self) -> None:
+        """Commit until cancelled (a failed commit is retried with backoff; nothing is lost)."""
+        backoff = Backoff(COMMIT_RETRY_BASE, COMMIT_RETRY_CAP, rng=self._rng)
+        while True:
+            await self._wanted.wait()
+            self._wanted = trio.Event()
+            batch, self._batch = self._batch, []
+            acked = self._acks.take_finished()
+            if not batch and not acked:
+                continue
+            try:
+                # One transaction, so one fsync, for the acks recorded and the batch journalled.
+                results = await trio.to_thread.run_sync(
+                    partial(self._store.ingest, batch, acked=acked)
+                )
+            except (sqlite3.Error, OSError, StoreError) as exc:
+                # Disk full, a locked or failing card: nothing was acknowledged, so nothing is
+                # lost; keep the batch and try again. The service redelivers meanwhile.
+                self._batch[:0] = batch
+                self._acks.restore_finished(acked)
+                self._m.commit_failed.inc()
+                delay = backoff.next_delay()
+                self.problem = f"journal commits fail: {exc}"
+                log.error("journal commit failed (%s); retrying in %.1f s", exc, delay)
+                await trio.sleep(delay)
+                self._wanted.set()
+                continue
+            if self.problem is not None:
+                log.info("journal commits work again")
+                self.problem = None
+            backoff.reset()
+            if batch:
+                self._committed(batch, results)
+
+    def _committed(self, batch: list[policy.Admission], results: list[IngestResult]) -> None:
+        self._m.batch.observe(len(batch))
+        for result in results:
+            self._recent[result.push_message_url] = None
+        while len(self._recent) > RECENT_MESSAGES:
+            self._recent.popitem(last=False)
+        if self._observer is not None:
+            for result in results:
+                self._observer(result.status, result.push_message_url, result.message_id)
+        self._acks.owe(
+            Ack(result.push_message_url, policy.ack_code(admission.disposition))
+            for admission, result in zip(batch, results, strict=True)
+            if result.ack_now
+        )
+        if any(r.status == "journalled" for r in results):
+            self._on_journalled()
+        else:
+            self._on_counted()  # duplicates, dead letters, drops: only the counters moved
