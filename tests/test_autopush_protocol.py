@@ -78,9 +78,9 @@ def pump(client: AutopushProtocol, service: Service, data: bytes = b"") -> list[
     return events
 
 
-def connect(uaid: str | None = UAID, answer: str | None = None) -> tuple[AutopushProtocol, Service]:
-    """A client that said hello and got its reply."""
-    client = AutopushProtocol("push.example.test", max_message_bytes=MAX)
+def opened(uaid: str | None = None, max_body: int = 5630) -> tuple[AutopushProtocol, Service]:
+    """A client whose handshake was accepted and whose hello is on its way."""
+    client = AutopushProtocol("push.example.test", max_message_bytes=MAX, max_body=max_body)
     service = Service()
     client.initiate()
     client.hello(uaid)
@@ -88,6 +88,12 @@ def connect(uaid: str | None = UAID, answer: str | None = None) -> tuple[Autopus
     events = pump(client, service, service.accept())
     assert events == [Connected(None)]
     assert service.received[-1]["messageType"] == "hello"  # type: ignore[index]
+    return client, service
+
+
+def connect(uaid: str | None = UAID, answer: str | None = None) -> tuple[AutopushProtocol, Service]:
+    """A client that said hello and got its reply."""
+    client, service = opened(uaid)
     reply = {
         "messageType": "hello",
         "uaid": answer or uaid or UAID,
@@ -144,12 +150,7 @@ def test_hello_with_a_stored_uaid_and_the_reply_keeping_it() -> None:
 
 
 def test_reset_is_a_different_uaid_than_requested() -> None:
-    client = AutopushProtocol("h", max_message_bytes=MAX)
-    service = Service()
-    client.initiate()
-    client.hello(UAID)
-    service.feed(client.data_to_send())
-    pump(client, service, service.accept())
+    client, service = opened(UAID)
     other = "f" * 32
     reply = {"messageType": "hello", "uaid": other, "status": 200, "broadcasts": {"x": "v1"}}
     events = pump(client, service, service.text(reply))
@@ -342,12 +343,7 @@ def test_notification_for_an_unknown_channel_is_reported_as_is() -> None:
 def test_notifications_the_core_refuses(
     fields: dict[str, object], reason: str, ackable: bool
 ) -> None:
-    client = AutopushProtocol("h", max_message_bytes=MAX, max_body=4096)
-    service = Service()
-    client.initiate()
-    client.hello(None)
-    service.feed(client.data_to_send())
-    pump(client, service, service.accept())
+    client, service = opened(max_body=4096)
     pump(client, service, service.text({"messageType": "hello", "uaid": UAID, "status": 200}))
     message = {"messageType": "notification", "channelID": CHID, "version": "v1"} | fields
     (event,) = pump(client, service, service.text(message))
@@ -419,10 +415,6 @@ def test_messages_after_our_close_are_ignored() -> None:
 # ------------------------------------------------------------------------- hostile service
 
 
-def open_client() -> tuple[AutopushProtocol, Service]:
-    return connect()
-
-
 @pytest.mark.parametrize(
     ("payload", "match"),
     [
@@ -436,7 +428,7 @@ def open_client() -> tuple[AutopushProtocol, Service]:
     ],
 )
 def test_garbage_from_the_service_is_a_violation(payload: str, match: str) -> None:
-    client, service = open_client()
+    client, service = connect()
     with pytest.raises(ProtocolViolation, match=match):
         client.receive_data(service.text(payload))
     service.feed(client.data_to_send())
@@ -448,7 +440,7 @@ def test_garbage_from_the_service_is_a_violation(payload: str, match: str) -> No
 
 
 def test_binary_frames_are_refused_with_1003() -> None:
-    client, service = open_client()
+    client, service = connect()
     with pytest.raises(ProtocolViolation, match="binary"):
         client.receive_data(service.conn.send(ws.BytesMessage(data=b"\x00\x01")))
     service.feed(client.data_to_send())
@@ -456,7 +448,7 @@ def test_binary_frames_are_refused_with_1003() -> None:
 
 
 def test_oversized_messages_are_refused_with_1009_before_they_are_complete() -> None:
-    client, service = open_client()
+    client, service = connect()
     huge = service.text("x" * (MAX * 4))
     with pytest.raises(ProtocolViolation, match="over"):
         client.receive_data(huge[: MAX + 100])  # the frame is far from complete
@@ -465,7 +457,7 @@ def test_oversized_messages_are_refused_with_1009_before_they_are_complete() -> 
 
 
 def test_oversized_messages_split_into_fragments_are_refused_too() -> None:
-    client, service = open_client()
+    client, service = connect()
     fragments = b"".join(
         service.conn.send(ws.TextMessage(data="y" * 4000, message_finished=False)) for _ in range(5)
     )
@@ -474,12 +466,7 @@ def test_oversized_messages_split_into_fragments_are_refused_too() -> None:
 
 
 def test_anything_before_the_hello_reply_is_a_violation() -> None:
-    client = AutopushProtocol("h", max_message_bytes=MAX)
-    service = Service()
-    client.initiate()
-    client.hello(None)
-    service.feed(client.data_to_send())
-    pump(client, service, service.accept())
+    client, service = opened()
     early = {"messageType": "notification", "channelID": CHID, "version": "v"}
     with pytest.raises(ProtocolViolation, match="before the hello reply"):
         client.receive_data(service.text(early))
@@ -496,19 +483,14 @@ def test_anything_before_the_hello_reply_is_a_violation() -> None:
     ],
 )
 def test_unusable_hello_replies(reply: dict[str, object]) -> None:
-    client = AutopushProtocol("h", max_message_bytes=MAX)
-    service = Service()
-    client.initiate()
-    client.hello(None)
-    service.feed(client.data_to_send())
-    pump(client, service, service.accept())
+    client, service = opened()
     with pytest.raises(ProtocolViolation, match="hello"):
         client.receive_data(service.text(reply))
     assert client.uaid is None
 
 
 def test_a_masked_frame_from_the_service_breaks_rfc_6455() -> None:
-    client, _ = open_client()
+    client, _ = connect()
     # A client-side encoder masks its frames, which a server must never do (RFC 6455 §5.1).
     masked = wsproto.frame_protocol.FrameProtocol(client=True, extensions=[]).send_data("{}", True)
     with pytest.raises(ProtocolViolation, match="bad WebSocket frame"):

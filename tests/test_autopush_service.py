@@ -446,6 +446,23 @@ async def test_ttl_expiry_and_ttl_zero() -> None:
             assert await ua.barrier() == []
 
 
+async def test_a_sender_may_withdraw_a_stored_message() -> None:
+    async with running() as service:
+        uaid, (endpoint,) = await offline_uaid(service, CH_A)
+        keys = SubscriptionKeys.generate()
+        withdrawn = await send(endpoint, keys, b"never mind")
+        kept = await send(endpoint, keys, b"still valid")
+        gone = await trio.to_thread.run_sync(
+            partial(requests.delete, withdrawn.headers["Location"])
+        )
+        assert gone.status_code == 204
+        async with autopush_client(service.ws_url) as ua:
+            await ua.hello(uaid)
+            (note,) = await ua.notifications(1)
+            assert keys.decrypt(note.body) == b"still valid"
+            assert kept.headers["Location"].endswith(note.version)
+
+
 async def test_a_topic_replaces_the_stored_message_of_that_topic() -> None:
     async with running() as service:
         uaid, (endpoint,) = await offline_uaid(service, CH_A)
@@ -654,15 +671,24 @@ async def test_cli_serves_with_state_until_sigterm(tmp_path: Path) -> None:
     finally:
         if proc.returncode is None:
             proc.kill()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--listen", "nowhere"], "--listen wants HOST:PORT, got 'nowhere'"),
+        (["--tls-cert", "cert.pem"], "--tls-cert and --tls-key go together"),
+        (["--public-url", "push.example"], "--public-url must be an http(s) URL"),
+    ],
+)
+async def test_cli_start_up_faults_are_one_line(args: list[str], message: str) -> None:
     with trio.fail_after(WAIT):
         bad = await trio.run_process(
-            [sys.executable, "-m", "pushservice.autopush.cli", "--listen", "nowhere"],
+            [sys.executable, "-m", "pushservice.autopush.cli", *args],
             capture_stdout=True,
             capture_stderr=True,
             check=False,
         )
     assert bad.returncode == 2
-    # One line naming the flag and the value, no traceback.
-    assert bad.stderr.decode().splitlines() == [
-        "fieldgate autopush-service: --listen wants HOST:PORT, got 'nowhere'"
-    ]
+    (line,) = bad.stderr.decode().splitlines()  # no traceback
+    assert line.startswith(f"fieldgate autopush-service: {message}")
