@@ -265,6 +265,16 @@ async def test_the_uaid_is_kept_and_an_unknown_one_replaced() -> None:
         assert service.stats().counters.uaid_resets == 2
 
 
+async def test_a_uaid_absent_for_60_days_is_gone() -> None:
+    wall = WallClock()
+    async with running(wall=wall) as service:
+        uaid, (endpoint,) = await offline_uaid(service, CH_A)
+        wall.offset = 61 * 86400.0
+        assert (await raw_post(endpoint, {"TTL": "60"})).status_code == 410
+        async with autopush_client(service.ws_url) as ua:
+            assert (await ua.hello(uaid)).reset
+
+
 async def test_hello_within_five_seconds(clock: trio.testing.MockClock) -> None:
     async with running() as service, autopush_client(service.ws_url) as ua:
         await trio.testing.wait_all_tasks_blocked()
