@@ -214,6 +214,29 @@ def web_url(value: object) -> str:
     return text
 
 
+# A WebSocket URL is checked as the HTTP URL it upgrades from (RFC 6455 §3).
+_WEBSOCKET_SCHEMES = {"wss": "https", "ws": "http"}
+
+
+def push_service_url(value: object) -> str:
+    """The push service: ``https://`` (RFC 8030 over HTTP/2) or ``wss://`` (autopush); plain
+    ``http://`` and ``ws://`` only when the host is loopback."""
+    text = nonempty_text(value)
+    scheme, sep, rest = text.partition("://")
+    http = _WEBSOCKET_SCHEMES.get(scheme.lower()) if sep else None
+    try:
+        web_url(text if http is None else f"{http}{sep}{rest}")
+    except Invalid as invalid:
+        message = invalid.message.replace("an https:// URL", "an https:// or wss:// URL")
+        if http is not None:
+            message = message.replace("http://", "ws://").replace("use https://", "use wss://")
+        suggestion = invalid.suggestion
+        if http is not None and suggestion is not None:
+            suggestion = "wss" + suggestion[len("https") :]
+        raise Invalid(message, suggestion) from None
+    return text
+
+
 def split_host_port(text: str) -> tuple[str, int]:
     """``"127.0.0.1:8088"`` / ``"[::1]:8088"`` / ``"localhost:8088"`` -> host and port."""
     expected = f'expected "HOST:PORT" or "unix:/path", found {quoted(text)}'

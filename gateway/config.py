@@ -55,7 +55,9 @@ QueueFullPolicy = Literal["drop-oldest", "refuse-newest"]
 class PushConfig:
     """``[push]``: the upstream push service and how the user agent talks to it."""
 
-    service: str  # subscribe URL of the RFC 8030 push service (https://, or http:// on loopback)
+    # https://: the subscribe URL of an RFC 8030 push service (HTTP/2); wss://: an autopush
+    # service's WebSocket (Mozilla's push service); http:// and ws:// only on loopback.
+    service: str
     state_dir: Path = Path("/var/lib/fieldgate")
     keepalive: float = 60.0  # HTTP/2 PING interval; a dead path is detected within two
     urgency: Urgency | None = None  # RFC 8030 §5.3 filter on the monitoring GET
@@ -147,6 +149,8 @@ class _Loader(TableReader):
         log = self.simple(data, "log", LogConfig, {"level": check.choice(*LOG_LEVELS)})
         adapters = self.adapters(data.get("adapters", {}))
         routes = self.routes(data.get("routes"))
+        if push is not None:
+            self.check_protocol(push, data.get("routes"))
         for name in self.adapter_names:
             if name not in self.used_adapters:
                 self.warn(("adapters", name), "adapter is not used by any route")
@@ -163,6 +167,24 @@ class _Loader(TableReader):
             log=log,
             source=self.source,
         )
+
+    def check_protocol(self, push: PushConfig, raw_routes: object) -> None:
+        """What the autopush protocol (a ``wss://`` service) cannot do."""
+        if not is_websocket_service(push.service):
+            return
+        if push.urgency is not None:
+            self.warn(
+                ("push", "urgency"),
+                "an autopush (wss://) service has no Urgency filter: every message is delivered",
+            )
+        for index, raw in enumerate(raw_routes if isinstance(raw_routes, list) else []):
+            if isinstance(raw, dict) and raw.get("ack") == "delivered":
+                self.error(
+                    ("routes", index, "ack"),
+                    'ack = "delivered" needs RFC 8030 delivery receipts, which an autopush '
+                    "(wss://) service never sends; a held acknowledgement would also stall the "
+                    'next batch of stored messages for every route: use ack = "stored"',
+                )
 
     def simple(
         self,
@@ -187,7 +209,7 @@ class _Loader(TableReader):
         if table is None:
             return None
         specs: dict[str, check.Convert] = {
-            "service": check.web_url,
+            "service": check.push_service_url,
             "state_dir": self.path,
             "keepalive": check.duration(),
             "urgency": check.choice(*check.URGENCIES),
@@ -450,6 +472,11 @@ def parse_config(text: str, source: Path, environ: Mapping[str, str] | None = No
     if config is None:
         raise ConfigError(loader.errors)
     return replace(config, warnings=warnings)
+
+
+def is_websocket_service(service: str) -> bool:
+    """Whether ``[push] service`` names an autopush (WebSocket) service."""
+    return service.split("://", 1)[0].lower() in ("wss", "ws")
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:

@@ -142,6 +142,9 @@ class Store:
         # Subscriptions are few and read often (the status page, every ingest): served from
         # memory under the stats lock, so a reader never waits for a commit's fsync.
         self._subscriptions = self._load_subscriptions()
+        self._upstream_state: dict[str, str] = dict(
+            conn.execute("SELECT key, value FROM upstream_state").fetchall()
+        )
         # The dedupe index: 64-bit digests of every remembered push message URL (~60 bytes of
         # RAM each; 100,000 messages a day for the default 28 days would be ~170 MB, so size
         # dedupe_retention to the message rate). Two URLs share a digest with probability
@@ -261,6 +264,28 @@ class Store:
             )
         with self._stats_lock:
             self._subscriptions[record.route] = record
+
+    def upstream_value(self, key: str) -> str | None:
+        """A remembered upstream fact (from memory): ``service``, ``autopush.uaid``, ..."""
+        with self._stats_lock:
+            return self._upstream_state.get(key)
+
+    def set_upstream_values(self, values: dict[str, str | None]) -> None:
+        """Remember (or, with None, forget) upstream facts, in one transaction."""
+        with self._lock, self._transaction():
+            for key, value in values.items():
+                if value is None:
+                    self._conn.execute("DELETE FROM upstream_state WHERE key = ?", (key,))
+                else:
+                    self._conn.execute(
+                        "INSERT OR REPLACE INTO upstream_state VALUES (?, ?)", (key, value)
+                    )
+        with self._stats_lock:
+            for key, value in values.items():
+                if value is None:
+                    self._upstream_state.pop(key, None)
+                else:
+                    self._upstream_state[key] = value
 
     def delete_subscription(self, route: str) -> None:
         """Forget a route's subscription (no error when there is none)."""

@@ -91,7 +91,16 @@ SCHEMA_V3 = """
 ALTER TABLE dedupe_log ADD COLUMN forget_at REAL
 """
 
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3)
+# v4: what the upstream side must remember besides subscriptions: the push service they belong
+# to (a new service URL means new subscriptions) and the autopush uaid. A few small rows.
+SCHEMA_V4 = """
+CREATE TABLE upstream_state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID
+"""
+
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4)
 CURRENT_VERSION = len(MIGRATIONS)
 
 

@@ -101,7 +101,7 @@ BAD_CONFIGS = [
         "ftp-push-service",
         "[push]\nservice = 'ftp://push.example.net/'\n",
         "push.service",
-        'expected an https:// URL, found "ftp://push.example.net/"',
+        'expected an https:// or wss:// URL, found "ftp://push.example.net/"',
         "service",
     ),
     (
@@ -466,6 +466,22 @@ BAD_CONFIGS = [
         "status.allow_remote",
         'expected true or false, found a string ("yes")',
         "allow_remote",
+    ),
+    (
+        "ws-push-service-off-loopback",
+        "[push]\nservice = 'ws://push.example.net/'\n",
+        "push.service",
+        "ws:// is allowed only for a loopback host",
+        "service",
+    ),
+    (
+        "delivered-ack-on-autopush",
+        document(route='ack = "delivered"').replace(
+            "https://push.example.net/subscribe", "wss://push.services.mozilla.com/"
+        ),
+        "routes[0].ack",
+        "never sends",
+        'ack = "delivered"',
     ),
     (
         "section-not-a-table",
@@ -980,3 +996,21 @@ def test_units_only_ever_raise_unit_error(value):
         except UnitError:
             continue
         assert result > 0
+
+
+def test_an_autopush_service_is_accepted_and_its_urgency_filter_is_a_warning():
+    text = document(push='urgency = "high"').replace(
+        "https://push.example.net/subscribe", "wss://push.services.mozilla.com/"
+    )
+    config = parse_config(text, SOURCE, NO_ENV)
+    assert config.push.service == "wss://push.services.mozilla.com/"
+    assert any("no Urgency filter" in warning for warning in config.warnings)
+    local = parse_config(
+        text.replace("wss://push.services.mozilla.com/", "ws://127.0.0.1:9/"), SOURCE, NO_ENV
+    )
+    assert local.push.service == "ws://127.0.0.1:9/"
+
+
+def test_the_suggestion_for_a_plain_websocket_url_is_the_secure_one():
+    [problem] = problems_of("[push]\nservice = 'ws://push.example.net/'\n")
+    assert problem.suggestion == "wss://push.example.net/"

@@ -73,3 +73,13 @@ class UpstreamInstruments:
                 buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
             ),
         )
+
+
+class AutopushStats:
+    """What the status page shows of the autopush side, across connections (mutated by the
+    autopush connection only)."""
+
+    def __init__(self) -> None:
+        self.last_hello_at: float | None = None
+        self.notifications = 0
+        self.uaid_resets = 0

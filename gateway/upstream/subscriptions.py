@@ -37,6 +37,15 @@ DISTRIBUTE_BACKOFF_BASE = 5.0
 DISTRIBUTE_BACKOFF_CAP = 3600.0
 # A failed subscribe is retried no sooner than this (or the service's Retry-After).
 SUBSCRIBE_RETRY_FLOOR = 1.0
+# The journal's upstream_state keys: the service the subscriptions belong to, and what else
+# belongs to that service (forgotten with it).
+SERVICE_KEY = "service"
+SERVICE_STATE_KEYS = ("autopush.uaid", "autopush.uaid_since")
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def info_of(record: SubscriptionRecord) -> PushSubscriptionInfo:
@@ -95,6 +104,29 @@ class Subscriptions:
         return {record.route: info_of(record) for record in self.records()}
 
     # -- keeping them in step with the route table
+
+    async def adopt_service(self, service: str) -> None:
+        """Subscriptions belong to the push service that made them: when ``[push] service``
+        names another one, forget them (and the service's other state) so that every route is
+        subscribed anew there."""
+        stored = self._store.upstream_value(SERVICE_KEY)
+        if stored == service:
+            return
+        records = self.records()
+        if stored is not None and records:
+            log.warning(
+                "the push service changed (%s -> %s): subscribing every route again; "
+                "application servers need the new push resources",
+                _origin(stored),
+                _origin(service),
+            )
+            for record in records:
+                await trio.to_thread.run_sync(self._store.delete_subscription, record.route)
+                self._ingestor.remove(record.route)
+        forget: dict[str, str | None] = {key: None for key in SERVICE_STATE_KEYS}
+        await trio.to_thread.run_sync(
+            self._store.set_upstream_values, {**forget, SERVICE_KEY: service}
+        )
 
     async def sync(self, connection: Connection) -> None:
         """Make the subscriptions match the route table, on ``connection``: unsubscribe the

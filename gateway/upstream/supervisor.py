@@ -26,14 +26,14 @@ import trio
 from fieldgate_common.backoff import Backoff
 from fieldgate_common.logs import get_logger
 from fieldgate_common.metrics import Metrics
-from gateway.config import Config
+from gateway.config import Config, is_websocket_service
 from gateway.ingest import Ingestor
 from gateway.routes import CurrentRoutes
 from gateway.status_model import UpstreamSnapshot
 from gateway.store import Store, SubscriptionRecord
 from gateway.upstream.acks import Acknowledgements
 from gateway.upstream.contract import Ack, Connection, Ended, Pushed
-from gateway.upstream.instruments import UpstreamInstruments
+from gateway.upstream.instruments import AutopushStats, UpstreamInstruments
 from gateway.upstream.journal import JournalWriter, Observer
 from gateway.upstream.subscriptions import Subscriptions
 from gateway.webpush.crypto import PushSubscriptionInfo
@@ -123,6 +123,7 @@ class Upstream:
             rng=self._rng,
         )
         self._connection: RunnableConnection | None = None
+        self.autopush_stats = AutopushStats()
 
     # ------------------------------------------------------------------------- public API
 
@@ -133,6 +134,7 @@ class Upstream:
             nursery.start_soon(self.subscriptions.run)
             nursery.start_soon(self.subscriptions.run_distributor)
             task_status.started()
+            await self.subscriptions.adopt_service(self.push.service)
             try:
                 await self._supervise(nursery)
             finally:
@@ -175,6 +177,13 @@ class Upstream:
     # -------------------------------------------------------------------------- supervisor
 
     def _connect(self) -> RunnableConnection:
+        """A connection for the protocol the service URL's scheme names."""
+        if is_websocket_service(self.push.service):
+            from gateway.upstream.autopush import WebSocketConnection
+
+            return WebSocketConnection(
+                self.push, self, self.m, self.store, self.autopush_stats, rng=self._rng
+            )
         from gateway.upstream.rfc8030 import Http2Connection
 
         return Http2Connection(self.push, self, self.m, rng=self._rng)
