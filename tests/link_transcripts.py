@@ -8,7 +8,8 @@ committed file is this module's output, and runs every transcript against the C 
 the device simulator on a pty); ``firmware-bridge/tests/test_fb.c`` runs them in C, on the host
 and on a simulated ATmega328P.
 
-Regenerate with ``.venv/bin/python -m tests.link_transcripts > firmware-bridge/vectors/transcripts.txt``.
+Regenerate with
+``.venv/bin/python -m tests.link_transcripts > firmware-bridge/vectors/transcripts.txt``.
 """
 
 from __future__ import annotations
