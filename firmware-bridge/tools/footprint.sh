@@ -50,6 +50,29 @@ for t in avr m0; do
     row "fieldgate library, $name, -Os" "$1" "$2 + $link link state" \
         "$stats with statistics (FB_STATS=1, the default off AVR); the integrator adds the receive buffer (mp + 5) and the reassembly buffer"
 done
+# A whole device, linked as firmware is (-ffunction-sections, --gc-sections), minus a floor
+# that only runs the UART loop: what a device really carries, with and without the envelope.
+device() { # avr|m0 FLAGS -> "flash ram"
+    if [ "$1" = avr ]; then
+        $AVR -DUART_ADDR=0xC6 $2 -ffunction-sections -fdata-sections -Wl,--gc-sections \
+            -I"$here/src" "$here/tools/footprint_device.c" "$here"/src/*.c -o "$tmp/dev.elf"
+        avr-size "$tmp/dev.elf" | awk 'NR == 2 { print $1 + $2, $2 + $3 }'
+    else
+        $M0 -DUART_ADDR=0x40004000 $2 -ffunction-sections -fdata-sections -Wl,--gc-sections \
+            -specs=nano.specs -nostartfiles -Wl,-e,main \
+            -I"$here/src" "$here/tools/footprint_device.c" "$here"/src/*.c -o "$tmp/dev.elf"
+        arm-none-eabi-size "$tmp/dev.elf" | awk 'NR == 2 { print $1 + $2, $2 + $3 }'
+    fi
+}
+for t in avr m0; do
+    set -- $(device $t -DFLOOR)
+    floor=$1
+    set -- $(device $t -DENVELOPE=0)
+    raw_flash=$(($1 - floor)) raw_ram=$2
+    set -- $(device $t -DENVELOPE=1)
+    row "a device linked with it, $([ $t = avr ] && echo ATmega328P || echo Cortex-M0): link only / with the envelope parser" \
+        "$raw_flash / $(($1 - floor))" "$raw_ram / $2" "tools/footprint_device.c over a UART-loop floor; RAM: link state, 63-byte rx, 96-byte reassembly buffer, strings"
+done
 if [ -n "${MIN_DIR:-}" ]; then
     for t in avr m0; do
         if [ $t = avr ]; then cc=$AVR; prefix=avr-; else cc=$M0; prefix=arm-none-eabi-; fi
