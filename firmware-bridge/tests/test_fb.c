@@ -413,7 +413,8 @@ static int same_text(const char *s, uint32_t len, const char *want)
     return len == strlen(want) && (len == 0 || memcmp(s, want, len) == 0);
 }
 
-/* envelope MSGPACK ID ROUTE RCV EXP BODY, envelope_variant NAME MSGPACK ID ROUTE RCV EXP BODY */
+/* envelope MSGPACK ID ROUTE RCV EXP BODY, envelope_variant NAME MSGPACK ID ROUTE RCV EXP BODY
+ * (the NAME is read by vector_record) */
 static void vec_envelope(void)
 {
     size_t n = field_hex(a, sizeof a);
@@ -525,9 +526,41 @@ static void vec_device(void)
     cap.overflow = 0;
 }
 
+/* Every record kind: its handler, and whether a NAME field follows the kind. In flash on AVR. */
+struct kind {
+    char name[18];
+    uint8_t named;
+    void (*run)(void);
+};
+
+#ifdef __AVR__
+#define TABLE PROGMEM
+#define table_byte(p) pgm_read_byte(p)
+#define table_fn(p) ((void (*)(void))pgm_read_word(p))
+#else
+#define TABLE
+#define table_byte(p) (*(p))
+#define table_fn(p) (*(p))
+#endif
+
+static const struct kind kinds[] TABLE = {
+    {"crc16", 0, vec_crc16},
+    {"cobs", 0, vec_cobs},
+    {"frame", 1, vec_frame},
+    {"bad", 1, vec_bad},
+    {"hello_ack", 0, vec_hello_ack},
+    {"envelope", 0, vec_envelope},
+    {"envelope_variant", 1, vec_envelope},
+    {"envelope_bad", 1, vec_envelope_bad},
+    {"transcript", 1, vec_transcript},
+    {"host", 0, vec_host},
+    {"device", 0, vec_device},
+};
+
 static void vector_record(void)
 {
     char kind[20];
+    const struct kind *k;
     int first = field_start();
     if (first == '#' || first == '\n' || first == -1) {
         skip_line();
@@ -535,37 +568,21 @@ static void vector_record(void)
     }
     field_word(kind, sizeof kind);
     vectors++;
-    if (strcmp_P(kind, FSTR("host")) != 0 && strcmp_P(kind, FSTR("device")) != 0)
-        strcpy(where, kind); /* host and device lines report their transcript's name */
-    if (strcmp_P(kind, FSTR("frame")) == 0 || strcmp_P(kind, FSTR("bad")) == 0 ||
-        strcmp_P(kind, FSTR("envelope_variant")) == 0 || strcmp_P(kind, FSTR("envelope_bad")) == 0 ||
-        strcmp_P(kind, FSTR("transcript")) == 0) {
-        size_t k = strlen(where);
-        where[k] = ' '; /* named records: "frame data_single" */
-        field_word(where + k + 1, sizeof where - k - 1);
-    }
-    if (strcmp_P(kind, FSTR("crc16")) == 0)
-        vec_crc16();
-    else if (strcmp_P(kind, FSTR("cobs")) == 0)
-        vec_cobs();
-    else if (strcmp_P(kind, FSTR("frame")) == 0)
-        vec_frame();
-    else if (strcmp_P(kind, FSTR("bad")) == 0)
-        vec_bad();
-    else if (strcmp_P(kind, FSTR("hello_ack")) == 0)
-        vec_hello_ack();
-    else if (strcmp_P(kind, FSTR("envelope")) == 0 || strcmp_P(kind, FSTR("envelope_variant")) == 0)
-        vec_envelope();
-    else if (strcmp_P(kind, FSTR("envelope_bad")) == 0)
-        vec_envelope_bad();
-    else if (strcmp_P(kind, FSTR("transcript")) == 0)
-        vec_transcript();
-    else if (strcmp_P(kind, FSTR("host")) == 0)
-        vec_host();
-    else if (strcmp_P(kind, FSTR("device")) == 0)
-        vec_device();
-    else
+    for (k = kinds; k < kinds + sizeof kinds / sizeof kinds[0]; k++)
+        if (strcmp_P(kind, k->name) == 0)
+            break;
+    if (k == kinds + sizeof kinds / sizeof kinds[0]) {
         CHECK(0, "known vector kind");
+    } else {
+        if (table_fn(&k->run) != vec_host && table_fn(&k->run) != vec_device)
+            strcpy(where, kind); /* host and device lines report their transcript's name */
+        if (table_byte(&k->named)) {
+            size_t n = strlen(where);
+            where[n] = ' '; /* named records: "frame data_single" */
+            field_word(where + n + 1, sizeof where - n - 1);
+        }
+        table_fn(&k->run)();
+    }
     CHECK(!have_field(), "no fields left over");
     skip_line();
 }
