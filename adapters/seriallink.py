@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 
 import msgpack
 
+from gateway.logs import get_logger
+
+log = get_logger("serial")
+
 PROTOCOL_VERSION = 1
 # COBS adds exactly one byte to a body of at most 254 bytes, so a frame is at most 256 bytes on
 # the wire with its 0x00 delimiter: one 256-byte receive buffer on the microcontroller.
@@ -193,6 +197,9 @@ class DeviceInfo:
     max_message: int  # largest reassembled message
     firmware: str = ""
     device_id: str = ""
+    # Fields whose bytes were not valid UTF-8 ("fw", "id"); shown with U+FFFD. A device name is
+    # no reason to lose the link (firmware before 1.1 cut names inside a character).
+    damaged: tuple[str, ...] = ()
 
     def accepts(self, size: int) -> bool:
         """Whether a message of ``size`` bytes fits the device's reassembly buffer."""
@@ -273,10 +280,25 @@ class _Message:
     index: int = 0
 
 
-def parse_device_info(payload: bytes) -> DeviceInfo:
-    """Decode a device's HELLO / HELLO_ACK map; ``ValueError`` when it is not one."""
+def _device_text(value: object) -> tuple[str, bool]:
+    """A HELLO string as text, and whether invalid UTF-8 had to be replaced (with U+FFFD)."""
+    if not isinstance(value, str):
+        return str(value), False
     try:
-        info = msgpack.unpackb(payload, raw=False)
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: the bytes surrogateescape could not decode
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), True
+    return value, False
+
+
+def parse_device_info(payload: bytes) -> DeviceInfo:
+    """Decode a device's HELLO / HELLO_ACK map; ``ValueError`` when it is not one.
+
+    Invalid UTF-8 in the firmware or id string is replaced, not refused, and named in
+    :attr:`DeviceInfo.damaged` (PROTOCOL.md §5).
+    """
+    try:
+        info = msgpack.unpackb(payload, raw=False, unicode_errors="surrogateescape")
     except Exception as exc:
         raise ValueError("HELLO payload is not msgpack") from exc
     if not isinstance(info, dict):
@@ -288,8 +310,11 @@ def parse_device_info(payload: bytes) -> DeviceInfo:
     mp = max(MID_BYTES + 1, min(mp, MAX_PAYLOAD))
     mm = info.get("mm")
     mm = mm if isinstance(mm, int) and mm >= 0 else mp - MID_BYTES
-    fw, dev = info.get("fw", ""), info.get("id", "")
-    return DeviceInfo(version, mp, mm, fw if isinstance(fw, str) else "", str(dev))
+    raw_fw = info.get("fw", "")
+    fw, fw_bad = _device_text(raw_fw) if isinstance(raw_fw, str) else ("", False)
+    dev, dev_bad = _device_text(info.get("id", ""))
+    damaged = tuple(name for name, bad in (("fw", fw_bad), ("id", dev_bad)) if bad)
+    return DeviceInfo(version, mp, mm, fw, dev, damaged)
 
 
 class LinkEndpoint:
@@ -317,6 +342,7 @@ class LinkEndpoint:
         self._outstanding: _Outstanding | None = None
         self._message: _Message | None = None
         self._last_activity = 0.0
+        self._damaged_reported: DeviceInfo | None = None  # log a damaged HELLO once, not per HELLO
 
     # -- calls from the I/O shell ---------------------------------------------------------------
 
@@ -456,6 +482,17 @@ class LinkEndpoint:
             if info.version != PROTOCOL_VERSION:
                 self._go_down(f"device speaks protocol version {info.version}", events)
                 return
+            if info.damaged:
+                self._count("rx_hello_bad_utf8")
+                if info != self._damaged_reported:
+                    self._damaged_reported = info
+                    log.warning(
+                        "device HELLO: %s not valid UTF-8 (device firmware cuts inside a "
+                        "character); shown as firmware %r, id %r",
+                        " and ".join(info.damaged),
+                        info.firmware,
+                        info.device_id,
+                    )
             self.device = info
             self.state = State.READY
             self._seq = 0

@@ -16,6 +16,14 @@ if [ "$what" = test ]; then
   [ -e /usr/lib/llvm-14/lib/clang/14.0.6/lib/linux/libclang_rt.fuzzer-x86_64.a ] || ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-*.a >/dev/null 2>&1 || need+=(libclang-rt-14-dev)
   have systemd-analyze || need+=(systemd)
   have chromium || need+=(chromium)
+  have llvm-cov || need+=(llvm)
+  # firmware-bridge cross builds: AVR (ATmega328P, run in simavr), Cortex-M0, the Arduino core
+  have avr-gcc || need+=(gcc-avr)
+  [ -e /usr/lib/avr/include/avr/io.h ] || need+=(avr-libc)
+  have simavr || need+=(simavr)
+  have arm-none-eabi-gcc || need+=(gcc-arm-none-eabi)
+  [ -e /usr/lib/arm-none-eabi/include/string.h ] || need+=(libnewlib-arm-none-eabi)
+  [ -d /usr/share/arduino/hardware/arduino/avr/cores/arduino ] || need+=(arduino-core-avr)
 fi
 
 [ ${#need[@]} -eq 0 ] && exit 0

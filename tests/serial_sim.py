@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from adapters import seriallink as sl
 
 ROOT = Path(__file__).resolve().parent.parent
 BRIDGE = ROOT / "firmware-bridge"
@@ -65,6 +69,24 @@ def start_simulator(record: Path, args: Sequence[str] = ()) -> Simulator:
         proc.kill()
         raise RuntimeError(f"fbsim did not print a pty path: {line!r}")
     return Simulator(proc, line, record)
+
+
+def exchange(
+    ep: sl.LinkEndpoint, write: Callable[[bytes], None], read_fd: int, want: type
+) -> list[sl.Event]:
+    """Drive a host endpoint against a device until an event of type ``want`` arrives."""
+    events: list[sl.Event] = []
+    deadline = time.monotonic() + 10
+    while not any(isinstance(e, want) for e in events):
+        out = ep.data_to_send()
+        if out:
+            write(out)
+        ready, _, _ = select.select([read_fd], [], [], 0.05)
+        if ready:
+            events += ep.receive_data(os.read(read_fd, 4096), time.monotonic())
+        events += ep.timer_expired(time.monotonic())
+        assert time.monotonic() < deadline, events
+    return events
 
 
 def point_symlink(link: Path, target: str) -> None:

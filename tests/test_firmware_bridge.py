@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import select
 import subprocess
 import time
 
 import msgpack
 
 from adapters import seriallink as sl
-from tests.serial_sim import BRIDGE, build_firmware_bridge
+from tests.serial_sim import BRIDGE, build_firmware_bridge, exchange
+
+VECTOR_FILES = ("link.txt", "transcripts.txt")
 
 
 def test_c_unit_tests_pass_on_the_shared_vectors():
@@ -18,7 +18,7 @@ def test_c_unit_tests_pass_on_the_shared_vectors():
         ["make", "-s", "-C", str(BRIDGE), "build/test_fb"], check=True, capture_output=True
     )
     out = subprocess.run(
-        [str(BRIDGE / "build" / "test_fb"), str(BRIDGE / "vectors" / "link.txt")],
+        [str(BRIDGE / "build" / "test_fb"), *(str(BRIDGE / "vectors" / f) for f in VECTOR_FILES)],
         capture_output=True,
         text=True,
     )
@@ -36,24 +36,6 @@ def test_bare_metal_example_builds_warning_free_and_runs():
     assert out.returncode == 0, out.stderr
 
 
-def exchange(proc: subprocess.Popen[bytes], ep: sl.LinkEndpoint, want: type) -> list[sl.Event]:
-    """Write what the endpoint has, read until an event of type ``want`` arrives."""
-    assert proc.stdin is not None and proc.stdout is not None
-    events: list[sl.Event] = []
-    deadline = time.monotonic() + 10
-    while not any(isinstance(e, want) for e in events):
-        out = ep.data_to_send()
-        if out:
-            proc.stdin.write(out)
-            proc.stdin.flush()
-        ready, _, _ = select.select([proc.stdout], [], [], 0.05)
-        if ready:
-            events += ep.receive_data(os.read(proc.stdout.fileno(), 4096), time.monotonic())
-        events += ep.timer_expired(time.monotonic())
-        assert time.monotonic() < deadline, events
-    return events
-
-
 def test_simulator_on_stdio_speaks_the_protocol(tmp_path):
     fbsim = build_firmware_bridge()
     record = tmp_path / "record"
@@ -63,17 +45,24 @@ def test_simulator_on_stdio_speaks_the_protocol(tmp_path):
         stdout=subprocess.PIPE,
     )
     try:
+        assert proc.stdin is not None and proc.stdout is not None
+        stdin, fd = proc.stdin, proc.stdout.fileno()
+
+        def write(data: bytes) -> None:
+            stdin.write(data)
+            stdin.flush()
+
         ep = sl.LinkEndpoint(ack_timeout=0.5)
         ep.open(time.monotonic())
-        (up,) = [e for e in exchange(proc, ep, sl.LinkUp) if isinstance(e, sl.LinkUp)]
+        (up,) = [e for e in exchange(ep, write, fd, sl.LinkUp) if isinstance(e, sl.LinkUp)]
         assert up.device.device_id == "stdio-1" and up.device.max_payload == 20
         assert up.device.firmware.startswith("fbsim-")
         envelope = msgpack.packb({"id": "a", "route": "r", "rcv": 1, "exp": None, "body": b"x"})
         for mid, payload in [(1, b"plain"), (2, envelope), (3, bytes(range(1, 100)))]:
             ep.send_message(mid, payload, time.monotonic())
-            assert sl.MessageAcknowledged(mid) in exchange(proc, ep, sl.MessageAcknowledged)
+            assert sl.MessageAcknowledged(mid) in exchange(ep, write, fd, sl.MessageAcknowledged)
         ep.send_message(4, envelope[:-3], time.monotonic())  # truncated envelope
-        (refused,) = [e for e in exchange(proc, ep, sl.MessageRefused)]
+        (refused,) = [e for e in exchange(ep, write, fd, sl.MessageRefused)]
         assert refused == sl.MessageRefused(4, sl.RefuseCode.BAD_MESSAGE)
     finally:
         proc.kill()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import logging
 
 import msgpack
 import pytest
@@ -10,23 +10,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from adapters import seriallink as sl
+from tests.link_vectors import records as vectors
+from tests.link_vectors import unhex
 
-VECTORS = Path(__file__).resolve().parent.parent / "firmware-bridge" / "vectors" / "link.txt"
 DEVICE = {"v": 1, "mp": 32, "mm": 200, "fw": "t-1", "id": "dev-1"}
 RTO = 0.1
 
 
-def unhex(text: str) -> bytes:
-    return b"" if text == "-" else bytes.fromhex(text)
-
-
-def vectors(kind: str) -> list[list[str]]:
-    rows = [line.split() for line in VECTORS.read_text().splitlines()]
-    return [row[1:] for row in rows if row and row[0] == kind]
-
-
 def test_there_are_vectors_of_every_kind():
-    for kind, least in [("crc16", 3), ("cobs", 8), ("frame", 10), ("bad", 5), ("envelope", 2)]:
+    for kind, least in [
+        ("crc16", 3),
+        ("cobs", 8),
+        ("frame", 10),
+        ("bad", 5),
+        ("hello_ack", 4),
+        ("envelope", 2),
+        ("envelope_variant", 6),
+        ("envelope_bad", 15),
+    ]:
         assert len(vectors(kind)) >= least, kind
 
 
@@ -54,10 +55,50 @@ def test_bad_frames_are_dropped_with_their_reason(name, reason, wire):
     assert sl.FrameDecoder().feed(bytes.fromhex(wire)) == [sl.FrameError(reason)], name
 
 
-def test_hello_ack_vector():
-    payload, v, mp, mm, fw, dev = vectors("hello_ack")[0]
+@pytest.mark.parametrize("payload,v,mp,mm,fw,dev", vectors("hello_ack"))
+def test_hello_ack_vectors(payload, v, mp, mm, fw, dev):
+    """Including HELLOs whose strings end inside a UTF-8 character: replaced, not refused."""
     info = sl.parse_device_info(bytes.fromhex(payload))
-    assert info == sl.DeviceInfo(int(v), int(mp), int(mm), fw, dev)
+    damaged = tuple(name for name, s in (("fw", fw), ("id", dev)) if "\ufffd" in s)
+    assert info == sl.DeviceInfo(int(v), int(mp), int(mm), fw, dev, damaged)
+
+
+# What firmware before 1.1 sent for the id "Pumpe-Keller-Sued-Ost-Göta": cut at 24 bytes, inside
+# the "ö", so the map ends in a stray 0xC3.
+CUT_INSIDE_A_CHARACTER = {**DEVICE, "id": "Pumpe-Keller-Sued-Ost-Göta".encode()[:24]}
+
+
+def hello_ack_with_raw_id(seq: int = 0) -> bytes:
+    fields = dict(CUT_INSIDE_A_CHARACTER)
+    raw_id = fields.pop("id")
+    assert isinstance(raw_id, bytes)
+    body = msgpack.packb(fields)[1:]  # the pairs without their fixmap header
+    packed = (
+        bytes([0x80 | (len(fields) + 1)]) + body + b"\xa2id" + bytes([0xA0 | len(raw_id)]) + raw_id
+    )
+    return sl.encode_frame(sl.FrameType.HELLO_ACK, seq, packed)
+
+
+def test_a_hello_cut_inside_a_character_keeps_the_link_up_and_is_logged_once(caplog):
+    caplog.set_level(logging.WARNING, logger="fieldgate.serial")
+    ep = sl.LinkEndpoint(ack_timeout=RTO)
+    ep.open(0.0)
+    ep.data_to_send()
+    (up,) = ep.receive_data(hello_ack_with_raw_id(), 0.0)
+    assert isinstance(up, sl.LinkUp) and ep.state is sl.State.READY
+    assert up.device.device_id == "Pumpe-Keller-Sued-Ost-G\ufffd"
+    assert up.device.damaged == ("id",)
+    # the device reboots and announces the same name: the link comes up again, no second line
+    ep.receive_data(sl.encode_frame(sl.FrameType.HELLO, 0), 0.1)
+    ep.data_to_send()
+    (again,) = ep.receive_data(hello_ack_with_raw_id(), 0.1)
+    assert isinstance(again, sl.LinkUp)
+    warnings = [r.getMessage() for r in caplog.records if "not valid UTF-8" in r.getMessage()]
+    assert warnings == [
+        "device HELLO: id not valid UTF-8 (device firmware cuts inside a character); "
+        "shown as firmware 't-1', id 'Pumpe-Keller-Sued-Ost-G\ufffd'"
+    ]
+    assert ep.counters["rx_hello_bad_utf8"] == 2
 
 
 @pytest.mark.parametrize("bad", [b"", b"\xc1", msgpack.packb([1, 2]), msgpack.packb({"v": 1})])

@@ -34,7 +34,8 @@ struct sim {
     unsigned delay_ms;
     unsigned long reboot_after, processed, reboots;
     uint64_t rng;
-    const char *refuse;
+    const char *refuse, *busy;
+    int envelope_only; /* --payload envelope: every message must be an envelope */
     int reboot_now, mute;
     uint32_t nv_mid[FB_DEDUPE_SLOTS];
     uint8_t nv_code[FB_DEDUPE_SLOTS];
@@ -120,22 +121,30 @@ static void nv_store(struct sim *s, uint32_t mid, uint8_t code)
         s->nv_used++;
 }
 
+static int contains(const uint8_t *msg, size_t len, const char *text)
+{
+    size_t k = text ? strlen(text) : 0, i;
+    for (i = 0; k > 0 && i + k <= len; i++)
+        if (memcmp(msg + i, text, k) == 0)
+            return 1;
+    return 0;
+}
+
 static uint8_t sim_message(void *ctx, uint32_t mid, const uint8_t *msg, size_t len)
 {
     struct sim *s = ctx;
     static char line[2 * MSG_CAP + 16];
     size_t i, n;
-    if (len > 0 && ((msg[0] & 0xF0u) == 0x80u || msg[0] == 0xDE || msg[0] == 0xDF)) {
+    if (s->envelope_only ||
+        (len > 0 && ((msg[0] & 0xF0u) == 0x80u || msg[0] == 0xDE || msg[0] == 0xDF))) {
         struct fb_envelope env; /* looks like the gateway's envelope: it must parse */
         if (fb_envelope_parse(msg, len, &env) != 0)
             return FB_BAD_MESSAGE;
     }
-    if (s->refuse && len >= strlen(s->refuse)) {
-        size_t k = strlen(s->refuse);
-        for (i = 0; i + k <= len; i++)
-            if (memcmp(msg + i, s->refuse, k) == 0)
-                return 0x81;
-    }
+    if (contains(msg, len, s->refuse))
+        return 0x81;
+    if (contains(msg, len, s->busy))
+        return FB_BUSY; /* transient: not recorded, the host retries */
     if (s->record_fd >= 0) {
         n = (size_t)snprintf(line, sizeof line, "%08x ", (unsigned)mid);
         for (i = 0; i < len; i++)
@@ -210,7 +219,8 @@ static void usage(void)
     fprintf(stderr,
             "usage: fbsim [--device PATH | --stdio] [--drop RATE] [--corrupt RATE] [--delay MS]\n"
             "             [--reboot-after N] [--seed N] [--max-payload N] [--max-message N]\n"
-            "             [--record FILE] [--id ID] [--refuse-containing TEXT]\n"
+            "             [--record FILE] [--id ID] [--firmware TEXT] [--payload envelope|auto]\n"
+            "             [--refuse-containing TEXT] [--busy-containing TEXT]\n"
             "SIGUSR1 reboots the simulated device.\n");
 }
 
@@ -218,7 +228,7 @@ int main(int argc, char **argv)
 {
     static uint8_t rx[FB_RX_BUF_SIZE], msg[MSG_CAP];
     static struct sim s;
-    const char *device = NULL, *record = NULL, *id = "fbsim";
+    const char *device = NULL, *record = NULL, *id = "fbsim", *firmware = FW_VERSION;
     int stdio = 0, i, keep_slave = -1;
     unsigned long max_payload = FB_MAX_PAYLOAD, max_message = MSG_CAP, seed = 1;
     uint8_t buf[4096];
@@ -245,7 +255,11 @@ int main(int argc, char **argv)
         else if (strcmp(a, "--max-message") == 0) max_message = strtoul(v, NULL, 10);
         else if (strcmp(a, "--record") == 0) record = v;
         else if (strcmp(a, "--id") == 0) id = v;
+        else if (strcmp(a, "--firmware") == 0) firmware = v;
         else if (strcmp(a, "--refuse-containing") == 0) s.refuse = v;
+        else if (strcmp(a, "--busy-containing") == 0) s.busy = v;
+        else if (strcmp(a, "--payload") == 0 && strcmp(v, "envelope") == 0) s.envelope_only = 1;
+        else if (strcmp(a, "--payload") == 0 && strcmp(v, "auto") == 0) s.envelope_only = 0;
         else {
             usage();
             return 2;
@@ -306,11 +320,11 @@ int main(int argc, char **argv)
     }
 
     s.cfg.rx_buf = rx;
-    s.cfg.rx_cap = sizeof rx;
+    s.cfg.rx_cap = FB_RX_BUF_FOR(max_payload); /* as small as a real device's */
     s.cfg.msg_buf = msg;
     s.cfg.msg_cap = max_message;
     s.cfg.max_payload = (uint8_t)max_payload;
-    s.cfg.firmware = FW_VERSION;
+    s.cfg.firmware = firmware;
     s.cfg.device_id = id;
     s.cfg.on_message = sim_message;
     s.cfg.write = sim_write;

@@ -1,16 +1,24 @@
 /* COBS, CRC-16/CCITT-FALSE and frame encode/decode. See PROTOCOL.md §2-3. */
 #include "fieldgate_bridge.h"
+#include "fb_platform.h"
+
+/* Nibble table: 32 bytes of flash (PROGMEM on AVR), two lookups per byte: fast enough for
+ * 8-bit parts, and a 256-entry table would cost 512 bytes. */
+static const uint16_t crc_table[16] FB_FLASH = {
+    0x0000, 0x1021, 0x2042, 0x3063, 0x4084, 0x50a5, 0x60c6, 0x70e7,
+    0x8108, 0x9129, 0xa14a, 0xb16b, 0xc18c, 0xd1ad, 0xe1ce, 0xf1ef};
+
+static uint16_t crc_nibble(uint16_t crc, unsigned nibble)
+{
+    return (uint16_t)((unsigned)(crc << 4) ^ fb_flash_word(&crc_table[((crc >> 12) ^ nibble) & 0x0Fu]));
+}
 
 static uint16_t crc16_update(uint16_t crc, const uint8_t *data, size_t len)
 {
-    /* Nibble table: 32 bytes of flash, two lookups per byte (fast enough for 8-bit parts). */
-    static const uint16_t table[16] = {
-        0x0000, 0x1021, 0x2042, 0x3063, 0x4084, 0x50a5, 0x60c6, 0x70e7,
-        0x8108, 0x9129, 0xa14a, 0xb16b, 0xc18c, 0xd1ad, 0xe1ce, 0xf1ef};
     size_t i;
     for (i = 0; i < len; i++) {
-        crc = (uint16_t)((crc << 4) ^ table[((crc >> 12) ^ (data[i] >> 4)) & 0x0Fu]);
-        crc = (uint16_t)((crc << 4) ^ table[((crc >> 12) ^ (data[i] & 0x0Fu)) & 0x0Fu]);
+        crc = crc_nibble(crc, (unsigned)data[i] >> 4);
+        crc = crc_nibble(crc, data[i] & 0x0Fu);
     }
     return crc;
 }
@@ -108,14 +116,18 @@ static uint8_t body_byte(uint8_t hdr, uint8_t seq, const uint8_t *payload, size_
         return seq;
     if (k < len + 2u)
         return payload[k - 2u];
-    return k == len + 2u ? (uint8_t)(crc >> 8) : (uint8_t)(crc & 0xFFu);
+    if (k == len + 2u)
+        return (uint8_t)(crc >> 8);
+    return (uint8_t)(crc & 0xFFu);
 }
 
 size_t fb_frame_encode(uint8_t type, uint8_t seq, const uint8_t *payload, size_t len,
                        uint8_t *out, size_t cap)
 {
     /* COBS over the logical body (hdr, seq, payload, CRC) without materialising it: no scratch
-     * buffer, so the caller needs only the output (len + 6 bytes). */
+     * buffer, so the caller needs only the output (len + 6 bytes). Body byte k lands at out[k+1]
+     * (a zero's slot takes the next block's code, patched later), so a payload placed at
+     * out + FB_FRAME_INPLACE_OFFSET is read at each index just before that index is written. */
     uint8_t hdr = (uint8_t)((FB_PROTOCOL_VERSION << 4) | (type & 0x0Fu));
     uint8_t head[2];
     size_t body_len = len + FB_MIN_BODY, k, w = 1, code_at = 0;

@@ -1,10 +1,8 @@
 /* Minimal msgpack: the subset the HELLO maps and the gateway's envelope use, bounds-checked. */
 #include "fieldgate_bridge.h"
+#include "fb_platform.h"
 
 #include <string.h>
-
-/* fb_mp_skip recursion bound: the envelope and HELLO are flat; deeper input is refused. */
-#define FB_MP_MAX_DEPTH 4
 
 void fb_mp_reader_init(struct fb_mp_reader *r, const uint8_t *data, size_t len)
 {
@@ -19,7 +17,10 @@ static int fail(struct fb_mp_reader *r)
     return -1;
 }
 
-static int need(struct fb_mp_reader *r, size_t n)
+/* n is a msgpack length (up to 32 bits). It must not pass through size_t, which has 16 bits on
+ * AVR: a str32 claiming 0x00010001 bytes would be checked as 1. Comparing size_t with uint32_t
+ * converts both to the wider type, so the comparison is exact on every target. */
+static int need(const struct fb_mp_reader *r, uint32_t n)
 {
     return !r->failed && (size_t)(r->end - r->p) >= n;
 }
@@ -112,9 +113,10 @@ int fb_mp_read_uint(struct fb_mp_reader *r, uint64_t *v)
         *v = t;
         return 0;
     }
-    if (t >= 0xCC && t <= 0xCF) {
-        unsigned width = 1u << (t - 0xCC);
-        if (!need(r, width))
+    if ((t >= 0xCC && t <= 0xCF) || (t >= 0xD0 && t <= 0xD3)) {
+        /* uint 8..64, or int 8..64 holding a non-negative value (some encoders use those) */
+        unsigned width = 1u << (((unsigned)t - 0xCCu) & 3u);
+        if (!need(r, width) || (t >= 0xD0 && (r->p[0] & 0x80u)))
             return fail(r);
         if (width == 8)
             *v = ((uint64_t)be(r->p, 4) << 32) | be(r->p + 4, 4);
@@ -138,28 +140,42 @@ static int skip_n(struct fb_mp_reader *r, uint32_t n)
 {
     if (!need(r, n))
         return fail(r);
-    r->p += n;
+    r->p += n; /* n <= the bytes left, so it fits a size_t */
     return 0;
 }
 
-static int skip(struct fb_mp_reader *r, int depth)
+static int skip(struct fb_mp_reader *r, unsigned depth);
+
+/* Skip the n items of an array (per 1) or map (per 2) found at depth. */
+static int skip_items(struct fb_mp_reader *r, uint32_t n, uint32_t per, unsigned depth)
+{
+    uint32_t i;
+    if (depth >= FB_MP_MAX_DEPTH)
+        return fail(r); /* a container nested deeper than the bound (the stack is the limit) */
+    /* each item takes at least one byte: refuse counts the input cannot hold */
+    if (n > (size_t)(r->end - r->p) / per)
+        return fail(r);
+    for (i = 0; i < n * per; i++)
+        if (skip(r, depth + 1u) < 0)
+            return -1;
+    return 0;
+}
+
+static int skip(struct fb_mp_reader *r, unsigned depth)
 {
     uint8_t t;
-    uint32_t n = 0, i;
-    if (depth > FB_MP_MAX_DEPTH || !need(r, 1))
+    uint32_t n = 0;
+    if (!need(r, 1))
         return fail(r);
     t = *r->p++;
     if (t <= 0x7F || t >= 0xE0 || t == 0xC0 || t == 0xC2 || t == 0xC3)
         return 0;
     if ((t & 0xE0u) == 0xA0u)
         return skip_n(r, t & 0x1Fu);
-    if ((t & 0xF0u) == 0x80u || (t & 0xF0u) == 0x90u) {
-        n = (t & 0x0Fu) * ((t & 0xF0u) == 0x80u ? 2u : 1u);
-        for (i = 0; i < n; i++)
-            if (skip(r, depth + 1) < 0)
-                return -1;
-        return 0;
-    }
+    if ((t & 0xF0u) == 0x80u)
+        return skip_items(r, t & 0x0Fu, 2, depth);
+    if ((t & 0xF0u) == 0x90u)
+        return skip_items(r, t & 0x0Fu, 1, depth);
     switch (t) {
     case 0xC4: case 0xC5: case 0xC6: /* bin 8/16/32 */
         if (read_len(r, 1u << (t - 0xC4), &n) < 0)
@@ -184,18 +200,10 @@ static int skip(struct fb_mp_reader *r, int depth)
         if (n == 0xFFFFFFFFu)
             return fail(r);
         return skip_n(r, n + 1u);
-    case 0xDC: case 0xDD: case 0xDE: case 0xDF: { /* array/map 16/32 */
-        uint32_t per = (t == 0xDE || t == 0xDF) ? 2u : 1u;
+    case 0xDC: case 0xDD: case 0xDE: case 0xDF: /* array/map 16/32 */
         if (read_len(r, (t == 0xDC || t == 0xDE) ? 2u : 4u, &n) < 0)
             return -1;
-        /* each item takes at least one byte: refuse counts the input cannot hold */
-        if (n > (uint32_t)(r->end - r->p) / per)
-            return fail(r);
-        for (i = 0; i < n * per; i++)
-            if (skip(r, depth + 1) < 0)
-                return -1;
-        return 0;
-    }
+        return skip_items(r, n, (t == 0xDE || t == 0xDF) ? 2u : 1u, depth);
     default:
         return fail(r); /* 0xC1 is never used */
     }
@@ -221,6 +229,17 @@ static void put(struct fb_mp_writer *w, const uint8_t *b, size_t n)
     }
     memcpy(w->p, b, n);
     w->p += n;
+}
+
+void fb_mp_write_flash(struct fb_mp_writer *w, const uint8_t *flash, uint8_t n)
+{
+    uint8_t i;
+    if (w->failed || (size_t)(w->end - w->p) < n) {
+        w->failed = 1;
+        return;
+    }
+    for (i = 0; i < n; i++)
+        *w->p++ = fb_flash_byte(flash + i);
 }
 
 static void put_tag_be(struct fb_mp_writer *w, uint8_t tag, uint32_t v, unsigned width)
@@ -258,25 +277,16 @@ void fb_mp_write_str(struct fb_mp_writer *w, const char *s, size_t len)
     put(w, (const uint8_t *)s, len);
 }
 
-void fb_mp_write_uint(struct fb_mp_writer *w, uint64_t v)
+void fb_mp_write_uint(struct fb_mp_writer *w, uint32_t v)
 {
     if (v <= 0x7F)
         put_tag_be(w, (uint8_t)v, 0, 0);
     else if (v <= 0xFF)
-        put_tag_be(w, 0xCC, (uint32_t)v, 1);
+        put_tag_be(w, 0xCC, v, 1);
     else if (v <= 0xFFFF)
-        put_tag_be(w, 0xCD, (uint32_t)v, 2);
-    else if (v <= 0xFFFFFFFFu)
-        put_tag_be(w, 0xCE, (uint32_t)v, 4);
-    else {
-        uint8_t low[4];
-        low[0] = (uint8_t)(v >> 24);
-        low[1] = (uint8_t)(v >> 16);
-        low[2] = (uint8_t)(v >> 8);
-        low[3] = (uint8_t)v;
-        put_tag_be(w, 0xCF, (uint32_t)(v >> 32), 4);
-        put(w, low, 4);
-    }
+        put_tag_be(w, 0xCD, v, 2);
+    else
+        put_tag_be(w, 0xCE, v, 4);
 }
 
 size_t fb_mp_writer_len(const struct fb_mp_writer *w, const uint8_t *buf)
@@ -284,10 +294,28 @@ size_t fb_mp_writer_len(const struct fb_mp_writer *w, const uint8_t *buf)
     return w->failed ? 0 : (size_t)(w->p - buf);
 }
 
-static int key_is(const char *k, uint32_t len, const char *want)
+/* The envelope's keys, in flash, each after its length: the index of a match is its key. */
+enum { KEY_ID, KEY_ROUTE, KEY_RCV, KEY_EXP, KEY_BODY, KEY_UNKNOWN };
+static const uint8_t env_keys[] FB_FLASH = {
+    2, 'i', 'd', 5, 'r', 'o', 'u', 't', 'e', 3, 'r', 'c', 'v', 3, 'e', 'x', 'p', 4, 'b', 'o', 'd', 'y', 0};
+
+static int key_index(const char *k, uint32_t len)
 {
-    size_t n = strlen(want);
-    return len == n && memcmp(k, want, n) == 0;
+    const uint8_t *p = env_keys;
+    int index = 0;
+    uint8_t n;
+    while ((n = fb_flash_byte(p)) != 0) {
+        if (len == n) {
+            uint8_t i = 0;
+            while (i < n && (uint8_t)k[i] == fb_flash_byte(p + 1 + i))
+                i++;
+            if (i == n)
+                return index;
+        }
+        p += 1u + n;
+        index++;
+    }
+    return KEY_UNKNOWN;
 }
 
 int fb_envelope_parse(const uint8_t *data, size_t len, struct fb_envelope *env)
@@ -304,26 +332,34 @@ int fb_envelope_parse(const uint8_t *data, size_t len, struct fb_envelope *env)
         uint32_t klen;
         if (fb_mp_read_str(&r, &k, &klen) < 0)
             return -1;
-        if (key_is(k, klen, "id")) {
+        switch (key_index(k, klen)) {
+        case KEY_ID:
             if (fb_mp_read_str(&r, &env->id, &env->id_len) < 0)
                 return -1;
             seen |= 1;
-        } else if (key_is(k, klen, "route")) {
+            break;
+        case KEY_ROUTE:
             if (fb_mp_read_str(&r, &env->route, &env->route_len) < 0)
                 return -1;
-        } else if (key_is(k, klen, "rcv")) {
+            break;
+        case KEY_RCV:
             if (fb_mp_read_uint(&r, &env->rcv) < 0)
                 return -1;
-        } else if (key_is(k, klen, "exp")) {
+            break;
+        case KEY_EXP:
             if (fb_mp_read_nil(&r) < 0 && fb_mp_read_uint(&r, &env->exp) < 0)
                 return -1;
-        } else if (key_is(k, klen, "body")) {
+            break;
+        case KEY_BODY:
             if (fb_mp_read_bin(&r, &env->body, &env->body_len) < 0)
                 return -1;
             seen |= 2;
-        } else if (fb_mp_skip(&r) < 0) {
-            return -1;
+            break;
+        default:
+            if (fb_mp_skip(&r) < 0)
+                return -1;
         }
     }
-    return seen == 3 ? 0 : -1;
+    /* the message is the map and nothing else: trailing bytes mean a framing or encoder bug */
+    return seen == 3 && r.p == r.end ? 0 : -1;
 }
