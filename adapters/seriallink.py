@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from gateway.logs import get_logger
+from fieldgate_common.logs import get_logger
 
 log = get_logger("serial")
 
