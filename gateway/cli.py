@@ -35,6 +35,11 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("send", "pushservice.send", "encrypt a message and send it to a push subscription"),
     ("push-service", "pushservice.cli", "run the reference RFC 8030 push service"),
     (
+        "autopush-service",
+        "pushservice.autopush.cli",
+        "run a test double of Mozilla's autopush service (WebSocket user agents, HTTP senders)",
+    ),
+    (
         "demo",
         "gateway.commands.demo",
         "run the whole pipeline on loopback: push service, gateway, MQTT broker, serial device",

@@ -38,6 +38,17 @@ class RouteDelivery:
 
 
 @dataclass(frozen=True)
+class AutopushSnapshot:
+    """The autopush side (a ``wss://`` service): the uaid is a secret, only its age shows."""
+
+    uaid_since: float | None  # when the service assigned the current uaid
+    channels: int
+    last_hello_at: float | None
+    notifications: int  # received since the gateway started
+    uaid_resets: int  # times the service dropped the uaid since the gateway started
+
+
+@dataclass(frozen=True)
 class UpstreamSnapshot:
     """The connection to the push service."""
 
@@ -46,6 +57,8 @@ class UpstreamSnapshot:
     service: str
     last_error: str | None
     last_message_at: float | None
+    protocol: str = "rfc8030"  # or "autopush"
+    autopush: AutopushSnapshot | None = None
 
 
 @dataclass(frozen=True)

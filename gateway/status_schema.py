@@ -70,6 +70,18 @@ PROVIDER_SCHEMA: dict[str, Any] = {
                 "state": {"type": "string", "enum": list(UPSTREAM_STATES)},
                 "since": _TIME_OR_NULL,
                 "service": {"type": "string"},
+                "protocol": {"type": "string", "enum": ["rfc8030", "autopush"]},
+                "autopush": {
+                    "type": "object",
+                    "required": ["uaid_age", "channels", "last_hello", "notifications"],
+                    "properties": {
+                        "uaid_age": {"type": ["number", "null"]},
+                        "channels": {"type": "integer"},
+                        "last_hello": _TIME_OR_NULL,
+                        "notifications": {"type": "integer"},
+                        "uaid_resets": {"type": "integer"},
+                    },
+                },
             },
         },
         "sets": {
@@ -203,14 +215,25 @@ def status_document(snapshot: StatusSnapshot) -> dict[str, object]:
         for adapter in snapshot.adapters
     ]
     upstream = snapshot.upstream
+    upstream_doc: dict[str, object] = {
+        "state": upstream.state,
+        "since": upstream.since,
+        "service": upstream.service,
+        "protocol": upstream.protocol,
+        "last_error": upstream.last_error,
+        "last_message": upstream.last_message_at,
+    }
+    if upstream.autopush is not None:
+        ap = upstream.autopush
+        upstream_doc["autopush"] = {
+            "uaid_age": None if ap.uaid_since is None else now - ap.uaid_since,
+            "channels": ap.channels,
+            "last_hello": ap.last_hello_at,
+            "notifications": ap.notifications,
+            "uaid_resets": ap.uaid_resets,
+        }
     return {
-        "upstream": {
-            "state": upstream.state,
-            "since": upstream.since,
-            "service": upstream.service,
-            "last_error": upstream.last_error,
-            "last_message": upstream.last_message_at,
-        },
+        "upstream": upstream_doc,
         "sets": [{"url": url, "routes": sorted(names)} for url, names in sorted(sets.items())],
         "routes": routes,
         "adapters": adapters,

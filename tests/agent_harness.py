@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+import h11
 import trio
 from pywebpush import webpush
 
@@ -141,3 +142,33 @@ async def running(
 
 def subscription_json(info: PushSubscriptionInfo) -> str:
     return json.dumps(info.to_json())
+
+
+class Receiver:
+    """A tiny HTTP/1.1 server (h11 on trio): answers the first ``fail`` POSTs 503, then 204."""
+
+    def __init__(self, fail: int) -> None:
+        self.fail = fail
+        self.bodies: list[bytes] = []
+        self.statuses: list[int] = []
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        body = b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+        status = 503 if len(self.statuses) < self.fail else 204
+        self.statuses.append(status)
+        if status == 204:
+            self.bodies.append(body)
+        await stream.send_all(
+            conn.send(h11.Response(status_code=status, headers=[("content-length", "0")]))
+            + conn.send(h11.EndOfMessage())
+        )
+        await stream.aclose()

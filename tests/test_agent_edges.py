@@ -7,7 +7,6 @@ import random
 from dataclasses import replace
 from functools import partial
 
-import h11
 import trio
 
 from fieldgate_common.metrics import Metrics
@@ -19,37 +18,7 @@ from gateway.upstream.contract import Pushed
 from gateway.upstream.supervisor import Upstream
 from gateway.webpush.crypto import SubscriptionKeys, encrypt
 from pushservice.service import PushService
-from tests.agent_harness import make_config, wait_until
-
-
-class Receiver:
-    """A tiny HTTP/1.1 server (h11 on trio): answers the first ``fail`` POSTs 503, then 204."""
-
-    def __init__(self, fail: int) -> None:
-        self.fail = fail
-        self.bodies: list[bytes] = []
-        self.statuses: list[int] = []
-
-    async def handle(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        body = b""
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                break
-        status = 503 if len(self.statuses) < self.fail else 204
-        self.statuses.append(status)
-        if status == 204:
-            self.bodies.append(body)
-        await stream.send_all(
-            conn.send(h11.Response(status_code=status, headers=[("content-length", "0")]))
-            + conn.send(h11.EndOfMessage())
-        )
-        await stream.aclose()
+from tests.agent_harness import Receiver, make_config, wait_until
 
 
 async def test_push_resources_are_distributed_with_retries(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ a log-file target standing in for the device."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -19,9 +20,10 @@ from pywebpush import webpush
 from adapters.log_config import LogAdapterConfig, LogTarget
 from gateway.app import Gateway
 from gateway.config import Config, PushConfig, RouteConfig, StatusConfig
+from gateway.status_schema import status_errors
 from gateway.webpush.b64 import b64url_encode
 from pushservice.autopush import AutopushService, AutopushSettings
-from tests.agent_harness import wait_until
+from tests.agent_harness import Receiver, wait_until
 
 SUB = {"sub": "mailto:ops@example.test"}
 
@@ -33,7 +35,9 @@ def vapid_pair() -> tuple[Vapid, str]:
     return vapid, b64url_encode(raw)
 
 
-def config_for(service: AutopushService, state: Path, out: Path, vapid_key: str) -> Config:
+def config_for(
+    service: AutopushService, state: Path, out: Path, vapid_key: str, distribute: str
+) -> Config:
     return Config(
         push=PushConfig(
             service=service.ws_url,
@@ -49,6 +53,7 @@ def config_for(service: AutopushService, state: Path, out: Path, vapid_key: str)
                 name="signed",
                 deliver=(LogTarget("out"),),
                 vapid_public_key=vapid_key,
+                distribute_url=distribute,
                 retry_base=0.05,
                 retry_cap=0.3,
             ),
@@ -95,13 +100,19 @@ async def send(info: dict[str, object], body: str, vapid: Vapid | None = None) -
     return await trio.to_thread.run_sync(post)
 
 
-async def test_live_stopped_cut_and_reset_uaid_lose_nothing_and_duplicate_nothing(tmp_path):
+async def test_live_stopped_cut_and_reset_uaid_lose_nothing_and_duplicate_nothing(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
     vapid, vapid_key = vapid_pair()
     out = tmp_path / "device.jsonl"
     service = AutopushService(AutopushSettings(), state_path=tmp_path / "autopush.sqlite3")
+    receiver = Receiver(fail=0)
     async with trio.open_nursery() as nursery:
         await nursery.start(partial(service.serve, "127.0.0.1", 0))
-        config = config_for(service, tmp_path / "state", out, vapid_key)
+        listeners = await nursery.start(
+            partial(trio.serve_tcp, receiver.handle, 0, host="127.0.0.1")
+        )
+        distribute = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}/subs"
+        config = config_for(service, tmp_path / "state", out, vapid_key, distribute)
         sent: list[str] = []
 
         # Live, to an open and to a VAPID-restricted route.
@@ -113,6 +124,8 @@ async def test_live_stopped_cut_and_reset_uaid_lose_nothing_and_duplicate_nothin
             await wait_until(lambda: sorted(delivered(out)) == sorted(sent), "live delivery")
             uaid = gateway.store.upstream_value("autopush.uaid")
             assert uaid
+            await wait_until(lambda: receiver.bodies, "the signed route's endpoint distributed")
+            assert json.loads(receiver.bodies[0]) == infos["signed"]
 
         # Sent while the gateway was stopped: stored by the service, delivered on reconnect.
         for i in range(25):  # more than two batches of 10
@@ -150,5 +163,27 @@ async def test_live_stopped_cut_and_reset_uaid_lose_nothing_and_duplicate_nothin
             assert await send(fresh["signed"], "after-reset", vapid) == 201
             sent.append("after-reset")
             await wait_until(lambda: sorted(delivered(out)) == sorted(sent), "after the reset")
+            # The new endpoint was distributed too.
+            await wait_until(
+                lambda: any(json.loads(b) == fresh["signed"] for b in receiver.bodies),
+                "the new endpoint distributed",
+            )
+            document = gateway.status()
+            upstream = document["upstream"]
+            assert isinstance(upstream, dict) and upstream["protocol"] == "autopush"
+            autopush = upstream["autopush"]
+            assert autopush["channels"] == 2 and autopush["uaid_resets"] == 1
+            assert 0 <= autopush["uaid_age"] < 60 and autopush["last_hello"] is not None
+            assert autopush["notifications"] >= 26
+            assert (
+                status_errors({"schema": 1, "health": {"ok": True, "reason": ""}, **document}) == []
+            )
+            secrets = [uaid, gateway.store.upstream_value("autopush.uaid")]
+            secrets += [r.subscription_url for r in gateway.store.subscriptions()]
+            secrets += [i["endpoint"] for i in (*infos.values(), *fresh.values())]
         nursery.cancel_scope.cancel()
     assert sorted(delivered(out)) == sorted(sent)  # nothing lost, nothing twice
+    # The uaid, the channel ids and the endpoints are capabilities: never in a log line.
+    for secret in secrets:
+        assert secret and secret not in caplog.text
+    assert "the push service assigned a new uaid" in caplog.text

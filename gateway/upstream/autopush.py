@@ -33,6 +33,8 @@ from gateway.config import PushConfig, RouteConfig
 from gateway.http1 import client_ssl_context, is_loopback_host
 from gateway.store import Store, SubscriptionRecord
 from gateway.upstream.contract import (
+    UAID_KEY,
+    UAID_SINCE_KEY,
     Ack,
     Ended,
     Hub,
@@ -48,9 +50,6 @@ log = get_logger("autopush")
 
 READ_CHUNK = 64 * 1024
 KEY_PREFIX = "ap:"
-# Journal keys of what the upstream side remembers (gateway.store upstream_state).
-UAID_KEY = "autopush.uaid"
-UAID_SINCE_KEY = "autopush.uaid_since"
 # How long a register or unregister may wait for its answer before the connection is deemed
 # broken (the service answers in milliseconds).
 REQUEST_TIMEOUT = 30.0

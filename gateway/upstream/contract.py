@@ -15,6 +15,14 @@ from gateway.store_types import SubscriptionRecord
 
 Headers = tuple[tuple[str, str], ...]
 
+# What the upstream side remembers in the journal besides subscriptions (Store.upstream_value):
+# the push service the subscriptions belong to, and the autopush identity (a secret).
+SERVICE_KEY = "service"
+UAID_KEY = "autopush.uaid"
+UAID_SINCE_KEY = "autopush.uaid_since"
+# Facts that belong to one push service, forgotten when [push] service names another.
+SERVICE_STATE_KEYS = (UAID_KEY, UAID_SINCE_KEY)
+
 
 class AckCode(IntEnum):
     """Why a message is acknowledged (autopush sends the code; RFC 8030's DELETE has none)."""

@@ -26,7 +26,12 @@ from gateway.http1 import HttpError, post_json
 from gateway.ingest import Ingestor
 from gateway.routes import CurrentRoutes
 from gateway.store import Store, SubscriptionRecord
-from gateway.upstream.contract import Connection, NewSubscription
+from gateway.upstream.contract import (
+    SERVICE_KEY,
+    SERVICE_STATE_KEYS,
+    Connection,
+    NewSubscription,
+)
 from gateway.upstream.instruments import UpstreamInstruments
 from gateway.webpush.crypto import PushSubscriptionInfo, SubscriptionKeys
 
@@ -37,10 +42,6 @@ DISTRIBUTE_BACKOFF_BASE = 5.0
 DISTRIBUTE_BACKOFF_CAP = 3600.0
 # A failed subscribe is retried no sooner than this (or the service's Retry-After).
 SUBSCRIBE_RETRY_FLOOR = 1.0
-# The journal's upstream_state keys: the service the subscriptions belong to, and what else
-# belongs to that service (forgotten with it).
-SERVICE_KEY = "service"
-SERVICE_STATE_KEYS = ("autopush.uaid", "autopush.uaid_since")
 
 
 def _origin(url: str) -> str:

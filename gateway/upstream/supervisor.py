@@ -29,10 +29,10 @@ from fieldgate_common.metrics import Metrics
 from gateway.config import Config, is_websocket_service
 from gateway.ingest import Ingestor
 from gateway.routes import CurrentRoutes
-from gateway.status_model import UpstreamSnapshot
+from gateway.status_model import AutopushSnapshot, UpstreamSnapshot
 from gateway.store import Store, SubscriptionRecord
 from gateway.upstream.acks import Acknowledgements
-from gateway.upstream.contract import Ack, Connection, Ended, Pushed
+from gateway.upstream.contract import UAID_SINCE_KEY, Ack, Connection, Ended, Pushed
 from gateway.upstream.instruments import AutopushStats, UpstreamInstruments
 from gateway.upstream.journal import JournalWriter, Observer
 from gateway.upstream.subscriptions import Subscriptions
@@ -157,12 +157,25 @@ class Upstream:
     def snapshot(self) -> UpstreamSnapshot:
         """The upstream side's state for the status document."""
         status = self.status
+        autopush = None
+        if is_websocket_service(self.push.service):
+            stats = self.autopush_stats
+            since = self.store.upstream_value(UAID_SINCE_KEY)
+            autopush = AutopushSnapshot(
+                uaid_since=float(since) if since else None,
+                channels=len(self.subscriptions.records()),
+                last_hello_at=stats.last_hello_at,
+                notifications=stats.notifications,
+                uaid_resets=stats.uaid_resets,
+            )
         return UpstreamSnapshot(
             state="connecting" if status.state == "starting" else status.state,
             since=status.since,
             service=status.service,
             last_error=status.last_error,
             last_message_at=self.journal.last_message_at,
+            protocol="autopush" if autopush is not None else "rfc8030",
+            autopush=autopush,
         )
 
     def problem(self) -> str | None:

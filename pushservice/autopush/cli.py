@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import ssl
@@ -14,11 +13,11 @@ from pathlib import Path
 
 import trio
 
+from fieldgate_common.logs import get_logger, setup_logging
 from pushservice.autopush.service import AutopushService
 from pushservice.autopush.settings import AutopushSettings
 from pushservice.tlsgen import server_context
 
-HELP = "run a test double of Mozilla's autopush service (WebSocket user agents, HTTP senders)"
 PROG = "fieldgate autopush-service"
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -83,10 +82,8 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; start-up faults are one line on stderr."""
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
-    log = logging.getLogger("pushservice.autopush")
+    setup_logging(args.log_level)
+    log = get_logger("autopush-service")
     try:
         host, port = _split_listen("--listen", args.listen)
         endpoint = (
@@ -144,8 +141,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``fieldgate autopush-service`` until the lead wires it in; also ``python -m``."""
-    parser = argparse.ArgumentParser(prog=PROG, description=HELP)
+    """``python -m pushservice.autopush.cli`` (the same as ``fieldgate autopush-service``)."""
+    parser = argparse.ArgumentParser(prog=PROG)
     configure(parser)
     return run(parser.parse_args(argv))
 
