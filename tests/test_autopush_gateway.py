@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import requests
 import trio
+import trustme
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from py_vapid import Vapid
 from pywebpush import webpush
@@ -187,3 +190,44 @@ async def test_live_stopped_cut_and_reset_uaid_lose_nothing_and_duplicate_nothin
     for secret in secrets:
         assert secret and secret not in caplog.text
     assert "the push service assigned a new uaid" in caplog.text
+
+
+def _tls(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return server_context, ca_file
+
+
+async def test_wss_is_verified_against_the_configured_ca(tmp_path):
+    server_context, ca_file = _tls(tmp_path)
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    out = tmp_path / "device.jsonl"
+    _vapid, key = vapid_pair()
+    service = AutopushService(AutopushSettings())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(service.serve, "127.0.0.1", 0, ssl_context=server_context))
+        assert service.ws_url.startswith("wss://")
+        base = config_for(service, tmp_path / "state", out, key, "")
+        routes = tuple(replace(r, distribute_url=None) for r in base.routes)
+        # An unknown CA: refused, with the reason, nothing registered.
+        wrong = replace(base, push=replace(base.push, ca_file=other_ca), routes=routes)
+        gateway = Gateway(wrong)
+        async with trio.open_nursery() as inner:
+            await inner.start(gateway.run)
+            await wait_until(lambda: gateway.upstream.status.last_error is not None, "an error")
+            assert "CERTIFICATE_VERIFY_FAILED" in (gateway.upstream.status.last_error or "")
+            assert gateway.upstream.subscription_infos() == {}
+            inner.cancel_scope.cancel()
+        gateway.close()
+        # The service's CA: connected and registered over TLS.
+        right = replace(wrong, push=replace(wrong.push, ca_file=ca_file))
+        async with gateway_running(right) as gateway:
+            assert all(
+                i.endpoint.startswith("https://")
+                for i in gateway.upstream.subscription_infos().values()
+            )
+        nursery.cancel_scope.cancel()

@@ -13,7 +13,8 @@ client is written to storage before it is sent, so a killed service loses nothin
 
 Control: the Python methods below, and with ``control=True`` ``POST /_control/<action>`` (JSON
 in and out, loopback peers only) on the endpoint port: ``stats``, ``endpoints``,
-``reset_uaid {"uaid"}``, ``drop_connections``, ``close_with {"code", "reason"}``.
+``reset_uaid {"uaid"}``, ``drop_connections``, ``close_with {"code", "reason"}``, ``ignore_acks
+{"on"}`` (the attribute :attr:`AutopushService.ignore_acks`: a fault for crash tests).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class Counters:
     users_dropped: int = 0
     pong_timeouts: int = 0
     excessive_pings: int = 0
+    acks_ignored: int = 0  # read and dropped while ignore_acks is set (a fault for tests)
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,9 @@ class AutopushService:
         self._issued: list[IssuedEndpoint] = []
         self._ws_url: str | None = None
         self._public_url: str | None = None
+        # A fault for crash tests: acknowledgements are read and dropped, so everything sent
+        # stays unacknowledged (as if the gateway died between its commit and its ack).
+        self.ignore_acks = False
 
     # -- addresses ---------------------------------------------------------------------------
     @property
@@ -413,6 +418,9 @@ class AutopushService:
                 result = {"known": self.reset_uaid(str(args["uaid"]))}
             elif action == "drop_connections":
                 result = {"dropped": self.drop_connections()}
+            elif action == "ignore_acks":
+                self.ignore_acks = bool(args.get("on", True))
+                result = {"ignore_acks": self.ignore_acks}
             elif action == "close_with":
                 code = int(args.get("code", BACKOFF_CLOSE_CODE))
                 result = {"closed": self.close_with(code, str(args.get("reason", "")))}

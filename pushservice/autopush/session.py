@@ -415,6 +415,9 @@ class WebSocketSession:
     def _on_ack(self, message: Ack) -> None:
         assert self.uaid is not None
         counters = self.service.counters
+        if self.service.ignore_acks:
+            counters.acks_ignored += len(message.updates)
+            return
         for update in message.updates:
             m = self.unacked_direct.pop(update.version, None) or self.unacked_stored.pop(
                 update.version, None

@@ -1,0 +1,107 @@
+"""The autopush path under SIGKILL at the two dangerous moments: nothing lost, nothing twice.
+
+As tests/test_gateway_crash.py does for RFC 8030: the gateway is a real child process
+(``python -m gateway run``) against the autopush double on loopback (``ws://``), messages are
+sent with pywebpush, and what reached the journal is read from the log adapter's file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import ExitStack
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+from pushservice.autopush import AutopushService, AutopushSettings
+from tests.agent_harness import wait_until
+from tests.gateway_process import GatewayProcess, free_port, write_config
+from tests.test_gateway_crash import ROUTES, _journalled, _send, _subscription
+
+
+@pytest.fixture
+def stack() -> Iterator[ExitStack]:
+    """Gateways entered here are killed when the test ends, whatever happened."""
+    with ExitStack() as exit_stack:
+        yield exit_stack
+
+
+async def _setup(tmp_path: Path, nursery: trio.Nursery) -> tuple[AutopushService, Path, Path, int]:
+    service = AutopushService(AutopushSettings(), state_path=tmp_path / "autopush.sqlite3")
+    await nursery.start(partial(service.serve, "127.0.0.1", 0))
+    deliveries = tmp_path / "deliveries.jsonl"
+    status_port = free_port()
+    config = write_config(
+        tmp_path / "config.toml",
+        service.ws_url,
+        tmp_path / "state",
+        status_port=status_port,
+        body=ROUTES.format(deliveries=deliveries),
+    )
+    return service, config, deliveries, status_port
+
+
+def _stored(service: AutopushService) -> int:
+    return service.stats().stored_now
+
+
+async def test_killed_between_journal_commit_and_ack(tmp_path, stack):
+    async with trio.open_nursery() as nursery:
+        service, config, deliveries, port = await _setup(tmp_path, nursery)
+        gateway = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
+        await gateway.start()
+        info = await _subscription(gateway, config)
+        # The service drops the acks: every message is journalled, none acknowledged.
+        service.ignore_acks = True
+        bodies = [b"msg-%d" % i for i in range(5)]
+        await _send(info, bodies)
+        await wait_until(lambda: len(_journalled(deliveries)) == 5, "five journalled")
+        await wait_until(lambda: service.counters.acks_ignored >= 5, "five acks dropped")
+        gateway.kill()
+        assert _stored(service) == 5
+        service.ignore_acks = False
+
+        restarted = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
+        await restarted.start()
+        await wait_until(lambda: _stored(service) == 0, "every message acknowledged")
+        journal = _journalled(deliveries)
+        assert sorted(journal) == sorted(b.decode() for b in bodies)
+        assert all(len(ids) == 1 for ids in journal.values()), journal
+        assert restarted.metric("fieldgate_messages_journalled_total") == 0  # all duplicates
+        assert restarted.metric("fieldgate_messages_duplicate_total") == 5
+        assert restarted.terminate() == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_killed_between_receipt_and_commit(tmp_path, stack):
+    async with trio.open_nursery() as nursery:
+        service, config, deliveries, port = await _setup(tmp_path, nursery)
+        gateway = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
+        await gateway.start()
+        info = await _subscription(gateway, config)
+        # Hold the journal's write lock: messages arrive but cannot be committed.
+        blocker = sqlite3.connect(tmp_path / "state" / "journal.sqlite3", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        bodies = [b"late-%d" % i for i in range(3)]
+        await _send(info, bodies)
+        await wait_until(
+            lambda: gateway.metric("fieldgate_messages_received_total") == 3, "three received"
+        )
+        gateway.kill()
+        blocker.rollback()
+        blocker.close()
+        assert _journalled(deliveries) == {}
+        assert _stored(service) == 3  # never acknowledged
+
+        restarted = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
+        await restarted.start()
+        await wait_until(lambda: _stored(service) == 0, "every message acknowledged")
+        await wait_until(lambda: len(_journalled(deliveries)) == len(bodies), "every delivery")
+        journal = _journalled(deliveries)
+        assert sorted(journal) == sorted(b.decode() for b in bodies)
+        assert all(len(ids) == 1 for ids in journal.values()), journal
+        assert restarted.terminate() == 0
+        nursery.cancel_scope.cancel()
