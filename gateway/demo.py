@@ -33,9 +33,18 @@ from adapters.log_config import LogAdapterConfig, LogTarget
 from adapters.mqtt_config import MqttAdapterConfig, MqttTarget
 from adapters.serial_config import SerialAdapterConfig, SerialTarget
 from gateway.app import Gateway
-from gateway.config import Config, JournalConfig, PushConfig, RouteConfig, StatusConfig
+from gateway.config import (
+    AckPolicy,
+    Config,
+    JournalConfig,
+    PushConfig,
+    RouteConfig,
+    StatusConfig,
+)
 from gateway.http1 import request
+from gateway.upstream.autopush import ack_key
 from gateway.webpush.crypto import PushSubscriptionInfo, encrypt
+from pushservice.autopush import AutopushService, AutopushSettings
 from pushservice.service import PushService
 from pushservice.settings import ServiceSettings
 
@@ -178,7 +187,9 @@ class Demo:
             self.event(journey, "device", how)
 
 
-def _config(workdir: Path, mqtt_port: int | None, serial_port: Path | None) -> Config:
+def _config(
+    workdir: Path, mqtt_port: int | None, serial_port: Path | None, *, autopush: bool = False
+) -> Config:
     adapters: dict[str, AdapterConfig] = {}
     routes: list[RouteConfig] = []
     if serial_port is not None:
@@ -186,9 +197,9 @@ def _config(workdir: Path, mqtt_port: int | None, serial_port: Path | None) -> C
             name="valve-controller", port=str(serial_port), ping_interval=30.0
         )
         targets: tuple[TargetConfig, ...] = (SerialTarget(adapter="valve-controller"),)
-        routes.append(
-            RouteConfig(name="greenhouse-valves", deliver=targets, ack="delivered", max_age=3600)
-        )
+        # autopush sends no delivery receipts: the stored policy there (check-config says so).
+        ack: AckPolicy = "stored" if autopush else "delivered"
+        routes.append(RouteConfig(name="greenhouse-valves", deliver=targets, ack=ack, max_age=3600))
     if mqtt_port is not None:
         adapters["site-broker"] = MqttAdapterConfig(name="site-broker", port=mqtt_port)
         routes.append(
@@ -213,7 +224,9 @@ def _config(workdir: Path, mqtt_port: int | None, serial_port: Path | None) -> C
     )
 
 
-async def _send(demo: Demo, journey: Journey, info: PushSubscriptionInfo) -> None:
+async def _send(
+    demo: Demo, journey: Journey, info: PushSubscriptionInfo, channel_id: str | None = None
+) -> None:
     body = encrypt(journey.body, p256dh=info.p256dh, auth_secret=info.auth)
     headers = [
         ("ttl", "600"),
@@ -229,6 +242,10 @@ async def _send(demo: Demo, journey: Journey, info: PushSubscriptionInfo) -> Non
     response = await request("POST", info.endpoint, body, headers=headers)
     values = dict(response.headers)
     journey.message_url = values.get("location", "")
+    if channel_id is not None:
+        # autopush: the gateway knows the message by its channel and version (the last segment
+        # of the Location the service answered).
+        journey.message_url = ack_key(channel_id, journey.message_url.rsplit("/", 1)[-1])
     how = f"HTTP {response.status}, {len(body)} bytes, urgency {journey.urgency}"
     if journey.topic:
         how += f", topic {journey.topic}"
@@ -289,17 +306,25 @@ async def _watch_devices(demo: Demo, record: Path | None) -> None:
         await trio.sleep(POLL_INTERVAL)
 
 
-async def run_demo(workdir: Path, *, keep_running: bool = False) -> int:
-    """Run the demo in ``workdir``; returns the exit status."""
+async def run_demo(workdir: Path, *, keep_running: bool = False, autopush: bool = False) -> int:
+    """Run the demo in ``workdir`` (``autopush``: against the autopush double, as a gateway
+    pointed at Mozilla's push service would run); returns the exit status."""
     demo = Demo(workdir)
     demo.say("fieldgate demo: a Web Push gateway, end to end on loopback\n")
     mosquitto = _mosquitto_binary()
     fbsim = FBSIM if FBSIM.exists() else None
     with _maybe_children(workdir, mosquitto, fbsim) as (mqtt_port, serial_port, record):
-        service = PushService(ServiceSettings(redelivery_after=5.0))
         async with trio.open_nursery() as nursery:
-            await nursery.start(partial(service.serve, "127.0.0.1", 0))
-            demo.say(f"push service   {service.subscribe_url}  (reference RFC 8030 service)")
+            if autopush:
+                double = AutopushService(AutopushSettings())
+                await nursery.start(partial(double.serve, "127.0.0.1", 0))
+                service_url = double.ws_url
+                demo.say(f"push service   {service_url}  (autopush double: Mozilla's protocol)")
+            else:
+                service = PushService(ServiceSettings(redelivery_after=5.0))
+                await nursery.start(partial(service.serve, "127.0.0.1", 0))
+                service_url = service.subscribe_url
+                demo.say(f"push service   {service_url}  (reference RFC 8030 service)")
             demo.say(
                 "MQTT broker    "
                 + (f"mosquitto on 127.0.0.1:{mqtt_port}" if mqtt_port else "not installed: skipped")
@@ -308,10 +333,10 @@ async def run_demo(workdir: Path, *, keep_running: bool = False) -> int:
                 "serial device  "
                 + (f"C simulator on {serial_port}" if serial_port else "not built: skipped")
             )
-            base = _config(workdir, mqtt_port, serial_port)
+            base = _config(workdir, mqtt_port, serial_port, autopush=autopush)
             config = Config(
                 push=PushConfig(
-                    service=service.subscribe_url,
+                    service=service_url,
                     state_dir=base.push.state_dir,
                     keepalive=base.push.keepalive,
                 ),
@@ -341,11 +366,13 @@ async def run_demo(workdir: Path, *, keep_running: bool = False) -> int:
                 await trio.to_thread.run_sync(ready.wait, 5.0)
             nursery.start_soon(_watch_receipts, demo)
             nursery.start_soon(_watch_devices, demo, record)
-            plan = _plan(config)
+            plan = _plan(config, receipts=not autopush)
+            channels = {r.route: r.subscription_url for r in gateway.store.subscriptions()}
             demo.journeys.extend(plan)
             try:
                 for journey in plan:
-                    await _send(demo, journey, infos[journey.route])
+                    channel = channels[journey.route] if autopush else None
+                    await _send(demo, journey, infos[journey.route], channel)
                     with trio.move_on_after(STAGE_LIMIT):
                         await _poll_until(partial(_done, journey))
                     demo.say("")
@@ -359,21 +386,28 @@ async def run_demo(workdir: Path, *, keep_running: bool = False) -> int:
     return 0 if all(_done(j) for j in demo.journeys) else 1
 
 
-def _plan(config: Config) -> list[Journey]:
+def _plan(config: Config, *, receipts: bool = True) -> list[Journey]:
     journeys: list[Journey] = []
     for route in config.routes:
         if route.name == "greenhouse-valves":
             journeys.append(
-                Journey("valve-1", route.name, b'{"valve": 3, "open": true}', "high", None, True)
+                Journey(
+                    "valve-1", route.name, b'{"valve": 3, "open": true}', "high", None, receipts
+                )
             )
             journeys.append(
                 Journey(
-                    "valve-2", route.name, b'{"valve": 3, "open": false}', "normal", "valve3", True
+                    "valve-2",
+                    route.name,
+                    b'{"valve": 3, "open": false}',
+                    "normal",
+                    "valve3",
+                    receipts,
                 )
             )
         else:
             journeys.append(
-                Journey("telemetry", route.name, b'{"interval_s": 60}', "low", "interval", True)
+                Journey("telemetry", route.name, b'{"interval_s": 60}', "low", "interval", receipts)
             )
     return journeys
 
@@ -468,10 +502,10 @@ async def _poll_until(predicate: Callable[[], bool]) -> None:
         await trio.sleep(POLL_INTERVAL)
 
 
-def main(*, keep_running: bool = False, workdir: Path | None = None) -> int:
+def main(*, keep_running: bool = False, workdir: Path | None = None, autopush: bool = False) -> int:
     """Run the demo in a temporary directory (removed afterwards) or in ``workdir``."""
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
-        return trio.run(partial(run_demo, workdir, keep_running=keep_running))
+        return trio.run(partial(run_demo, workdir, keep_running=keep_running, autopush=autopush))
     with tempfile.TemporaryDirectory(prefix="fieldgate-demo-") as tmp:
-        return trio.run(partial(run_demo, Path(tmp), keep_running=keep_running))
+        return trio.run(partial(run_demo, Path(tmp), keep_running=keep_running, autopush=autopush))

@@ -27,10 +27,25 @@ async def test_the_demo_shows_every_journey_through_mqtt_and_the_serial_simulato
     assert text.count("receipt back  (HTTP 204)") == 3
 
 
+async def test_the_demo_on_the_autopush_protocol(tmp_path, monkeypatch):
+    out = io.StringIO()
+    monkeypatch.setattr(demo.sys, "stdout", out)
+    assert await demo.run_demo(tmp_path, autopush=True) == 0
+    text = out.getvalue()
+    assert "autopush double" in text and "ws://127.0.0.1:" in text
+    assert "3/3 delivered to devices; gateway health: ok" in text
+    assert text.count("acknowledged upstream") == 3
+    assert "receipt back" not in text.split("summary")[0]  # autopush sends no receipts
+
+
 def test_the_demo_removes_its_directory():
     with pytest.MonkeyPatch.context() as mp:
         seen = []
-        mp.setattr(demo, "run_demo", lambda workdir, keep_running=False: seen.append(workdir))
+        mp.setattr(
+            demo,
+            "run_demo",
+            lambda workdir, keep_running=False, autopush=False: seen.append(workdir),
+        )
         mp.setattr(demo.trio, "run", lambda fn: fn() or 0)
         assert demo.main() == 0
     assert seen and not seen[0].exists()

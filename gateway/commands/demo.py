@@ -10,7 +10,7 @@ from fieldgate_common.logs import setup_logging
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """``[--keep-running] [--workdir DIR] [--verbose]``."""
+    """``[--keep-running] [--workdir DIR] [--verbose] [--autopush]``."""
     parser.add_argument(
         "--keep-running", action="store_true", help="keep everything up until Ctrl-C"
     )
@@ -18,6 +18,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--workdir", type=Path, help="keep state and logs here instead of a temporary directory"
     )
     parser.add_argument("--verbose", action="store_true", help="show the gateway's log too")
+    parser.add_argument(
+        "--autopush",
+        action="store_true",
+        help="run the gateway on Mozilla's autopush protocol (wss://) against its test double",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,4 +33,4 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("fieldgate").setLevel(logging.ERROR)
     from gateway.demo import main
 
-    return main(keep_running=args.keep_running, workdir=args.workdir)
+    return main(keep_running=args.keep_running, workdir=args.workdir, autopush=args.autopush)
