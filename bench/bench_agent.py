@@ -115,26 +115,20 @@ class Child:
 class Bench:
     """The processes and files of one benchmark run."""
 
-    def __init__(self, workdir: Path, messages: int) -> None:
+    def __init__(self, workdir: Path, messages: int, *, protocol: str = "rfc8030") -> None:
         self.workdir = workdir
         self.messages = messages
         ready = workdir / "service.url"
         self.service_log = (workdir / "service.log").open("wb")
+        if protocol == "autopush":
+            # The autopush double: the gateway connects over ws://, senders POST to endpoints.
+            command = ["autopush-service", "--listen", "127.0.0.1:0"]
+        else:
+            command = ["push-service", "--listen", "127.0.0.1:0"]
+            command += ["--redelivery-after", str(REDELIVERY_AFTER)]
+        command += ["--ready-file", str(ready), "--log-level", "warning"]
         self.service = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gateway",
-                "push-service",
-                "--listen",
-                "127.0.0.1:0",
-                "--ready-file",
-                str(ready),
-                "--redelivery-after",
-                str(REDELIVERY_AFTER),
-                "--log-level",
-                "warning",
-            ],
+            [sys.executable, "-m", "gateway", *command],
             stdout=subprocess.DEVNULL,
             stderr=self.service_log,
         )
