@@ -24,10 +24,16 @@ Measured, each beside its floor from the same run:
 * serial: messages/s to fbsim over the pty beside a 115200-baud line's stop-and-wait capacity
   for the same frames (computed; a pty has no baud rate);
 * RSS at start (connected, idle) and after the run; idle CPU and wake-ups (voluntary context
-  switches) per minute with every keepalive at 60 s.
+  switches) per minute with every keepalive at 60 s;
+* the field's rates, 1, 20 and 100 msg/s through the connected gateway: disk bytes written per
+  message beside the floor of acknowledging after a durable commit (one append of a 200-byte
+  record and one fsync per message in the same directory, ``bench/e2e_fsync.py``, at the same
+  rate), CPU per message beside the drain's, latency, resident memory; and the latency at half
+  the live capacity (the live flat-out rate measured first).
 
 ``FIELDGATE_BENCH_MESSAGES`` (N, default 3000), ``FIELDGATE_BENCH_ROUNDS`` (default 2),
-``FIELDGATE_BENCH_IDLE`` (idle window, s, default 60), ``FIELDGATE_BENCH_LONG=1`` (also
+``FIELDGATE_BENCH_IDLE`` (idle window, s, default 60), ``FIELDGATE_BENCH_FIELD_SECONDS`` (each
+field-rate step, default 30), ``FIELDGATE_BENCH_LONG=1`` (also
 1,000,000 messages, or ``FIELDGATE_BENCH_LONG_MESSAGES``, at 90% of the live rate, RSS every
 100,000), ``FIELDGATE_BENCH_PROFILE=FILE`` (the last
 gateway process runs under cProfile; top functions printed). Results:
@@ -93,6 +99,10 @@ from bench.e2e_report import Progress, render_markdown, write_chart
 DEFAULT_MESSAGES = 3000  # ~4-5 s of gateway drain at the ~700 msg/s seen here
 DEFAULT_ROUNDS = 2  # floor/gateway drains alternate; medians (the VM drifts 20-30%)
 LOADS = (0.25, 0.5, 0.9)  # fractions of the gateway's sustained rate (issue 10)
+# The field's rates (issue 20): a few messages a minute is the usual case, 100/s a busy site.
+FIELD_RATES = (1.0, 20.0, 100.0)
+FIELD_SECONDS = 30.0  # each field step lasts this long (FIELDGATE_BENCH_FIELD_SECONDS) ...
+FIELD_MIN_MESSAGES = 20  # ... with at least this many messages
 LATENCY_SECONDS = 4.0  # each load step lasts about this long ...
 LATENCY_MIN_MESSAGES = 200  # ... with at least this many samples for a p99
 SERIAL_MESSAGES = 600  # ~1 s over the pty
@@ -332,9 +342,13 @@ class Bench:
         name = "fieldgate_commit_batch_messages"
         return metric_sum(text, name + "_count"), metric_sum(text, name + "_sum")
 
-    def latency(self, rate: float, cpu_pid: int | None, scrape: bool) -> Report:
-        """Offer ``rate`` msg/s for LATENCY_SECONDS; POST -> on_message latency per message."""
-        count = max(LATENCY_MIN_MESSAGES, round(rate * LATENCY_SECONDS))
+    def latency(
+        self, rate: float, cpu_pid: int | None, scrape: bool, count: int | None = None
+    ) -> Report:
+        """Offer ``rate`` msg/s for LATENCY_SECONDS (or ``count`` messages); POST -> on_message
+        latency per message."""
+        if count is None:
+            count = max(LATENCY_MIN_MESSAGES, round(rate * LATENCY_SECONDS))
         self.subscriber.ask("reset", RESULT_LIMIT, cmd="reset")
         metrics_before = self.gateway.get("/metrics").decode() if scrape else ""
         before = sample(cpu_pid) if cpu_pid else None
@@ -347,6 +361,8 @@ class Bench:
             self.progress.show(got / count)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"latency run at {rate:.0f}/s stuck at {got}/{count}")
+        if cpu_pid:
+            time.sleep(IDLE_SETTLE)  # the commits and acks that follow the last receipt
         after = sample(cpu_pid) if cpu_pid else None
         busy = busy_fractions(cores0, core_ticks())
         sent = self._wait_sent()
@@ -361,6 +377,7 @@ class Bench:
         }
         if before is not None and after is not None:
             report["cpu_us"] = (after.cpu - before.cpu) / count * 1e6
+            report["disk_bytes"] = after.write_bytes - before.write_bytes
         if scrape:
             metrics_after = self.gateway.get("/metrics").decode()
             name = "fieldgate_delivery_latency_seconds"
@@ -377,6 +394,30 @@ class Bench:
             )
             report["messages_per_ingest_commit"] = ratio(batched, commits)
         return report
+
+    def field(self, rate: float, seconds: float) -> Report:
+        """``rate`` msg/s for ``seconds`` through the connected gateway: what each message
+        costs in the field (disk bytes, CPU, latency, memory), beside the append + fsync floor
+        at the same rate in the same directory."""
+        count = max(FIELD_MIN_MESSAGES, round(rate * seconds))
+        pid = self.gateway.pid
+        time.sleep(IDLE_SETTLE)  # deferred work of the previous phase is done
+        report = self.latency(rate, pid, scrape=True, count=count)
+        time.sleep(IDLE_SETTLE)
+        after = sample(pid)
+        floor = self.child(
+            ["-m", "bench.e2e_fsync", str(self.workdir), str(count), str(rate)],
+            core=CORE_UNDER_TEST,
+        )
+        fsync = floor.expect("result", RESULT_LIMIT + count / rate)
+        floor.proc.wait()
+        return {
+            **report,
+            "disk_bytes_per_message": report["disk_bytes"] / report["messages"],
+            "rss_kib_after": after.rss_kib,
+            "fsync_floor_bytes_per_message": fsync["bytes_per_message"],
+            "fsync_floor_cpu_us": fsync["cpu_us"],
+        }
 
     def serial(self) -> Report:
         """K messages to the serial route; rate from fbsim's record file."""
@@ -499,8 +540,9 @@ def run(
     idle_seconds: float,
     long: int,
     profile: Path | None = None,
+    field_seconds: float = FIELD_SECONDS,
 ) -> Report:
-    phases = 5 + 2 * rounds + len(LOADS) * 2 + 2 + (1 if long else 0)
+    phases = 5 + 2 * rounds + len(LOADS) * 2 + 2 + len(FIELD_RATES) + 1 + (1 if long else 0)
     progress = Progress(phases)
     progress.next("start peers, subscribe")
     bench = Bench(workdir, messages, progress)
@@ -520,7 +562,8 @@ def run(
             drains.append({"variant": "gateway", "round": round_no, **report})
         sustained = statistics.median(d["rate"] for d in drains if d["variant"] == "gateway")
         pool = max(LATENCY_MIN_MESSAGES, round(max(LOADS) * sustained * LATENCY_SECONDS))
-        bench.encrypt(MQTT_ROUTE, max(pool, messages))
+        field_pool = round(max(FIELD_RATES) * field_seconds)
+        bench.encrypt(MQTT_ROUTE, max(pool, messages, field_pool))
         progress.next("gateway live, sender flat out")
         live = [{"variant": "gateway", **bench.live_max(bench.gateway.pid)}]
         latency: list[Report] = []
@@ -528,6 +571,12 @@ def run(
             progress.next(f"gateway latency at {load:.0%}")
             report = bench.latency(load * sustained, bench.gateway.pid, scrape=True)
             latency.append({"variant": "gateway", "load": load, **report})
+        field: list[Report] = []
+        for field_rate in FIELD_RATES:
+            progress.next(f"the field: {field_rate:g} msg/s for {field_seconds:g} s")
+            field.append(bench.field(field_rate, field_seconds))
+        progress.next("latency at half the live capacity")
+        half_live = bench.latency(0.5 * live[0]["rate"], bench.gateway.pid, scrape=True)
         progress.next("serial route (fbsim on a pty)")
         serial = bench.serial()
         progress.next(f"idle {idle_seconds:.0f} s")
@@ -562,6 +611,8 @@ def run(
         "floor_rate": statistics.median(d["rate"] for d in drains if d["variant"] == "floor"),
         "live": live,
         "latency": latency,
+        "field": field,
+        "half_live": half_live,
         "serial": serial,
         "idle": idle,
         "rss_start_kib": setup["rss_start_kib"],
@@ -596,6 +647,7 @@ def main() -> None:
     messages = int(os.environ.get("FIELDGATE_BENCH_MESSAGES", DEFAULT_MESSAGES))
     rounds = int(os.environ.get("FIELDGATE_BENCH_ROUNDS", DEFAULT_ROUNDS))
     idle_seconds = float(os.environ.get("FIELDGATE_BENCH_IDLE", DEFAULT_IDLE))
+    field_seconds = float(os.environ.get("FIELDGATE_BENCH_FIELD_SECONDS", FIELD_SECONDS))
     long = 0
     if os.environ.get("FIELDGATE_BENCH_LONG", "") == "1":
         long = int(os.environ.get("FIELDGATE_BENCH_LONG_MESSAGES", LONG_MESSAGES))
@@ -605,7 +657,7 @@ def main() -> None:
     base = Path(os.environ.get("FIELDGATE_BENCH_DIR", "/var/tmp"))
     workdir = Path(tempfile.mkdtemp(prefix="fieldgate-bench-e2e-", dir=base))
     try:
-        results = run(workdir, messages, rounds, idle_seconds, long, profile)
+        results = run(workdir, messages, rounds, idle_seconds, long, profile, field_seconds)
     except BaseException:
         print(f"(logs kept in {workdir})", file=sys.stderr)
         raise

@@ -71,6 +71,40 @@ def _latency_cells(r: Report | None) -> str:
     return f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} / {r['max_ms']:.1f}"
 
 
+def _field_lines(res: Report, drain_cpu: float) -> list[str]:
+    """The field's rates: every figure beside its floor (issue 20's goals)."""
+    field = res.get("field")
+    if not field:
+        return []
+    lines = [
+        "",
+        "In the field (the connected gateway at a steady rate; the floor of disk writes is one "
+        "200-byte append + fsync per message, same directory, same rate; CPU beside the "
+        "drain's):",
+        "",
+        "| rate | disk B/msg | floor B/msg | ratio (goal ≤ 2 at 20/s) | CPU µs/msg | vs drain "
+        "(goal ≤ 2 at 20/s) | p50 / p99 ms | RSS MiB |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in field:
+        disk, floor = r["disk_bytes_per_message"], r["fsync_floor_bytes_per_message"]
+        lines.append(
+            f"| {r['offered_rate']:g}/s ({r['messages']}) | {disk:,.0f} | {floor:,.0f} | "
+            f"{disk / floor if floor else float('nan'):.2f} | {r['cpu_us']:,.0f} | "
+            f"{r['cpu_us'] / drain_cpu:.2f} | {r['p50_ms']:.1f} / {r['p99_ms']:.1f} | "
+            f"{_mib(r['rss_kib_after']):.1f} |"
+        )
+    half = res.get("half_live")
+    if half:
+        lines.append(
+            f"| half the live capacity, {half['offered_rate']:,.0f}/s ({half['messages']}) | "
+            f"{half['disk_bytes'] / half['messages']:,.0f} | - | - | {half['cpu_us']:,.0f} | "
+            f"{half['cpu_us'] / drain_cpu:.2f} | {half['p50_ms']:.1f} / {half['p99_ms']:.1f} "
+            f"(goal p99 < 10) | - |"
+        )
+    return lines
+
+
 def render_markdown(res: Report) -> str:
     """The results as a Markdown table; every figure beside its floor and goal."""
     goals = res["goals"]
@@ -210,6 +244,7 @@ def render_markdown(res: Report) -> str:
             f"- round {r['round']} {r['variant']:7}: {r['rate']:,.0f}/s (10-90%: "
             f"{r['window_rate']:,.0f}/s), {r['cpu_us']:,.0f} µs{extra}"
         )
+    lines += _field_lines(res, g_cpu)
     lines += [
         "",
         "Each latency run (offered and achieved POST rate, busy fraction of each core):",

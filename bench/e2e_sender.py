@@ -5,11 +5,15 @@
 * ``{"cmd": "encrypt", "route": R, "count": N}``: grow route R's pool of pre-encrypted messages
   to N (``gateway.webpush.crypto.encrypt``, a fresh sender key each, as pywebpush does); the
   payload of message i carries i (``e2e_common.payload``). Answers ``encrypted``.
-* ``{"cmd": "post", "route": R, "count": N, "rate": X, "times": bool}``: POST pool messages
-  0, 1, ... (cycling through the pool when N is larger) over one HTTP/1.1 keep-alive connection,
-  at X messages/s on a fixed schedule (0: each as soon as the last was answered). Answers
-  ``sent`` with the send time of each message when ``times`` (time.monotonic(), taken just
-  before the request is written: the latency figures start here).
+* ``{"cmd": "post", "route": R, "count": N, "rate": X, "times": bool}``: POST messages 0, 1,
+  ... over one HTTP/1.1 keep-alive connection, at X messages/s on a fixed schedule (0: each as
+  soon as the last was answered). Answers ``sent`` with the send time of each message when
+  ``times`` (time.monotonic(), taken just before the request is written: the latency figures
+  start here).
+
+Every POST carries a ciphertext never sent before, as a real application server's would (the
+gateway drops a repeated record salt as a replay): a pooled one when there is one, else one
+encrypted on the spot; after answering ``sent`` the pool is refilled for the next command.
 """
 
 from __future__ import annotations
@@ -47,11 +51,36 @@ class KeepAliveSender(BaseSender):
             return super().post(path, body)
 
 
+class Pool:
+    """One route's unused ciphertexts, per message index (each is POSTed once)."""
+
+    def __init__(self, p256dh: bytes, auth: bytes) -> None:
+        self.p256dh, self.auth = p256dh, auth
+        self.slots: list[list[bytes]] = []
+
+    def fresh(self, i: int) -> bytes:
+        return encrypt(payload(i), p256dh=self.p256dh, auth_secret=self.auth)
+
+    def take(self, i: int) -> bytes:
+        slot = self.slots[i] if i < len(self.slots) else None
+        return slot.pop() if slot else self.fresh(i)
+
+    def refill(self, count: int) -> None:
+        while len(self.slots) < count:
+            self.slots.append([])
+        for i in range(count):
+            if not self.slots[i]:
+                self.slots[i].append(self.fresh(i))
+
+
 def main() -> None:
     keys_file, ttl = Path(sys.argv[1]), int(sys.argv[2])
     pin(CORE_PEERS)
     routes = read_keys(keys_file)
-    pools: dict[str, list[bytes]] = {name: [] for name in routes}
+    pools = {
+        name: Pool(bytes.fromhex(k.p256dh_hex), bytes.fromhex(k.auth_secret_hex))
+        for name, k in routes.items()
+    }
     origin = urlsplit(next(iter(routes.values())).push_url)
     assert origin.hostname is not None and origin.port is not None
     sender = KeepAliveSender(origin.hostname, origin.port, ttl)
@@ -63,11 +92,10 @@ def main() -> None:
         keys = routes[command["route"]]
         pool = pools[keys.route]
         if cmd == "encrypt":
-            p256dh, auth = bytes.fromhex(keys.p256dh_hex), bytes.fromhex(keys.auth_secret_hex)
             started = time.perf_counter()
-            while len(pool) < command["count"]:
-                pool.append(encrypt(payload(len(pool)), p256dh=p256dh, auth_secret=auth))
-            emit("encrypted", seconds=time.perf_counter() - started, body_bytes=len(pool[0]))
+            pool.refill(command["count"])
+            size = len(pool.slots[0][0]) if pool.slots else 0
+            emit("encrypted", seconds=time.perf_counter() - started, body_bytes=size)
         elif cmd == "post":
             path = urlsplit(keys.push_url).path
             count, rate, want_times = command["count"], command["rate"], command["times"]
@@ -82,7 +110,7 @@ def main() -> None:
                 now = time.monotonic()
                 if want_times:
                     send_times.append(now)
-                if sender.post(path, pool[i % len(pool)]) not in (201, 202):
+                if sender.post(path, pool.take(i)) not in (201, 202):
                     refused += 1
             emit(
                 "sent",
@@ -93,6 +121,7 @@ def main() -> None:
                 reconnects=sender.reconnects,
                 send_times=send_times,
             )
+            pool.refill(min(count, len(pool.slots)))
 
 
 if __name__ == "__main__":
