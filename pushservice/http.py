@@ -15,6 +15,7 @@ class ConnectionInfo:
     peer_is_loopback: bool
     http2: bool
     subscriptions_created: int = 0
+    peer: str = ""  # the client's address (from the PROXY header behind a load balancer)
 
 
 @dataclass(frozen=True)
