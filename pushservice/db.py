@@ -36,7 +36,9 @@ class Database:
         """Run one store method in a worker thread; StoreUnavailable when the database is not."""
         started = time.perf_counter()
         try:
-            result = await trio.to_thread.run_sync(partial(fn, *args, **kwargs), limiter=self._limiter)
+            result = await trio.to_thread.run_sync(
+                partial(fn, *args, **kwargs), limiter=self._limiter
+            )
         except StoreUnavailable as exc:
             self._failed(str(exc))
             raise

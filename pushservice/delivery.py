@@ -105,7 +105,9 @@ class Delivery:
         """Re-read every monitored target (after the listener reconnected, and on a timer)."""
         due = {(t, "") for t in self.monitors.targets("set")}
         due |= {("", t) for t in self.monitors.targets("subscription")}
-        self._queue(Changes(due=frozenset(due), receipts=frozenset(self.monitors.targets("receipt"))))
+        self._queue(
+            Changes(due=frozenset(due), receipts=frozenset(self.monitors.targets("receipt")))
+        )
 
     async def _resync_timer(self) -> None:
         while True:
@@ -271,7 +273,10 @@ class Delivery:
         """Claim and push due messages of the targets monitored here; what needs another go."""
         floors: dict[Urgency, tuple[set[str], set[str]]] = {}
         for set_id, sub_id in due:
-            targets: tuple[tuple[TargetKind, str], ...] = (("set", set_id), ("subscription", sub_id))
+            targets: tuple[tuple[TargetKind, str], ...] = (
+                ("set", set_id),
+                ("subscription", sub_id),
+            )
             for kind, ident in targets:
                 live = [m for m in self.monitors.of_target(kind, ident) if m.live]
                 if not ident or not live:

@@ -214,7 +214,9 @@ async def _promise_flood(hostility: Hostility, session: HostileSession, stream_i
     await session.send_raw(session.conn.data_to_send())
 
 
-async def _unanswered_promises(hostility: Hostility, session: HostileSession, stream_id: int) -> None:
+async def _unanswered_promises(
+    hostility: Hostility, session: HostileSession, stream_id: int
+) -> None:
     for n in range(UNANSWERED_PROMISES):
         _promise(session, stream_id, f"/m/never-{n}")
     await session.send_raw(session.conn.data_to_send())

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pushservice.model import Urgency
+from pushservice.store import ResourceKind
 
 
 @dataclass
@@ -59,7 +60,7 @@ class Response:
 class MonitorRequest:
     """A GET that the front end must hold open and feed with server pushes."""
 
-    kind: str  # "subscription", "set" or "receipt"
+    kind: ResourceKind
     target_id: str
     min_urgency: Urgency | None
     wait0: bool

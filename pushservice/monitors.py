@@ -80,7 +80,9 @@ class MonitorRegistry:
 
     def on_stream(self, session: PushTarget, stream_id: int) -> Monitor | None:
         """The monitor on one stream, if any."""
-        return next((m for m in self._by_session.get(session, ()) if m.stream_id == stream_id), None)
+        return next(
+            (m for m in self._by_session.get(session, ()) if m.stream_id == stream_id), None
+        )
 
     def pop_target(self, kind: ResourceKind, target_id: str) -> list[Monitor]:
         """Remove and return every monitor of a target."""

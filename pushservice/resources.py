@@ -260,7 +260,7 @@ class Resources:
             )
         except ValueError:
             return text_response(400, "invalid Urgency")
-        return MonitorRequest(kind, ident, min_urgency, wants_wait0(req.header_values("prefer")))
+        return MonitorRequest(target, ident, min_urgency, wants_wait0(req.header_values("prefer")))
 
     def _removed(self, changes: Changes | None) -> Response:
         if changes is None:

@@ -91,7 +91,9 @@ class PushService:
         self.log = get_logger("pushservice")
         self.node = secrets.token_hex(4)
         self.metrics = metrics or ServiceMetrics()
-        self._storage = storage if storage is not None else (str(state_path) if state_path else None)
+        self._storage = (
+            storage if storage is not None else (str(state_path) if state_path else None)
+        )
         threads = settings.store_threads
         store = open_store(self._storage, node=self.node, threads=threads)
         self.db = Database(store, threads=threads if store.shared else 1, metrics=self.metrics)
@@ -245,7 +247,7 @@ class PushService:
 
     def status(self) -> dict[str, object]:
         """A small status document for the status endpoint's /status."""
-        ok, reason = self.health()
+        _, reason = self.health()
         return {
             "node": self.node,
             "origin": self.origin if self._origin else None,
@@ -275,10 +277,10 @@ class PushService:
             return await self._monitor_over_http1(req, result)
         if self.faults.hostility.answer_monitor(session, stream_id):  # type: ignore[arg-type]
             return None
-        if not getattr(session, "push_enabled", True):
+        if not session.push_enabled:
             return text_response(400, "monitoring needs server push")
         monitor = Monitor(
-            session, stream_id, result.kind, result.target_id, req, result.min_urgency  # type: ignore[arg-type]
+            session, stream_id, result.kind, result.target_id, req, result.min_urgency
         )
         self.delivery.start_monitor(monitor, wait0=result.wait0)
         return None

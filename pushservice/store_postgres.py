@@ -46,8 +46,8 @@ from pushservice.store import (
     TargetKind,
     decode_payload,
     encode_changes,
-    stored_message,
     payload_prefix,
+    stored_message,
 )
 
 SCHEMA_VERSION = 1
@@ -75,8 +75,8 @@ CREATE INDEX IF NOT EXISTS subscriptions_set ON subscriptions (set_id);
 CREATE TABLE IF NOT EXISTS messages (
     seq BIGSERIAL PRIMARY KEY, id TEXT UNIQUE NOT NULL, sub_id TEXT NOT NULL,
     push_id TEXT NOT NULL, set_id TEXT NOT NULL, body BYTEA NOT NULL, content_encoding TEXT,
-    urgency SMALLINT NOT NULL, topic TEXT, created DOUBLE PRECISION NOT NULL, expires DOUBLE PRECISION NOT NULL,
-    receipt_id TEXT, pushed_at DOUBLE PRECISION);
+    urgency SMALLINT NOT NULL, topic TEXT, created DOUBLE PRECISION NOT NULL,
+    expires DOUBLE PRECISION NOT NULL, receipt_id TEXT, pushed_at DOUBLE PRECISION);
 CREATE INDEX IF NOT EXISTS messages_set ON messages (set_id, seq);
 CREATE INDEX IF NOT EXISTS messages_sub ON messages (sub_id, seq);
 CREATE INDEX IF NOT EXISTS messages_due_set ON messages (set_id, seq) WHERE pushed_at IS NULL;
@@ -118,8 +118,8 @@ _INSERT_WITH_TOPIC = """
 WITH m AS (
     INSERT INTO messages (id, sub_id, push_id, set_id, body, content_encoding, urgency, topic,
                           created, expires, receipt_id, pushed_at)
-    VALUES (%(id)s, %(sub)s, %(push)s, %(set)s, %(body)s, %(ce)s, %(urgency)s, %(topic)s, %(created)s,
-            %(expires)s, %(receipt)s, %(pushed)s)
+    VALUES (%(id)s, %(sub)s, %(push)s, %(set)s, %(body)s, %(ce)s, %(urgency)s, %(topic)s,
+            %(created)s, %(expires)s, %(receipt)s, %(pushed)s)
     RETURNING seq),
 s AS (UPDATE subscriptions SET pending = pending + 1 - %(replaced)s WHERE id = %(sub)s)
 SELECT m.seq FROM m
@@ -246,7 +246,10 @@ class PostgresStore:
                 conn.close()
             raise StoreUnavailable(str(exc).strip() or type(exc).__name__) from exc
         except BaseException:
-            if conn is not None and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            if (
+                conn is not None
+                and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+            ):
                 conn.close()  # left mid-transaction by a bug: never hand it out again
             raise
         else:
@@ -395,9 +398,7 @@ class PostgresStore:
             "pushed": m.created if claimed else None,
         }
 
-    def accept(
-        self, message: NewMessage, *, max_pending: int, claimed: bool
-    ) -> Accepted | Refusal:
+    def accept(self, message: NewMessage, *, max_pending: int, claimed: bool) -> Accepted | Refusal:
         """See :meth:`pushservice.store.Store.accept`."""
         m = message
         params = self._message_params(m, claimed)
@@ -597,7 +598,6 @@ class _Tx:
         return cur.fetchall() if cur.description else []
 
 
-
 class _Refused(Exception):
     """Leaves a transaction (rolled back) with the reason a message is refused."""
 
@@ -656,4 +656,3 @@ class Listener:
                     changes = changes | change
             if changes:
                 self._on_changes(changes)
-

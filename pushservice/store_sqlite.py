@@ -52,7 +52,8 @@ CREATE INDEX IF NOT EXISTS subscriptions_set ON subscriptions (set_id);
 CREATE TABLE IF NOT EXISTS messages (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, sub_id TEXT NOT NULL,
     push_id TEXT NOT NULL, set_id TEXT NOT NULL, body BLOB NOT NULL, content_encoding TEXT,
-    urgency INTEGER NOT NULL, topic TEXT, created REAL NOT NULL, expires REAL NOT NULL, receipt_id TEXT, pushed_at REAL);
+    urgency INTEGER NOT NULL, topic TEXT, created REAL NOT NULL, expires REAL NOT NULL,
+    receipt_id TEXT, pushed_at REAL);
 CREATE INDEX IF NOT EXISTS messages_set ON messages (set_id, seq);
 CREATE INDEX IF NOT EXISTS messages_sub ON messages (sub_id, seq);
 CREATE INDEX IF NOT EXISTS messages_expires ON messages (expires);
@@ -75,8 +76,8 @@ ALTER TABLE receipt_events ADD COLUMN created REAL NOT NULL DEFAULT 0;
 _COPY_FROM_0 = """
 INSERT INTO messages (id, sub_id, push_id, set_id, body, content_encoding, urgency, topic,
                       created, expires, receipt_id)
-    SELECT m.id, m.sub_id, s.push_id, s.set_id, m.body, m.content_encoding, m.urgency, m.topic, m.created,
-           m.expires, m.receipt_id
+    SELECT m.id, m.sub_id, s.push_id, s.set_id, m.body, m.content_encoding, m.urgency, m.topic,
+           m.created, m.expires, m.receipt_id
     FROM messages_v0 m JOIN subscriptions s ON s.id = m.sub_id ORDER BY m.created;
 DROP TABLE messages_v0;
 UPDATE subscriptions SET pending = (SELECT count(*) FROM messages WHERE sub_id = subscriptions.id);
@@ -207,7 +208,9 @@ class SqliteStore:
         """See :meth:`pushservice.store.Store.exists`."""
         table = {"subscription": "subscriptions", "set": "sets", "receipt": "receipts"}[kind]
         with self._tx() as db:
-            return db.execute(f"SELECT 1 FROM {table} WHERE id = ?", (ident,)).fetchone() is not None
+            return (
+                db.execute(f"SELECT 1 FROM {table} WHERE id = ?", (ident,)).fetchone() is not None
+            )
 
     def _remove_subscriptions(
         self, db: sqlite3.Connection, sub_ids: list[str], now: float
@@ -274,13 +277,13 @@ class SqliteStore:
             db.execute("UPDATE sets SET joinable = 0")
 
     # -- messages -----------------------------------------------------------------------------
-    def accept(
-        self, message: NewMessage, *, max_pending: int, claimed: bool
-    ) -> Accepted | Refusal:
+    def accept(self, message: NewMessage, *, max_pending: int, claimed: bool) -> Accepted | Refusal:
         """See :meth:`pushservice.store.Store.accept`."""
         m = message
         with self._tx() as db:
-            row = db.execute("SELECT pending FROM subscriptions WHERE id = ?", (m.sub_id,)).fetchone()
+            row = db.execute(
+                "SELECT pending FROM subscriptions WHERE id = ?", (m.sub_id,)
+            ).fetchone()
             if row is None:
                 return "gone"
             replaced: list[Any] = []
@@ -297,13 +300,23 @@ class SqliteStore:
                     db.execute("ROLLBACK TO replace")  # a refused message replaces nothing
                 return "full"
             seq = db.execute(
-                "INSERT INTO messages (id, sub_id, push_id, set_id, body, content_encoding, urgency,"
-                " topic, created, expires, receipt_id, pushed_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-                " RETURNING seq",
+                "INSERT INTO messages (id, sub_id, push_id, set_id, body, content_encoding,"
+                " urgency, topic, created, expires, receipt_id, pushed_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?) RETURNING seq",
                 (
-                    m.id, m.sub_id, m.push_id, m.set_id, m.body, m.content_encoding, int(m.urgency), m.topic,
-                    m.created, m.expires, m.receipt_id, m.created if claimed else None,
-                ),  # fmt: skip
+                    m.id,
+                    m.sub_id,
+                    m.push_id,
+                    m.set_id,
+                    m.body,
+                    m.content_encoding,
+                    int(m.urgency),
+                    m.topic,
+                    m.created,
+                    m.expires,
+                    m.receipt_id,
+                    m.created if claimed else None,
+                ),
             ).fetchone()[0]
             db.execute(
                 "UPDATE subscriptions SET pending = pending + ? WHERE id = ?",

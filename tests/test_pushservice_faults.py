@@ -143,7 +143,9 @@ async def test_state_survives_a_restart(tmp_path: Path) -> None:
         await nursery.start(first.serve)
         async with h2_client(first.origin) as ua:
             sub = await subscribe(ua)
-            sent = await send(link_of(sub, REL_PUSH), b"kept", headers=[("prefer", "respond-async")])
+            sent = await send(
+                link_of(sub, REL_PUSH), b"kept", headers=[("prefer", "respond-async")]
+            )
             receipt_url = link_of(sent, REL_RECEIPT)
             await send(link_of(sub, REL_PUSH), b"acked")
             drained = await ua.request(
