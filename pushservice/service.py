@@ -137,6 +137,13 @@ class PushService:
         return (self.settings.public_url or self._origin).rstrip("/")
 
     @property
+    def bound_origin(self) -> str:
+        """``scheme://host:port`` this node listens on (behind a balancer: not the public one)."""
+        if self._origin is None:
+            raise RuntimeError("the push service is not serving yet")
+        return self._origin
+
+    @property
     def subscribe_url(self) -> str:
         """The subscribe resource, valid once ``serve`` has started."""
         return f"{self.origin}/subscribe"

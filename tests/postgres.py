@@ -6,7 +6,7 @@ a free loopback port with trust authentication for a test role; ``fsync=off`` be
 cluster need not survive the machine (it does survive a server restart: committed data is in
 the page cache). Fixtures::
 
-    from tests.postgres import postgres, pg_url  # noqa: F401
+    from tests.postgres import pg_url_fixture, postgres_fixture  # noqa: F401
 
 ``postgres`` is one server per test session; ``pg_url`` a fresh, empty database on it for each
 test. A test that restarts the server makes its own :class:`Postgres`.
@@ -114,8 +114,8 @@ class Postgres:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
+@pytest.fixture(scope="session", name="postgres")
+def postgres_fixture() -> Iterator[Postgres]:
     server = Postgres()
     server.start()
     try:
@@ -124,6 +124,6 @@ def postgres() -> Iterator[Postgres]:
         server.close()
 
 
-@pytest.fixture
-def pg_url(postgres: Postgres) -> str:
+@pytest.fixture(name="pg_url")
+def pg_url_fixture(postgres: Postgres) -> str:
     return postgres.new_database()

@@ -21,7 +21,7 @@ import trio
 
 from pushservice.service import PushService
 from pushservice.settings import ServiceSettings
-from tests.postgres import pg_url, postgres  # noqa: F401
+from tests.postgres import pg_url_fixture, postgres_fixture  # noqa: F401
 from tests.pushservice_client import REL_PUSH, REL_SET, h2_client, link_of, path_of, subscribe
 
 STORED = 30_000

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pushservice.service import PushService
 from pushservice.settings import TTL_CEILING, ZERO_TTL_REACH, ServiceSettings
 from pushservice.vapid import b64url_encode, sign_vapid
-from tests.postgres import pg_url, postgres  # noqa: F401
+from tests.postgres import pg_url_fixture, postgres_fixture  # noqa: F401
 from tests.pushservice_client import (
     REL_PUSH,
     REL_RECEIPT,

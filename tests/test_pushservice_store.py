@@ -21,7 +21,7 @@ from pushservice.store import (
 )
 from pushservice.store_postgres import PostgresStore
 from pushservice.store_sqlite import SqliteStore
-from tests.postgres import Postgres, pg_url, postgres  # noqa: F401
+from tests.postgres import Postgres, pg_url_fixture, postgres_fixture  # noqa: F401
 
 NOW = 1_800_000_000.0
 
