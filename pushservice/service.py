@@ -351,11 +351,11 @@ class PushService:
     async def _connection(
         self, tcp: trio.SocketStream, ssl_context: ssl.SSLContext | None, proxied: bool
     ) -> None:
-        peer = str(tcp.socket.getpeername()[0])
         stream: trio.abc.Stream = tcp
         self._connections += 1
         self.metrics.connections.set(self._connections)
         try:
+            peer = str(tcp.socket.getpeername()[0])  # OSError if the peer is gone already
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 leftover = b""
                 if proxied:

@@ -164,7 +164,7 @@ class HAProxy:
         self.config.write_text(
             f"""
 global
-  maxconn 20000
+  maxconn 4000
 defaults
   mode tcp
   timeout connect 1s
