@@ -65,8 +65,7 @@ def make_config(
             max_message_bytes=max_message_bytes,
         ),
         routes=tuple(
-            RouteConfig(name=name, deliver=(LogTarget(adapter="log"),), ack=ack)
-            for name in routes
+            RouteConfig(name=name, deliver=(LogTarget(adapter="log"),), ack=ack) for name in routes
         ),
         adapters={"log": LogAdapterConfig(name="log")},
     )
