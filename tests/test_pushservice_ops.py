@@ -36,7 +36,6 @@ from tests.pushservice_client import (
 )
 from tests.pushservice_nodes import free_port, wait_for
 
-
 FIELDGATE = [sys.executable, "-m", "gateway"]
 
 
