@@ -112,6 +112,7 @@ class Store(Protocol):
     """What the service needs from its database; every method is one transaction."""
 
     shared: bool  # other nodes may use the same database (their monitors hear notifications)
+    blocking_io: bool  # calls wait on a disk or the network: run them in worker threads
     round_trips: int  # statements sent to the database so far (the benchmark's figure)
 
     def close(self) -> None:

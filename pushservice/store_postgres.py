@@ -210,6 +210,7 @@ class PostgresStore:
     """The :class:`~pushservice.store.Store` on PostgreSQL, shared by every node."""
 
     shared = True
+    blocking_io = True
 
     def __init__(self, url: str, *, node: str, pool_size: int) -> None:
         self._url = url

@@ -116,6 +116,8 @@ class SqliteStore:
     shared = False
 
     def __init__(self, path: Path | None = None) -> None:
+        # In memory there is no disk to wait on: the calls are cheaper than a thread hop.
+        self.blocking_io = path is not None
         if path is not None:
             fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)  # capability URLs are secrets
             os.close(fd)
