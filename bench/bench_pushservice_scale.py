@@ -153,7 +153,7 @@ def _sender(origins: list[str], urls: list[str], count: int, seed: int) -> None:
             time.sleep(0.01)  # 503/429: try again
 
 
-# -- the orchestration ------------------------------------------------------------------------------
+# -- the orchestration -----------------------------------------------------------------------------
 def _rss(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

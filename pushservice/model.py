@@ -72,20 +72,9 @@ class NewMessage:
 
 
 @dataclass(frozen=True)
-class Message:
+class Message(NewMessage):
     """A stored push message; ``seq`` orders messages in the order the store accepted them."""
 
-    id: str
-    sub_id: str
-    push_id: str
-    set_id: str
-    body: bytes
-    content_encoding: str | None
-    urgency: Urgency
-    topic: str | None
-    created: float
-    expires: float
-    receipt_id: str | None
     seq: int
 
     def remaining_ttl(self, now: float) -> int:

@@ -16,7 +16,7 @@ monitors must hear about: the node that made it applies them at once, and a shar
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal, Protocol
 
 from pushservice.model import Message, NewMessage, ReceiptEvent, Subscription, Urgency
@@ -235,10 +235,7 @@ class Store(Protocol):
 
 def stored_message(m: NewMessage, seq: int) -> Message:
     """The stored form of a message the store accepted as number ``seq``."""
-    return Message(
-        m.id, m.sub_id, m.push_id, m.set_id, m.body, m.content_encoding, m.urgency, m.topic,
-        m.created, m.expires, m.receipt_id, seq,
-    )  # fmt: skip
+    return Message(**{f.name: getattr(m, f.name) for f in fields(NewMessage)}, seq=seq)
 
 
 # -- notification payloads (one place for their format) ------------------------------------------

@@ -199,13 +199,6 @@ def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
     return conn
 
 
-def describe(url: str) -> str:
-    """Where a URL points, without its password (for log lines)."""
-    params = conninfo.conninfo_to_dict(url)
-    host = params.get("host", "localhost")
-    return f"postgresql://{host}:{params.get('port', 5432)}/{params.get('dbname', '')}"
-
-
 class PostgresStore:
     """The :class:`~pushservice.store.Store` on PostgreSQL, shared by every node."""
 

@@ -10,6 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 SYSTEMD = Path(__file__).parent.parent / "systemd"
 UNIT = SYSTEMD / "fieldgate.service"
 EXEC_START = "/opt/fieldgate/venv/bin/fieldgate"
@@ -34,27 +36,32 @@ def unit_settings() -> dict[str, list[str]]:
     return settings
 
 
-def verifiable_copy(tmp_path: Path) -> Path:
+PUSH_UNIT = SYSTEMD / "fieldgate-push.service"
+
+
+def verifiable_copy(tmp_path: Path, original: Path = UNIT) -> Path:
     """The unit with ExecStart pointing at a binary that exists here (verify checks it)."""
-    text = UNIT.read_text()
+    text = original.read_text()
     assert EXEC_START in text
-    copy = tmp_path / "fieldgate.service"
+    copy = tmp_path / original.name
     copy.write_text(text.replace(EXEC_START, sys.executable))
     return copy
 
 
-def test_unit_passes_systemd_analyze_verify(tmp_path):
-    unit = verifiable_copy(tmp_path)
+@pytest.mark.parametrize("original", [UNIT, PUSH_UNIT], ids=["gateway", "push-service"])
+def test_unit_passes_systemd_analyze_verify(tmp_path, original):
+    unit = verifiable_copy(tmp_path, original)
     result = subprocess.run(
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
     # Unknown keys or bad values are only warnings: none is allowed either.
-    assert "fieldgate.service" not in result.stderr, result.stderr
+    assert original.name not in result.stderr, result.stderr
 
 
-def test_unit_exposure_is_at_most_two(tmp_path):
-    unit = verifiable_copy(tmp_path)
+@pytest.mark.parametrize("original", [UNIT, PUSH_UNIT], ids=["gateway", "push-service"])
+def test_unit_exposure_is_at_most_two(tmp_path, original):
+    unit = verifiable_copy(tmp_path, original)
     command = ["systemd-analyze", "security", "--offline=yes", "--threshold=20", str(unit)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
@@ -149,31 +156,7 @@ def test_unit_file_is_plain_ini():
     assert parser["Install"]["WantedBy"] == "multi-user.target"
 
 
-# -- the push service's unit ---------------------------------------------------------------------
-PUSH_UNIT = SYSTEMD / "fieldgate-push.service"
-
-
-def _push_copy(tmp_path: Path) -> Path:
-    text = PUSH_UNIT.read_text()
-    assert EXEC_START in text
-    copy = tmp_path / "fieldgate-push.service"
-    copy.write_text(text.replace(EXEC_START, sys.executable))
-    return copy
-
-
-def test_push_unit_passes_verify_and_its_exposure_is_at_most_two(tmp_path):
-    unit = _push_copy(tmp_path)
-    verify = subprocess.run(
-        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False
-    )
-    assert verify.returncode == 0 and "fieldgate-push.service" not in verify.stderr, verify.stderr
-    command = ["systemd-analyze", "security", "--offline=yes", "--threshold=20", str(unit)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
-    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
-    assert match and float(match.group(1)) <= MAX_EXPOSURE, result.stdout[-500:]
-
-
+# -- the push service's unit (verify and exposure: parametrized above) --------------------------
 def test_push_unit_runs_a_config_file_node_that_drains_and_reloads_tls():
     parser = configparser.RawConfigParser(strict=False)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
