@@ -27,7 +27,10 @@ from tests.pushservice_client import REL_PUSH, REL_SET, h2_client, link_of, path
 STORED = 30_000
 BODY = bytes(200)  # ~ a 100-byte message encrypted (aes128gcm adds 86 bytes)
 CLIENT_STREAMS = 128  # gateway/webpush/useragent.py MAX_PUSHED_STREAMS
-CLIENT_WINDOW = 1 << 20
+# HTTP/2's default connection window (RFC 9113 §6.9.2): pushes wait on the client's
+# WINDOW_UPDATEs, so at the end of the drain some are still queued behind it. The gateway's 1 MiB
+# window only moves the stall (the issue's 5,293 ≈ 1 MiB / 200 bytes).
+CLIENT_WINDOW = 65535
 # Generous: the drain takes ~10 s of pure-Python h2 on both sides of a loaded 2-core machine.
 DRAIN_LIMIT = 120.0
 
@@ -57,8 +60,12 @@ def _store_directly(service: PushService, sub_url: str, push_url: str, set_url: 
             db.execute("UPDATE subscriptions SET pending = ? WHERE id = ?", (STORED, sub_id))
 
 
-async def _drain(origin: str, set_path: str) -> tuple[int, int]:
-    """Monitor with wait=0 as the gateway does; (pushes completed, final status)."""
+async def _drain(origin: str, set_path: str) -> tuple[int, int, int]:
+    """Monitor with wait=0 as the gateway does.
+
+    Returns the pushes promised before the final answer, its status, and the pushes completed
+    in the end (bodies may follow the answer: they wait on flow control, the answer does not).
+    """
     host, port = origin.removeprefix("http://").rsplit(":", 1)
     stream = await trio.open_tcp_stream(host, int(port))
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
@@ -67,7 +74,8 @@ async def _drain(origin: str, set_path: str) -> tuple[int, int]:
         initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: CLIENT_STREAMS},
     )
     conn.initiate_connection()
-    conn.increment_flow_control_window(CLIENT_WINDOW - 65535)
+    if CLIENT_WINDOW > 65535:
+        conn.increment_flow_control_window(CLIENT_WINDOW - 65535)
     sid = conn.get_next_available_stream_id()
     headers = [
         (":method", "GET"),
@@ -81,7 +89,8 @@ async def _drain(origin: str, set_path: str) -> tuple[int, int]:
     pushed: set[int] = set()
     completed = 0
     status = 0
-    while status == 0:
+    promised_before = 0
+    while status == 0 or completed < len(pushed):
         data = await stream.receive_some(1 << 16)
         assert data, f"the service closed the connection after {completed} pushes"
         for event in conn.receive_data(data):
@@ -93,9 +102,10 @@ async def _drain(origin: str, set_path: str) -> tuple[int, int]:
                 completed += 1
             elif isinstance(event, h2.events.ResponseReceived) and event.stream_id == sid:
                 status = int(dict(event.headers)[b":status"])
+                promised_before = len(pushed)
         await stream.send_all(conn.data_to_send())
     await stream.aclose()
-    return completed, status
+    return promised_before, status, completed
 
 
 @pytest.mark.slow
@@ -119,7 +129,7 @@ async def test_a_drain_of_30000_stored_messages_delivers_them_all(
         push_url = link_of(sub, REL_PUSH)
         _store_directly(service, location, push_url, set_url)
         with trio.fail_after(DRAIN_LIMIT):
-            completed, status = await _drain(service.origin, path_of(set_url))
-        assert (completed, status) == (STORED, 200)
+            promised, status, completed = await _drain(service.origin, path_of(set_url))
+        assert (promised, status, completed) == (STORED, 200, STORED)
         nursery.cancel_scope.cancel()
     service.close()
