@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-import tracemalloc
 from urllib.parse import urlsplit
 
 import h2.connection
@@ -21,8 +20,8 @@ import h11
 
 from pushservice.h1client import HttpConnection
 from pushservice.links import links_with_rel
-from pushservice.model import Urgency
-from pushservice.state import PushState
+from pushservice.model import NewMessage, Urgency, new_token
+from pushservice.store_sqlite import SqliteStore
 
 MESSAGES = 3000
 BODY = b"\x00" * 100 + b"x" * 86  # ~ an aes128gcm body of a 100-byte plaintext
@@ -130,24 +129,26 @@ def _monitor_and_ack(set_url: str, count: int, sender_args: tuple[str, int]) -> 
 
 
 def _memory_per_10k() -> tuple[float, float]:
-    """Bytes allocated by PushState for STORED messages, and the raw body bytes."""
-    state = PushState()
-    sub = state.subscribe(None, None, 0.0)
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for i in range(STORED):
-        state.store_message(
-            sub,
-            body=bytes(BODY[:-8]) + i.to_bytes(8, "big"),
-            content_encoding="aes128gcm",
-            urgency=Urgency.NORMAL,
-            topic=None,
-            ttl=600,
-            receipt_id=None,
-            now=float(i),
+    """Bytes the (in-memory SQLite) store holds for STORED messages, and the raw body bytes."""
+    store = SqliteStore(None)
+    sub = store.subscribe(None, None, 0.0)
+    db = store._db  # the page count is the figure: read it straight from the database
+
+    def size() -> int:
+        return int(db.execute("PRAGMA page_count").fetchone()[0]) * int(
+            db.execute("PRAGMA page_size").fetchone()[0]
         )
-    used = tracemalloc.get_traced_memory()[0] - before
-    tracemalloc.stop()
+
+    before = size()
+    for i in range(STORED):
+        body = bytes(BODY[:-8]) + i.to_bytes(8, "big")
+        message = NewMessage(
+            new_token(), sub.id, sub.push_id, sub.set_id, body, "aes128gcm", Urgency.NORMAL,
+            None, float(i), float(i) + 600, None,
+        )  # fmt: skip
+        store.accept(message, max_pending=STORED, claimed=False)
+    used = size() - before
+    store.close()
     return used, STORED * len(BODY)
 
 

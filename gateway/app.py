@@ -18,12 +18,12 @@ from adapters.base import Adapter
 from adapters.registry import build_adapter
 from fieldgate_common.logs import get_logger
 from fieldgate_common.metrics import Metrics
+from fieldgate_common.sdnotify import Notifier, Watchdog, watchdog_interval
+from fieldgate_common.status_http import serve_status
 from gateway import __version__
 from gateway.config import Config, ConfigError, load_config
 from gateway.router import Router
 from gateway.routes import CurrentRoutes, RouteTable
-from gateway.sdnotify import Notifier, Watchdog, watchdog_interval
-from gateway.status import serve_status
 from gateway.status_model import (
     AdapterSnapshot,
     RouteDelivery,
@@ -31,7 +31,8 @@ from gateway.status_model import (
     StatusSnapshot,
     SubscriptionSnapshot,
 )
-from gateway.status_schema import status_document
+from gateway.status_page import render_status_page
+from gateway.status_schema import STATUS_SCHEMA_VERSION, status_document
 from gateway.store import Store
 from gateway.upstream.journal import Observer
 from gateway.upstream.supervisor import Upstream
@@ -58,6 +59,8 @@ def _resident_bytes() -> int:
 
 class Gateway:
     """All the parts of one running gateway; also the status endpoint's provider."""
+
+    schema_version = STATUS_SCHEMA_VERSION
 
     def __init__(
         self, config: Config, *, store: Store | None = None, observer: Observer | None = None
@@ -207,6 +210,10 @@ class Gateway:
     def status(self) -> dict[str, object]:
         """The ``/status`` document (see ``gateway/status_schema.py``)."""
         return status_document(self.snapshot())
+
+    def page(self, document: dict[str, object]) -> str:
+        """The status page for a served /status document."""
+        return render_status_page(document)
 
     def metrics(self) -> str:
         """Prometheus text."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import h11
 
-from gateway.status import TcpAddress, UnixAddress, format_tcp_address, parse_listen
+from fieldgate_common.status_http import TcpAddress, UnixAddress, format_tcp_address, parse_listen
 
 # The endpoint answers in milliseconds; a gateway that takes longer is stuck and worth reporting.
 FETCH_TIMEOUT = 5.0

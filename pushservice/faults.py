@@ -14,12 +14,23 @@ RESOURCE_KINDS = ("subscribe", "subscription", "set", "push", "message", "receip
 
 
 class FaultTarget(Protocol):
-    """What the faults act on: implemented by PushService."""
+    """What the faults act on (the service's FaultActions)."""
 
-    def _fault_drop_connections(self) -> None: ...
-    def _fault_goaway(self, last_stream_id: int | None) -> None: ...
-    def _fault_expire_sets(self) -> None: ...
-    def _fault_invalidate_set_links(self) -> None: ...
+    def drop_connections(self) -> None:
+        """Abort every HTTP/2 connection."""
+        ...
+
+    def goaway(self, last_stream_id: int | None) -> None:
+        """Answer monitors 204, GOAWAY every HTTP/2 connection."""
+        ...
+
+    def expire_sets(self) -> None:
+        """Delete every set (monitors 404)."""
+        ...
+
+    def invalidate_set_links(self) -> None:
+        """Make every existing set refuse new members."""
+        ...
 
 
 @dataclass
@@ -48,11 +59,11 @@ class Faults:
 
     def drop_connections(self) -> None:
         """Close every user-agent (HTTP/2) connection abruptly (TCP close, no GOAWAY)."""
-        self._target._fault_drop_connections()
+        self._target.drop_connections()
 
     def goaway(self, *, last_stream_id: int | None = None) -> None:
         """GOAWAY to every UA connection; monitors are answered 204; close when streams finish."""
-        self._target._fault_goaway(last_stream_id)
+        self._target.goaway(last_stream_id)
 
     def reset_pushes(self, count: int) -> None:
         """RST_STREAM (CANCEL) the next ``count`` pushed streams right after their PUSH_PROMISE."""
@@ -81,7 +92,7 @@ class Faults:
 
     def expire_sets(self) -> None:
         """Forget every set and its subscriptions; open monitors are answered 404."""
-        self._target._fault_expire_sets()
+        self._target.expire_sets()
 
     def delay_pushes(self, seconds: float) -> None:
         """Hold each push this long before sending its PUSH_PROMISE (0 turns it off)."""
@@ -100,7 +111,7 @@ class Faults:
 
     def invalidate_set_links(self) -> None:
         """Subscribe requests naming any set that exists now get 400 from now on."""
-        self._target._fault_invalidate_set_links()
+        self._target.invalidate_set_links()
 
     def hostile(self, kind: str | None) -> None:
         """Misbehave on every connection (see pushservice.hostile); None behaves again."""

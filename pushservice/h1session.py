@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING
-
 import h11
 import trio
 
-from pushservice.http import ConnectionInfo, MonitorRequest, Request, Response, text_response
-from pushservice.resources import message_path
-
-if TYPE_CHECKING:
-    from pushservice.service import PushService
+from pushservice.http import ConnectionInfo, Request, Response, text_response
+from pushservice.session_api import SessionHost
 
 RECEIVE_SIZE = 65536
 # How long an idle keep-alive connection may wait for its next request (seconds).
@@ -27,13 +21,13 @@ class H1Session:
     """Serves requests one after another until the peer closes or an error."""
 
     def __init__(
-        self, service: PushService, stream: trio.abc.Stream, info: ConnectionInfo, initial: bytes
+        self, host: SessionHost, stream: trio.abc.Stream, info: ConnectionInfo, initial: bytes
     ) -> None:
-        self.service = service
+        self.host = host
         self.stream = stream
         self.info = info
         self.conn = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=service.settings.max_header_bytes
+            h11.SERVER, max_incomplete_event_size=host.settings.max_header_bytes
         )
         if initial:
             self.conn.receive_data(initial)
@@ -72,12 +66,12 @@ class H1Session:
         if not isinstance(event, h11.Request):
             raise _Close
         header_bytes = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
-        if header_bytes > self.service.settings.max_header_bytes:
+        if header_bytes > self.host.settings.max_header_bytes:
             # h11 bounds only a head still arriving; one that came in a single read is checked here.
             await self._send(text_response(431, "request header fields too large"), close=True)
             raise _Close
         headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers]
-        limit = self.service.settings.max_body
+        limit = self.host.settings.max_body
         declared = next((v for k, v in headers if k == "content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await self._send(text_response(413, f"body over {limit} bytes"), close=True)
@@ -103,21 +97,11 @@ class H1Session:
             body=bytes(body),
             conn=self.info,
         )
-        result = self.service.resources.handle(req, self.service.clock())
-        if isinstance(result, MonitorRequest):
-            result = self._monitor_over_http1(req, result)
-        await self._send(result)
-
-    def _monitor_over_http1(self, req: Request, mon: MonitorRequest) -> Response:
-        if mon.kind != "receipt":
-            return text_response(400, "monitoring a subscription needs HTTP/2 server push")
-        receipts = self.service.state.receipts[mon.target_id]
-        listing = [
-            {"message": f"{req.origin}{message_path(e.message_id)}", "status": e.status}
-            for e in receipts.events
-        ]
-        body = json.dumps(listing).encode()
-        return Response(200, [("content-type", "application/json")], body)
+        result = await self.host.request(None, 0, req)
+        assert result is not None  # over HTTP/1.1 nothing becomes a held monitor
+        await self._send(result, close=self.host.draining)
+        if self.host.draining:
+            raise _Close
 
     async def _send(self, response: Response, *, close: bool = False) -> None:
         headers = [(k, v) for k, v in response.headers if k != "content-length"]

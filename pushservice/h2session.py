@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import h2.config
 import h2.connection
@@ -14,10 +15,8 @@ import h2.settings
 import trio
 from h2.errors import ErrorCodes
 
-from pushservice.http import ConnectionInfo, MonitorRequest, Request, Response, text_response
-
-if TYPE_CHECKING:
-    from pushservice.service import PushService
+from pushservice.http import ConnectionInfo, Request, Response, text_response
+from pushservice.session_api import SessionHost
 
 # Bytes asked of the socket per read; 64 KiB matches h2's default max inbound window.
 RECEIVE_SIZE = 65536
@@ -25,6 +24,10 @@ RECEIVE_SIZE = 65536
 FRAME_HEADER_BYTES = 9
 # Connection-level receive window we grant (bodies up to this need no WINDOW_UPDATE round trip).
 CONNECTION_WINDOW = 1 << 20
+# Pushes queued beyond the client's stream limit: a drain waits (push_room) above the high mark
+# and the service is told when the queue is back under the low mark.
+PUSH_QUEUE_HIGH = 1000
+PUSH_QUEUE_LOW = 250
 
 
 @dataclass
@@ -50,22 +53,34 @@ class _QueuedPush:
 
 
 class H2Session:
-    """Drives an ``h2.H2Connection`` over a trio stream; the service pushes through it."""
+    """Drives an ``h2.H2Connection`` over a trio stream; the service pushes through it.
+
+    Requests are answered one after another in arrival order (so a request answered means the
+    ones sent before it were processed), except that a run of acknowledgements is answered
+    with one store call.
+    """
 
     def __init__(
         self,
-        service: PushService,
+        host: SessionHost,
         stream: trio.abc.Stream,
         info: ConnectionInfo,
         initial: bytes = b"",
     ) -> None:
-        self.service = service
+        self.host = host
         self.stream = stream
         self.info = info
         self._initial = initial
-        config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        # Outbound headers are ours, built lower-case and valid: h2 need not check them again
+        # (a third of the cost of a push). Inbound headers are still validated.
+        config = h2.config.H2Configuration(
+            client_side=False,
+            header_encoding="utf-8",
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
         self.conn = h2.connection.H2Connection(config=config)
-        s = service.settings
+        s = host.settings
         self.conn.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
@@ -76,8 +91,13 @@ class H2Session:
         self.conn.decoder.max_header_list_size = s.max_header_bytes
         self._requests: dict[int, _PendingRequest] = {}
         self._outbound: dict[int, _Outbound] = {}
-        self._push_queue: list[_QueuedPush] = []
+        self._push_queue: deque[_QueuedPush] = deque()
+        self._queued_on: dict[int, int] = {}  # parent stream -> pushes queued on it
+        self._push_progress = trio.Event()
+        self._over_high = False
         self._withdrawn: dict[int, Callable[[], None]] = {}  # pushed streams in flight
+        self._inbox: deque[tuple[int, Request]] = deque()
+        self._inbox_ready = trio.Event()
         self._want_write = trio.Event()
         self._send_lock = trio.Lock()
         self._cancel: trio.CancelScope | None = None
@@ -96,7 +116,8 @@ class H2Session:
             async with trio.open_nursery() as nursery:
                 self._cancel = nursery.cancel_scope
                 nursery.start_soon(self._writer)
-                nursery.start_soon(self.service.faults.hostility.act, self)
+                nursery.start_soon(self._request_loop)
+                nursery.start_soon(self.host.faults.hostility.act, self)
                 await self._reader()
                 nursery.cancel_scope.cancel()
             # Peer closed or protocol error: flush what h2 queued (e.g. GOAWAY), then stop.
@@ -106,12 +127,14 @@ class H2Session:
                     await self._send(data)
         finally:
             self.closed = True
-            self.service.session_closed(self)
+            self._push_progress.set()
+            self.host.session_closed(self)
 
     def abort(self) -> None:
         """Stop at once; the caller closes the socket (fault: drop connections)."""
         self.closed = True
         self._aborted = True
+        self._push_progress.set()
         if self._cancel is not None:
             self._cancel.cancel()
 
@@ -128,7 +151,7 @@ class H2Session:
         self._wake()
 
     async def _reader(self) -> None:
-        faults = self.service.faults
+        faults = self.host.faults
         if self._initial:
             self._feed(self._initial)
         while not self.closed:
@@ -144,7 +167,7 @@ class H2Session:
                 return
 
     async def _writer(self) -> None:
-        faults = self.service.faults
+        faults = self.host.faults
         while True:
             await self._want_write.wait()
             self._want_write = trio.Event()
@@ -168,7 +191,7 @@ class H2Session:
 
     async def _send(self, data: bytes) -> None:
         async with self._send_lock:
-            await self.service.faults.hostility.send(self, data)
+            await self.host.faults.hostility.send(self, data)
 
     async def send_raw(self, data: bytes) -> None:
         """Write bytes as given, between whole frames from h2 (hostile behaviours)."""
@@ -190,7 +213,7 @@ class H2Session:
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
-            self.service.log.info("h2 protocol error from client: %s", type(exc).__name__)
+            self.host.log.info("h2 protocol error from client: %s", type(exc).__name__)
             self._wake()
             return False
         if self._oversized_frame_pending():
@@ -223,9 +246,9 @@ class H2Session:
             pending = self._requests.get(event.stream_id)
             if pending is not None and not pending.answered:
                 pending.body += event.data
-                if len(pending.body) > self.service.settings.max_body:
+                if len(pending.body) > self.host.settings.max_body:
                     pending.answered = True
-                    limit = self.service.settings.max_body
+                    limit = self.host.settings.max_body
                     self.respond(event.stream_id, text_response(413, f"body over {limit} bytes"))
         elif isinstance(event, h2.events.StreamEnded):
             assert event.stream_id is not None
@@ -246,7 +269,7 @@ class H2Session:
     def _stream_gone(self, stream_id: int) -> None:
         self._requests.pop(stream_id, None)
         self._outbound.pop(stream_id, None)
-        self.service.monitor_stream_closed(self, stream_id)
+        self.host.stream_reset(self, stream_id)
 
     def _dispatch(self, stream_id: int, pending: _PendingRequest) -> None:
         pseudo = {k: v for k, v in pending.headers if k.startswith(":")}
@@ -254,7 +277,7 @@ class H2Session:
         authority = pseudo.get(":authority") or next((v for k, v in headers if k == "host"), "")
         info = self.info
         if pseudo.get(":scheme") and pseudo[":scheme"] != info.scheme:
-            info = ConnectionInfo(pseudo[":scheme"], info.peer_is_loopback, True)
+            info = dataclasses.replace(info, scheme=pseudo[":scheme"])
         req = Request(
             method=pseudo.get(":method", ""),
             path=pseudo.get(":path", ""),
@@ -266,16 +289,35 @@ class H2Session:
         if self.goaway_sent:
             self.conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
-        result = self.service.resources.handle(req, self.service.clock())
-        if isinstance(result, MonitorRequest):
-            if self.service.faults.hostility.answer_monitor(self, stream_id):
-                return
-            if not self.conn.remote_settings.enable_push:
-                self.respond(stream_id, text_response(400, "monitoring needs server push"))
-                return
-            self.service.start_monitor(self, stream_id, req, result)
-        else:
-            self.respond(stream_id, result)
+        self._inbox.append((stream_id, req))
+        self._inbox_ready.set()
+
+    async def _request_loop(self) -> None:
+        while True:
+            await self._inbox_ready.wait()
+            self._inbox_ready = trio.Event()
+            while self._inbox:
+                acks: list[tuple[int, Request]] = []
+                while self._inbox and self.host.is_ack(self._inbox[0][1]):
+                    acks.append(self._inbox.popleft())
+                if acks:
+                    answers = await self.host.acknowledge([req for _, req in acks])
+                    for (stream_id, _), answer in zip(acks, answers, strict=True):
+                        self.respond(stream_id, answer)
+                    continue
+                stream_id, req = self._inbox.popleft()
+                response = await self.host.request(self, stream_id, req)
+                if response is not None:
+                    self.respond(stream_id, response)
+
+    @property
+    def push_enabled(self) -> bool:
+        """Whether the client accepts server push (SETTINGS_ENABLE_PUSH)."""
+        return bool(self.conn.remote_settings.enable_push)
+
+    def monitor_stream(self) -> int | None:
+        """A held-open monitoring GET on this connection, if any."""
+        return self.host.monitor_stream_of(self)
 
     # -- outbound ----------------------------------------------------------------------------
     def respond(self, stream_id: int, response: Response) -> None:
@@ -313,27 +355,50 @@ class H2Session:
         if self.closed or self.goaway_sent or not self.stream_open(parent):
             return False
         self._push_queue.append(_QueuedPush(parent, promise, response, body, on_withdrawn))
+        self._queued_on[parent] = self._queued_on.get(parent, 0) + 1
         self._drain_push_queue()
         self._flush()
         self._wake()
         return True
 
+    def push_backlog(self) -> int:
+        """Pushes queued and not yet promised."""
+        return len(self._push_queue)
+
+    async def pushes_promised(self, parent: int) -> None:
+        """Return once every push queued on ``parent`` was promised (or cannot be any more)."""
+        while self._queued_on.get(parent, 0) > 0 and self.stream_open(parent):
+            progress = self._push_progress
+            await progress.wait()
+
+    async def push_room(self) -> None:
+        """Return once the push queue is below its low-water mark (or the connection closed)."""
+        while len(self._push_queue) > PUSH_QUEUE_LOW and not self.closed:
+            progress = self._push_progress
+            await progress.wait()
+
     def _drain_push_queue(self) -> None:
         # Pushed streams count against the client's SETTINGS_MAX_CONCURRENT_STREAMS (RFC 7540
         # §8.2.2); h2 does not check that for pushes, so we queue beyond it.
+        before = len(self._push_queue)
         while self._push_queue:
             limit = self.conn.remote_settings.max_concurrent_streams
             if self.conn.open_outbound_streams >= limit:
-                return
-            item = self._push_queue.pop(0)
+                break
+            item = self._push_queue.popleft()
+            self._dequeued(item.parent)
             if not self.stream_open(item.parent):
+                if item.on_withdrawn is not None:
+                    item.on_withdrawn()  # never promised: not in flight
                 continue
             promised = self.conn.get_next_available_stream_id()
             try:
                 self.conn.push_stream(item.parent, promised, item.promise)
             except (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError):
+                if item.on_withdrawn is not None:
+                    item.on_withdrawn()
                 continue
-            if self.service.faults.take_reset():
+            if self.host.faults.take_reset():
                 self.conn.reset_stream(promised, ErrorCodes.CANCEL)
                 if item.on_withdrawn is not None:
                     item.on_withdrawn()
@@ -344,6 +409,22 @@ class H2Session:
             self.conn.send_headers(promised, headers, end_stream=not item.body)
             if item.body:
                 self._outbound[promised] = _Outbound(bytearray(item.body), True)
+        queued = len(self._push_queue)
+        if queued != before:
+            self._push_progress.set()
+            self._push_progress = trio.Event()
+        if queued >= PUSH_QUEUE_HIGH:
+            self._over_high = True
+        elif self._over_high and queued <= PUSH_QUEUE_LOW:
+            self._over_high = False
+            self.host.room_for_pushes(self)
+
+    def _dequeued(self, parent: int) -> None:
+        left = self._queued_on.get(parent, 0) - 1
+        if left > 0:
+            self._queued_on[parent] = left
+        else:
+            self._queued_on.pop(parent, None)
 
     def end_monitor(self, stream_id: int, status: int) -> None:
         """Finish a monitoring GET with ``status`` (404 expired, 204 on GOAWAY)."""

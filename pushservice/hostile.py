@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import itertools
 import struct
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import Literal, get_args
 
 import h2.exceptions
 import trio
 
 from pushservice.http import Response
-
-if TYPE_CHECKING:
-    from pushservice.h2session import H2Session
+from pushservice.session_api import HostileSession
 
 HostileKind = Literal[
     "oversized_frame",
@@ -130,7 +128,7 @@ class Hostility:
         await self._changed.wait()
 
     # -- hooks the session calls ---------------------------------------------------------------
-    async def send(self, session: H2Session, data: bytes) -> None:
+    async def send(self, session: HostileSession, data: bytes) -> None:
         """Write ``data`` to the session's stream (a byte at a time under slow_loris)."""
         view = memoryview(data)
         while view:
@@ -141,19 +139,19 @@ class Hostility:
             view = view[1:]
             await trio.sleep(TRICKLE_INTERVAL)
 
-    def answer_monitor(self, session: H2Session, stream_id: int) -> bool:
+    def answer_monitor(self, session: HostileSession, stream_id: int) -> bool:
         """Under flip_set, answer a monitoring GET at once (404, 200, 404, ...); True if done."""
         if self.kind != "flip_set":
             return False
         session.respond(stream_id, Response(404 if next(self._flip) % 2 == 0 else 200))
         return True
 
-    async def act(self, session: H2Session) -> None:
+    async def act(self, session: HostileSession) -> None:
         """Run beside a session: attack each connection once per behaviour switched on."""
         done: set[str] = set()
         while not session.closed:
             kind = self.kind
-            monitor = _monitor_stream(session)
+            monitor = session.monitor_stream()
             if kind is None or kind in done or kind == "slow_loris":
                 await self.changed()
                 continue
@@ -167,22 +165,12 @@ class Hostility:
                 return  # the user agent hung up: what a hostile peer should get
 
 
-def _monitor_stream(session: H2Session) -> int | None:
-    """A held-open monitoring GET on this session, if any."""
-    monitors = session.service._monitors.values()  # the service's registry of open monitors
-    for handles in monitors:
-        for handle in handles:
-            if handle.session is session and session.stream_open(handle.stream_id):
-                return handle.stream_id
-    return None
-
-
-async def _raw(session: H2Session, data: bytes) -> None:
+async def _raw(session: HostileSession, data: bytes) -> None:
     # Flush what h2 queued first, so our bytes start on a frame boundary after it.
     await session.send_raw(session.conn.data_to_send() + data)
 
 
-async def _oversized_frame(hostility: Hostility, session: H2Session, stream_id: int) -> None:
+async def _oversized_frame(hostility: Hostility, session: HostileSession, stream_id: int) -> None:
     header = frame(DATA, 0, stream_id, b"", length=MAX_FRAME_LENGTH)
     await _raw(session, header)
     chunk = bytes(SAFE_FRAME * 4)
@@ -191,7 +179,7 @@ async def _oversized_frame(hostility: Hostility, session: H2Session, stream_id: 
     await session.send_raw(bytes(MAX_FRAME_LENGTH % len(chunk)))
 
 
-async def _oversized_headers(hostility: Hostility, session: H2Session, stream_id: int) -> None:
+async def _oversized_headers(hostility: Hostility, session: HostileSession, stream_id: int) -> None:
     total = HEADER_BLOCK_FRAMES * SAFE_FRAME
     first = b"\x88" + _literal_never_indexed(b"x-junk", total)
     await _raw(session, frame(HEADERS, 0, stream_id, first))
@@ -200,13 +188,13 @@ async def _oversized_headers(hostility: Hostility, session: H2Session, stream_id
         await session.send_raw(frame(CONTINUATION, 0, stream_id, filler))
 
 
-async def _hpack_bomb(hostility: Hostility, session: H2Session, stream_id: int) -> None:
+async def _hpack_bomb(hostility: Hostility, session: HostileSession, stream_id: int) -> None:
     block = hpack_bomb_block()
     assert len(block) <= SAFE_FRAME
     await _raw(session, frame(HEADERS, END_HEADERS | END_STREAM, stream_id, block))
 
 
-def _promise(session: H2Session, parent: int, path: str) -> int | None:
+def _promise(session: HostileSession, parent: int, path: str) -> int | None:
     """Send a PUSH_PROMISE through h2 (queued, not written); the promised id or None."""
     promised = session.conn.get_next_available_stream_id()
     headers = [(":method", "GET"), (":path", path), (":authority", "hostile"), (":scheme", "http")]
@@ -217,7 +205,7 @@ def _promise(session: H2Session, parent: int, path: str) -> int | None:
     return promised
 
 
-async def _promise_flood(hostility: Hostility, session: H2Session, stream_id: int) -> None:
+async def _promise_flood(hostility: Hostility, session: HostileSession, stream_id: int) -> None:
     for n in range(FLOOD_PROMISES):
         if _promise(session, stream_id, f"/m/flood-{n}") is None:
             return
@@ -226,13 +214,15 @@ async def _promise_flood(hostility: Hostility, session: H2Session, stream_id: in
     await session.send_raw(session.conn.data_to_send())
 
 
-async def _unanswered_promises(hostility: Hostility, session: H2Session, stream_id: int) -> None:
+async def _unanswered_promises(
+    hostility: Hostility, session: HostileSession, stream_id: int
+) -> None:
     for n in range(UNANSWERED_PROMISES):
         _promise(session, stream_id, f"/m/never-{n}")
     await session.send_raw(session.conn.data_to_send())
 
 
-async def _endless_body(hostility: Hostility, session: H2Session, stream_id: int) -> None:
+async def _endless_body(hostility: Hostility, session: HostileSession, stream_id: int) -> None:
     promised = _promise(session, stream_id, "/m/endless")
     if promised is None:
         return
@@ -253,7 +243,7 @@ async def _endless_body(hostility: Hostility, session: H2Session, stream_id: int
         await trio.sleep(TRICKLE_INTERVAL)
 
 
-async def _flip_set(hostility: Hostility, session: H2Session, stream_id: int) -> None:
+async def _flip_set(hostility: Hostility, session: HostileSession, stream_id: int) -> None:
     # The monitor already held open flips too; new ones are answered by answer_monitor.
     session.end_monitor(stream_id, 404)
 

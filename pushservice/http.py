@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pushservice.model import Urgency
+from pushservice.store import ResourceKind
 
 
 @dataclass
@@ -15,6 +16,7 @@ class ConnectionInfo:
     peer_is_loopback: bool
     http2: bool
     subscriptions_created: int = 0
+    peer: str = ""  # the client's address (from the PROXY header behind a load balancer)
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class Response:
 class MonitorRequest:
     """A GET that the front end must hold open and feed with server pushes."""
 
-    kind: str  # "subscription", "set" or "receipt"
+    kind: ResourceKind
     target_id: str
     min_urgency: Urgency | None
     wait0: bool

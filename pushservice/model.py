@@ -1,12 +1,16 @@
-"""The resources of RFC 8030 as plain records (no I/O, no clocks)."""
+"""The resources of RFC 8030 as plain frozen records (no I/O, no clocks)."""
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 
 from pushservice.settings import CAPABILITY_TOKEN_BYTES
+
+# RFC 8030 §6.2 / §6.3 receipt statuses.
+RECEIPT_ACKED = 204
+RECEIPT_GONE = 410
 
 
 class Urgency(IntEnum):
@@ -39,7 +43,7 @@ def new_token() -> str:
     return secrets.token_urlsafe(CAPABILITY_TOKEN_BYTES)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Subscription:
     """A push message subscription: ``id`` is the UA's capability, ``push_id`` the AS's."""
 
@@ -50,21 +54,14 @@ class Subscription:
     created: float
 
 
-@dataclass
-class SubscriptionSet:
-    """A push message subscription set; ``joinable`` False makes subscribe with it 400."""
-
-    id: str
-    members: set[str] = field(default_factory=set)
-    joinable: bool = True
-
-
-@dataclass
-class Message:
-    """A stored push message. ``pushed_at`` is when it was last pushed to a monitor."""
+@dataclass(frozen=True)
+class NewMessage:
+    """A message an application server pushed, before the store accepted it."""
 
     id: str
     sub_id: str
+    push_id: str
+    set_id: str
     body: bytes
     content_encoding: str | None
     urgency: Urgency
@@ -72,28 +69,24 @@ class Message:
     created: float
     expires: float
     receipt_id: str | None
-    pushed_at: float | None = None
-    # The connection it was last pushed on (not persisted): a new monitor on that same
-    # connection does not get it again while it is in flight.
-    pushed_on: object | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Message(NewMessage):
+    """A stored push message; ``seq`` orders messages in the order the store accepted them."""
+
+    seq: int
 
     def remaining_ttl(self, now: float) -> int:
         """Whole seconds left before expiry (never negative)."""
         return max(0, int(self.expires - now))
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReceiptEvent:
     """One delivery receipt: 204 acknowledged, 410 given up (RFC 8030 §6.2, §6.3)."""
 
+    receipt_id: str
     message_id: str
     status: int
-    pushed: bool = False
-
-
-@dataclass
-class ReceiptSubscription:
-    """A receipt subscription collects receipts for the messages that named it."""
-
-    id: str
-    events: list[ReceiptEvent] = field(default_factory=list)
+    seq: int

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.webpush.crypto import PushSubscriptionInfo, SubscriptionInfoError, encrypt
 from pushservice.h1client import HttpConnection, HttpReply
-from pushservice.links import LinkParseError, links_with_rel
+from pushservice.links import REL_RECEIPT, LinkParseError, links_with_rel
 from pushservice.vapid import sign_vapid
 
 HELP = "encrypt a message and send it to a push subscription"
@@ -22,7 +22,6 @@ HELP = "encrypt a message and send it to a push subscription"
 EXIT_SENT = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
-REL_RECEIPT = "urn:ietf:params:push:receipt"
 # How often a pending receipt is polled over HTTP/1.1 (seconds).
 RECEIPT_POLL_INTERVAL = 0.5
 # VAPID tokens we mint live 12 hours (RFC 8292 allows up to 24).

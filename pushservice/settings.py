@@ -18,6 +18,12 @@ VAPID_MAX_EXP_SECONDS = 24 * 3600
 MAX_SUBSCRIBE_BODY = 4096
 # How often the expiry / redelivery sweep runs at most (seconds); keeps the sweep cheap.
 SWEEP_INTERVAL = 0.5
+# Rows one sweep takes at most (per kind of work); the next sweep takes the rest.
+SWEEP_BATCH = 1000
+# RFC 8030 §5.2: a zero-TTL message goes only to a user agent available now. On several nodes
+# the monitor may be held by another node, reached through pg_notify in milliseconds: the
+# message waits this long for it, then expires (410 receipt).
+ZERO_TTL_REACH = 2.0
 
 
 @dataclass(frozen=True)
@@ -30,7 +36,13 @@ class ServiceSettings:
     max_header_bytes: int = 16384  # HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE and h11's header limit
     max_subscriptions_per_connection: int = 1000  # 429 above (RFC 8030 §8.4 allows rate limits)
     max_ttl: int = 28 * 86400  # answered in the TTL response header when lower
-    max_messages_per_subscription: int = 100_000  # 429 above: bounds memory per subscription
+    max_messages_per_subscription: int = 100_000  # 429 above: bounds storage per subscription
+    require_vapid: bool = False  # every push needs a valid VAPID JWT (RFC 8292), restricted or not
+    requests_per_address: float = 0.0  # per second per client address, 429 above (0: no limit)
+    pushes_per_resource: float = 0.0  # per second per push resource, 429 above (0: no limit)
+    public_url: str | None = None  # origin of every URL minted (several nodes: the LB's)
+    store_threads: int = 8  # worker threads (PostgreSQL connections) for the store
+    drain_timeout: float = 30.0  # on SIGTERM: how long streams may take to finish
 
     def __post_init__(self) -> None:
         if self.max_body < MIN_MAX_BODY:
@@ -39,3 +51,5 @@ class ServiceSettings:
             raise ValueError("redelivery_after must be positive")
         if self.max_ttl < 0:
             raise ValueError("max_ttl must not be negative")
+        if self.store_threads < 1:
+            raise ValueError("store_threads must be at least 1")

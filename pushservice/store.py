@@ -1,141 +1,273 @@
-"""SQLite persistence of the push service's state (``--state FILE``): write-through."""
+"""The push service's storage contract: one interface, an embedded SQLite and a PostgreSQL store.
+
+The store is the source of truth: subscriptions, sets, messages and receipts live there and
+nowhere else, so several nodes on one PostgreSQL database serve the same resources. Every method
+is blocking and runs in a worker thread (:mod:`pushservice.db`); each is one transaction, so a
+node killed at any moment leaves the database consistent.
+
+A message is *due* when nobody pushed it yet or its redelivery time came (``pushed_at`` is
+NULL); pushing it (``claim``, ``stored``) stamps ``pushed_at``; an acknowledgement deletes it
+and records a 204 receipt; the sweep gives up on expired ones (410 receipt) and makes unacked
+pushes due again after ``redelivery_after``. Every mutation returns the :class:`Changes` that
+monitors must hear about: the node that made it applies them at once, and a shared store
+(PostgreSQL) also sends them to the other nodes with ``pg_notify`` in the same transaction.
+"""
 
 from __future__ import annotations
 
-import os
-import sqlite3
-from pathlib import Path
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from typing import Literal, Protocol
 
-from pushservice.model import (
-    Message,
-    ReceiptEvent,
-    ReceiptSubscription,
-    Subscription,
-    SubscriptionSet,
-    Urgency,
-)
+from pushservice.model import Message, NewMessage, ReceiptEvent, Subscription, Urgency
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS sets (id TEXT PRIMARY KEY, joinable INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS subscriptions (
-    id TEXT PRIMARY KEY, push_id TEXT UNIQUE NOT NULL, set_id TEXT NOT NULL,
-    vapid_key BLOB, created REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS messages (
-    id TEXT PRIMARY KEY, sub_id TEXT NOT NULL, body BLOB NOT NULL, content_encoding TEXT,
-    urgency INTEGER NOT NULL, topic TEXT, created REAL NOT NULL, expires REAL NOT NULL,
-    receipt_id TEXT);
-CREATE TABLE IF NOT EXISTS receipts (id TEXT PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS receipt_events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, receipt_id TEXT NOT NULL, message_id TEXT NOT NULL,
-    status INTEGER NOT NULL, pushed INTEGER NOT NULL DEFAULT 0);
-"""
+TargetKind = Literal["subscription", "set"]
+ResourceKind = Literal["subscription", "set", "receipt"]
+Refusal = Literal["gone", "full"]  # no such subscription (404); too many messages stored (429)
+
+# How long receipts stay readable after they were recorded: a little more than the longest TTL
+# we accept by default (28 days, settings.ServiceSettings.max_ttl), so a receipt for any message
+# outlives the message.
+RECEIPT_RETENTION = 30 * 86400.0
+# The PostgreSQL channel every node LISTENs on.
+NOTIFY_CHANNEL = "fieldgate_push"
+# A pg_notify payload must stay under 8000 bytes (PostgreSQL's NOTIFY); ours are < 100.
+_SEP = "|"
 
 
-class SqliteStore:
-    """Every mutation is committed at once (autocommit), so a kill loses nothing acknowledged."""
+class StoreUnavailable(Exception):
+    """The database cannot be reached or gave up (answer 503 and try again later)."""
 
-    def __init__(self, path: Path) -> None:
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)  # capability URLs are secrets
-        os.close(fd)
-        self._db = sqlite3.connect(str(path), isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+
+class InvalidSet(Exception):
+    """A subscribe request named a set that does not exist or may not be joined (400)."""
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What monitors must learn about a mutation (applied locally, notified to other nodes).
+
+    ``due``: (set, subscription) pairs that have due messages; ``receipts``: receipt
+    subscriptions with new receipts; ``gone``: removed sets and subscriptions (monitors 404).
+    """
+
+    due: frozenset[tuple[str, str]] = frozenset()
+    receipts: frozenset[str] = frozenset()
+    gone: frozenset[tuple[TargetKind, str]] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.due or self.receipts or self.gone)
+
+    def __or__(self, other: Changes) -> Changes:
+        return Changes(self.due | other.due, self.receipts | other.receipts, self.gone | other.gone)
+
+
+NO_CHANGES = Changes()
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A message the store took, and what changed (receipts of messages its topic replaced)."""
+
+    message: Message
+    changes: Changes
+
+
+@dataclass(frozen=True)
+class Acked:
+    """The result of acknowledging messages: the ids that existed, and what changed."""
+
+    message_ids: frozenset[str]
+    changes: Changes
+
+
+@dataclass(frozen=True)
+class Swept:
+    """One sweep: messages given up (expired), pushes made due again, and what changed."""
+
+    expired: int
+    redelivered: int
+    changes: Changes
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How much the store holds (for /metrics and the control API's stats)."""
+
+    subscriptions: int
+    sets: int
+    messages: int
+
+
+@dataclass(frozen=True)
+class DueQuery:
+    """Which monitored targets a node claims due messages for (one urgency floor per query)."""
+
+    sets: tuple[str, ...] = ()
+    subscriptions: tuple[str, ...] = ()
+    min_urgency: Urgency = Urgency.VERY_LOW
+
+
+class Store(Protocol):
+    """What the service needs from its database; every method is one transaction."""
+
+    shared: bool  # other nodes may use the same database (their monitors hear notifications)
+    blocking_io: bool  # calls wait on a disk or the network: run them in worker threads
+    round_trips: int  # statements sent to the database so far (the benchmark's figure)
 
     def close(self) -> None:
-        """Close the database."""
-        self._db.close()
+        """Release the database."""
+        ...
 
-    # -- loading -----------------------------------------------------------------------------
-    def load_sets(self) -> list[SubscriptionSet]:
-        """Every set (members filled in by the caller)."""
-        rows = self._db.execute("SELECT id, joinable FROM sets")
-        return [SubscriptionSet(id=r[0], joinable=bool(r[1])) for r in rows]
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers."""
+        ...
 
-    def load_subscriptions(self) -> list[Subscription]:
-        """Every subscription."""
-        rows = self._db.execute("SELECT id, push_id, set_id, vapid_key, created FROM subscriptions")
-        return [Subscription(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+    # -- subscriptions and sets ---------------------------------------------------------------
+    def subscribe(self, set_id: str | None, vapid_key: bytes | None, now: float) -> Subscription:
+        """A new subscription, in ``set_id`` (InvalidSet if unknown or closed) or a new set."""
+        ...
 
-    def load_messages(self) -> list[Message]:
-        """Every stored message (none has been pushed yet in this process)."""
-        rows = self._db.execute(
-            "SELECT id, sub_id, body, content_encoding, urgency, topic, created, expires,"
-            " receipt_id FROM messages"
-        )
-        return [
-            Message(r[0], r[1], r[2], r[3], Urgency(r[4]), r[5], r[6], r[7], r[8]) for r in rows
-        ]
+    def subscription_by_push(self, push_id: str) -> Subscription | None:
+        """The subscription behind a push resource."""
+        ...
 
-    def load_receipts(self) -> list[ReceiptSubscription]:
-        """Every receipt subscription with its events in order."""
-        receipts = {
-            r[0]: ReceiptSubscription(r[0]) for r in self._db.execute("SELECT id FROM receipts")
-        }
-        for rid, mid, status, pushed in self._db.execute(
-            "SELECT receipt_id, message_id, status, pushed FROM receipt_events ORDER BY seq"
-        ):
-            if rid in receipts:
-                receipts[rid].events.append(ReceiptEvent(mid, status, bool(pushed)))
-        return list(receipts.values())
+    def exists(self, kind: ResourceKind, ident: str) -> bool:
+        """Whether a set, subscription or receipt subscription exists."""
+        ...
 
-    # -- write-through -----------------------------------------------------------------------
-    def put_set(self, s: SubscriptionSet) -> None:
-        """Insert or update a set."""
-        self._db.execute("INSERT OR REPLACE INTO sets VALUES (?, ?)", (s.id, int(s.joinable)))
+    def delete_subscription(self, sub_id: str, now: float) -> Changes | None:
+        """Remove a subscription and its messages (410 receipts); None if unknown."""
+        ...
 
-    def delete_set(self, set_id: str) -> None:
-        """Remove a set row."""
-        self._db.execute("DELETE FROM sets WHERE id = ?", (set_id,))
+    def delete_set(self, set_id: str, now: float) -> Changes | None:
+        """Remove a set, its members and their messages (RFC 8030 §7.3.1); None if unknown."""
+        ...
 
-    def put_subscription(self, sub: Subscription) -> None:
-        """Insert a subscription."""
-        self._db.execute(
-            "INSERT OR REPLACE INTO subscriptions VALUES (?, ?, ?, ?, ?)",
-            (sub.id, sub.push_id, sub.set_id, sub.vapid_key, sub.created),
-        )
+    def delete_all_sets(self, now: float) -> Changes:
+        """Remove every set (fault injection: the service "expired" them)."""
+        ...
 
-    def delete_subscription(self, sub_id: str) -> None:
-        """Remove a subscription and its messages."""
-        self._db.execute("DELETE FROM subscriptions WHERE id = ?", (sub_id,))
-        self._db.execute("DELETE FROM messages WHERE sub_id = ?", (sub_id,))
+    def close_sets(self) -> None:
+        """Every existing set refuses new members from now on (fault injection)."""
+        ...
 
-    def put_message(self, m: Message) -> None:
-        """Insert a message."""
-        self._db.execute(
-            "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                m.id,
-                m.sub_id,
-                m.body,
-                m.content_encoding,
-                int(m.urgency),
-                m.topic,
-                m.created,
-                m.expires,
-                m.receipt_id,
-            ),
-        )
+    # -- messages -----------------------------------------------------------------------------
+    def accept(self, message: NewMessage, *, max_pending: int, claimed: bool) -> Accepted | Refusal:
+        """Store a message; a topic replaces the subscription's same-topic messages (410).
 
-    def delete_message(self, message_id: str) -> None:
-        """Remove a message."""
-        self._db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+        ``claimed``: the caller pushes it at once (stamped as pushed, nobody is notified).
+        Refused when the subscription is gone or already holds ``max_pending`` messages.
+        """
+        ...
 
-    def put_receipt(self, receipt_id: str) -> None:
-        """Insert a receipt subscription."""
-        self._db.execute("INSERT OR IGNORE INTO receipts VALUES (?)", (receipt_id,))
+    def stored(
+        self,
+        kind: TargetKind,
+        ident: str,
+        *,
+        after_seq: int,
+        min_urgency: Urgency,
+        now: float,
+        limit: int,
+    ) -> list[Message]:
+        """The next unexpired messages of a target after ``after_seq``, stamped as pushed."""
+        ...
 
-    def add_receipt_event(self, receipt_id: str, event: ReceiptEvent) -> None:
-        """Append a receipt."""
-        self._db.execute(
-            "INSERT INTO receipt_events (receipt_id, message_id, status, pushed)"
-            " VALUES (?, ?, ?, ?)",
-            (receipt_id, event.message_id, event.status, int(event.pushed)),
-        )
+    def claim(self, query: DueQuery, *, now: float, limit: int) -> list[Message]:
+        """Due messages of these targets, oldest first, stamped as pushed (SKIP LOCKED)."""
+        ...
 
-    def mark_receipt_pushed(self, receipt_id: str, message_id: str) -> None:
-        """Record that a receipt reached a monitor."""
-        self._db.execute(
-            "UPDATE receipt_events SET pushed = 1 WHERE receipt_id = ? AND message_id = ?",
-            (receipt_id, message_id),
-        )
+    def release(self, message_ids: Sequence[str]) -> Changes:
+        """Claimed messages that could not be pushed: due again."""
+        ...
+
+    def ack(self, message_ids: Sequence[str], now: float) -> Acked:
+        """Delete acknowledged messages; 204 receipts for those that asked."""
+        ...
+
+    def sweep(self, now: float, redelivery_after: float, limit: int) -> Swept:
+        """Give up on expired messages (410 receipts) and make stale pushes due again.
+
+        A pushed message gets ``redelivery_after`` past its expiry for its acknowledgement.
+        Rows are taken with FOR UPDATE SKIP LOCKED: nodes sweeping at once share the work.
+        """
+        ...
+
+    # -- receipts -----------------------------------------------------------------------------
+    def new_receipt(self, now: float) -> str:
+        """Create a receipt subscription (RFC 8030 §5.1)."""
+        ...
+
+    def receipts(self, receipt_id: str) -> list[ReceiptEvent] | None:
+        """Every receipt of a receipt subscription in order; None if unknown."""
+        ...
+
+    def claim_receipts(self, receipt_ids: Sequence[str]) -> list[ReceiptEvent]:
+        """Receipts not pushed yet, marked pushed (SKIP LOCKED)."""
+        ...
+
+    def unclaim_receipts(self, seqs: Sequence[int]) -> None:
+        """Receipts whose push failed: to be pushed again."""
+        ...
+
+    def record_receipt(self, receipt_id: str, message_id: str, status: int, now: float) -> Changes:
+        """Record a receipt for a message that was never stored (TTL 0, no user agent)."""
+        ...
+
+    # -- inspection ---------------------------------------------------------------------------
+    def counts(self) -> Counts:
+        """Rows held."""
+        ...
+
+    def pending(self, push_id: str | None) -> int:
+        """Unacknowledged messages of one push resource, or all."""
+        ...
+
+    def subscriptions(self) -> list[tuple[Subscription, int]]:
+        """Every subscription with its pending count (inspection: tests and tools)."""
+        ...
+
+    def message_ids(self) -> list[str]:
+        """Ids of every stored message (inspection: tests and tools)."""
+        ...
+
+
+def stored_message(m: NewMessage, seq: int) -> Message:
+    """The stored form of a message the store accepted as number ``seq``."""
+    return Message(**{f.name: getattr(m, f.name) for f in fields(NewMessage)}, seq=seq)
+
+
+# -- notification payloads (one place for their format) ------------------------------------------
+def encode_changes(node: str, changes: Changes) -> list[str]:
+    """The pg_notify payloads telling other nodes about ``changes`` (``node`` is the sender)."""
+    payloads = [_SEP.join((node, "m", set_id, sub_id)) for set_id, sub_id in changes.due]
+    payloads += [_SEP.join((node, "r", receipt)) for receipt in changes.receipts]
+    payloads += [_SEP.join((node, "g", kind, ident)) for kind, ident in changes.gone]
+    return sorted(payloads)
+
+
+def payload_prefix(node: str, kind: str) -> str:
+    """The start of a payload of ``kind`` (for SQL that appends the id itself)."""
+    return _SEP.join((node, kind)) + _SEP
+
+
+def decode_payload(payload: str) -> tuple[str, Changes]:
+    """(sender node, changes) of one payload; ValueError if it is not ours."""
+    parts = payload.split(_SEP)
+    if len(parts) == 4 and parts[1] == "m":
+        return parts[0], Changes(due=frozenset({(parts[2], parts[3])}))
+    if len(parts) == 3 and parts[1] == "r":
+        return parts[0], Changes(receipts=frozenset({parts[2]}))
+    if len(parts) == 4 and parts[1] == "g" and parts[2] in ("set", "subscription"):
+        kind: TargetKind = "set" if parts[2] == "set" else "subscription"
+        return parts[0], Changes(gone=frozenset({(kind, parts[3])}))
+    raise ValueError("not a fieldgate notification")
+
+
+def merge(changes: Iterable[Changes]) -> Changes:
+    """The union of several Changes."""
+    result = NO_CHANGES
+    for change in changes:
+        result = result | change
+    return result

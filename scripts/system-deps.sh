@@ -24,6 +24,9 @@ if [ "$what" = test ]; then
   have arm-none-eabi-gcc || need+=(gcc-arm-none-eabi)
   [ -e /usr/lib/arm-none-eabi/include/string.h ] || need+=(libnewlib-arm-none-eabi)
   [ -d /usr/share/arduino/hardware/arduino/avr/cores/arduino ] || need+=(arduino-core-avr)
+  # The push service's tests start their own PostgreSQL (initdb) and HAProxy.
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+  have haproxy || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 fi
 
 [ ${#need[@]} -eq 0 ] && exit 0
@@ -36,6 +39,11 @@ if [ "$(id -u)" = 0 ] && have apt-get; then
   apt-get install -y -qq "${need[@]}" >/dev/null
   # mosquitto's package enables a system-wide broker; the tests start their own on free ports.
   if have systemctl; then systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
+  # Likewise postgresql and haproxy: the tests run their own, on free ports.
+  for unit in postgresql haproxy; do
+    if have systemctl; then systemctl disable --now "$unit" >/dev/null 2>&1 || true; fi
+    if have service; then service "$unit" stop >/dev/null 2>&1 || true; fi
+  done
   exit 0
 fi
 

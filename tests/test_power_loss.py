@@ -152,7 +152,7 @@ async def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path, stack: Ex
             await sending.wait()
 
             held = check_journal(journal)
-            pending = {f"{service.origin}/message/{mid}" for mid in service.state.messages}
+            pending = {f"{service.origin}/message/{mid}" for mid in service.pending_message_ids()}
             acked = {url for url in sender.sent if url not in pending}
             done = delivered(deliveries)
             missing = [url for url in acked if url not in held and sender.sent[url] not in done]

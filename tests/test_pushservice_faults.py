@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from pushservice.service import PushService
 from pushservice.settings import ServiceSettings
 from tests.pushservice_client import (
     REL_PUSH,
+    REL_RECEIPT,
     REL_SET,
     H2Client,
     h1_request,
@@ -141,7 +143,10 @@ async def test_state_survives_a_restart(tmp_path: Path) -> None:
         await nursery.start(first.serve)
         async with h2_client(first.origin) as ua:
             sub = await subscribe(ua)
-            await send(link_of(sub, REL_PUSH), b"kept", headers=[("prefer", "respond-async")])
+            sent = await send(
+                link_of(sub, REL_PUSH), b"kept", headers=[("prefer", "respond-async")]
+            )
+            receipt_url = link_of(sent, REL_RECEIPT)
             await send(link_of(sub, REL_PUSH), b"acked")
             drained = await ua.request(
                 "GET", path_of(link_of(sub, REL_SET)), [("prefer", "wait=0")]
@@ -166,7 +171,8 @@ async def test_state_survives_a_restart(tmp_path: Path) -> None:
             assert kept.body == b"kept"
             assert (await ua.ack(kept)).status == 204
             assert (await send(link_of(sub, REL_PUSH))).status == 201
-        assert len(second.state.receipts) == 1
+        receipts = await h1_request(receipt_url, "GET")
+        assert json.loads(receipts.body) == [{"message": sent.header("location"), "status": 204}]
         nursery.cancel_scope.cancel()
 
 

@@ -124,11 +124,11 @@ async def test_nghttp_shows_push_promise_on_the_wire(service: PushService, ua: H
     assert ":status: 200" in out
 
 
-def test_control_api_refused_to_non_loopback_peers() -> None:
+async def test_control_api_refused_to_non_loopback_peers() -> None:
     svc = PushService(control=True)
     remote = ConnectionInfo("http", peer_is_loopback=False, http2=False)
     req = Request("POST", "/_control/freeze", "x", [], b'{"frozen": true}', remote)
-    assert svc.resources.handle(req, 0.0).status == 404  # type: ignore[union-attr]
+    assert (await svc.resources.handle(req, 0.0)).status == 404  # type: ignore[union-attr]
     assert not svc.faults.frozen
 
 

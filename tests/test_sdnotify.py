@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from gateway.sdnotify import MAX_STATUS_CHARS, Notifier, Watchdog, watchdog_interval
+from fieldgate_common.sdnotify import MAX_STATUS_CHARS, Notifier, Watchdog, watchdog_interval
 
 
 @pytest.fixture

@@ -21,8 +21,7 @@ import trio
 import trio.testing
 
 from fieldgate_common.metrics import Metrics
-from gateway.commands.status import listen_from_config, render_status
-from gateway.status import (
+from fieldgate_common.status_http import (
     MAX_CONNECTIONS,
     MAX_REQUEST_HEAD_BYTES,
     REQUEST_READ_TIMEOUT,
@@ -35,10 +34,16 @@ from gateway.status import (
     serve_status,
     status_document,
 )
+from gateway.commands.status import listen_from_config, render_status
 from gateway.status_client import FetchError, endpoint_from_url, fetch
 from gateway.status_format import format_ago, format_duration
 from gateway.status_page import render_status_page
-from gateway.status_schema import STATUS_SCHEMA, provider_errors, status_errors
+from gateway.status_schema import (
+    STATUS_SCHEMA,
+    STATUS_SCHEMA_VERSION,
+    provider_errors,
+    status_errors,
+)
 
 # ---------------------------------------------------------------- helpers
 
@@ -113,6 +118,11 @@ class FakeGateway:
 
     def health(self) -> tuple[bool, str]:
         return self.ok, self.reason
+
+    schema_version = STATUS_SCHEMA_VERSION
+
+    def page(self, document: dict[str, object]) -> str:
+        return render_status_page(document)
 
 
 @dataclass

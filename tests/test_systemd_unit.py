@@ -10,6 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 SYSTEMD = Path(__file__).parent.parent / "systemd"
 UNIT = SYSTEMD / "fieldgate.service"
 EXEC_START = "/opt/fieldgate/venv/bin/fieldgate"
@@ -34,27 +36,32 @@ def unit_settings() -> dict[str, list[str]]:
     return settings
 
 
-def verifiable_copy(tmp_path: Path) -> Path:
+PUSH_UNIT = SYSTEMD / "fieldgate-push.service"
+
+
+def verifiable_copy(tmp_path: Path, original: Path = UNIT) -> Path:
     """The unit with ExecStart pointing at a binary that exists here (verify checks it)."""
-    text = UNIT.read_text()
+    text = original.read_text()
     assert EXEC_START in text
-    copy = tmp_path / "fieldgate.service"
+    copy = tmp_path / original.name
     copy.write_text(text.replace(EXEC_START, sys.executable))
     return copy
 
 
-def test_unit_passes_systemd_analyze_verify(tmp_path):
-    unit = verifiable_copy(tmp_path)
+@pytest.mark.parametrize("original", [UNIT, PUSH_UNIT], ids=["gateway", "push-service"])
+def test_unit_passes_systemd_analyze_verify(tmp_path, original):
+    unit = verifiable_copy(tmp_path, original)
     result = subprocess.run(
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
     # Unknown keys or bad values are only warnings: none is allowed either.
-    assert "fieldgate.service" not in result.stderr, result.stderr
+    assert original.name not in result.stderr, result.stderr
 
 
-def test_unit_exposure_is_at_most_two(tmp_path):
-    unit = verifiable_copy(tmp_path)
+@pytest.mark.parametrize("original", [UNIT, PUSH_UNIT], ids=["gateway", "push-service"])
+def test_unit_exposure_is_at_most_two(tmp_path, original):
+    unit = verifiable_copy(tmp_path, original)
     command = ["systemd-analyze", "security", "--offline=yes", "--threshold=20", str(unit)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
@@ -147,3 +154,41 @@ def test_unit_file_is_plain_ini():
     parser.read_string(UNIT.read_text())
     assert parser.sections() == ["Unit", "Service", "Install"]
     assert parser["Install"]["WantedBy"] == "multi-user.target"
+
+
+# -- the push service's unit (verify and exposure: parametrized above) --------------------------
+def test_push_unit_runs_a_config_file_node_that_drains_and_reloads_tls():
+    parser = configparser.RawConfigParser(strict=False)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(PUSH_UNIT.read_text())
+    s = parser["Service"]
+    assert s["Type"] == "notify"
+    assert s["ExecStart"].endswith("push-service --config /etc/fieldgate-push/push-service.toml")
+    assert s["ExecReload"] == "kill -HUP $MAINPID"  # SIGHUP: TLS reload
+    assert float(s["TimeoutStopSec"].rstrip("s")) > 30  # room for the 30 s SIGTERM drain
+    assert s["User"] == "fieldgate-push" and s["CapabilityBoundingSet"] == ""
+    assert s["PrivateDevices"] == "yes" and s["MemoryDenyWriteExecute"] == "yes"
+    users = (SYSTEMD / "fieldgate-push.sysusers").read_text().split()
+    assert users[users.index("u") + 1] == "fieldgate-push"
+
+
+def test_psycopg_works_with_memory_deny_write_execute():
+    program = textwrap.dedent(
+        """
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+            raise SystemExit(f"PR_SET_MDWE unsupported (errno {ctypes.get_errno()})")
+        import psycopg, pushservice.cli, pushservice.store_postgres
+        try:
+            psycopg.connect("host=127.0.0.1 port=1 connect_timeout=1")
+        except psycopg.OperationalError:
+            pass  # libpq loaded, called and answered: that is what W^X could have broken
+        print(psycopg.pq.version())
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert int(result.stdout) >= 100000

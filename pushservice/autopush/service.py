@@ -40,6 +40,7 @@ from pushservice.autopush.endpoint import (
     PushRequest,
     parse_push,
 )
+from pushservice.autopush.host import Counters
 from pushservice.autopush.http1 import Http1Session, is_websocket_upgrade, read_head, text_response
 from pushservice.autopush.session import CLOSE_NORMAL, WebSocketSession
 from pushservice.autopush.settings import HANDSHAKE_TIMEOUT, AutopushSettings
@@ -52,33 +53,6 @@ BACKOFF_CLOSE_CODE = 4774
 CONTROL_PREFIX = "/_control/"
 # A control request body is a small JSON object.
 MAX_CONTROL_BODY = 4096
-
-
-@dataclass
-class Counters:
-    """What happened since start (the double's own bookkeeping, for tests and the demo)."""
-
-    connections: int = 0
-    hellos: int = 0
-    new_uaids: int = 0
-    uaid_resets: int = 0  # hellos with a uaid we did not know: answered with a new one
-    registers: int = 0
-    unregisters: int = 0
-    accepted: int = 0  # 201 answers to application servers
-    stored: int = 0  # accepted for a uaid that was not connected
-    delivered_direct: int = 0
-    delivered_stored: int = 0  # stored messages sent (redeliveries included)
-    acked: int = 0
-    acked_with_error: int = 0  # acks with code 101 or 102
-    nacks: int = 0
-    expired: int = 0  # stored messages whose TTL ran out
-    dropped_ttl0: int = 0  # TTL 0 for a uaid that was not connected
-    rejected: int = 0  # 4xx answers to application servers
-    msg_limit_resets: int = 0
-    users_dropped: int = 0
-    pong_timeouts: int = 0
-    excessive_pings: int = 0
-    acks_ignored: int = 0  # read and dropped while ignore_acks is set (a fault for tests)
 
 
 @dataclass(frozen=True)

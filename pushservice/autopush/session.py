@@ -15,7 +15,6 @@ import binascii
 import math
 import re
 import uuid
-from typing import TYPE_CHECKING
 
 import trio
 import wsproto
@@ -23,6 +22,7 @@ import wsproto.events as ws
 from wsproto.connection import ConnectionState
 from wsproto.utilities import ProtocolError
 
+from pushservice.autopush.host import SessionHost
 from pushservice.autopush.http1 import RECEIVE_SIZE
 from pushservice.autopush.messages import (
     Ack,
@@ -45,9 +45,6 @@ from pushservice.autopush.settings import (
     TOPIC_BATCH,
 )
 from pushservice.autopush.state import StoredMessage, User
-
-if TYPE_CHECKING:
-    from pushservice.autopush.service import AutopushService
 
 # The only WebSocket route of autoconnect (autoconnect-web/src/lib.rs).
 WEBSOCKET_PATH = "/"
@@ -83,7 +80,9 @@ def _decode_key(key: str) -> bytes | None:
 class WebSocketSession:
     """Serves one connection; the service calls :meth:`deliver`, :meth:`close`, :meth:`abort`."""
 
-    def __init__(self, service: AutopushService, stream: trio.abc.Stream, initial: bytes) -> None:
+    def __init__(
+        self, service: SessionHost[WebSocketSession], stream: trio.abc.Stream, initial: bytes
+    ) -> None:
         self.service = service
         self.settings = service.settings
         self.state = service.state

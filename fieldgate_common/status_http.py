@@ -1,13 +1,14 @@
 """The local status endpoint: HTTP/1.1 (h11) on trio, loopback or a Unix socket only.
 
-``GET /status`` (JSON, schema in :mod:`gateway.status_schema`), ``GET /metrics`` (Prometheus
-text 0.0.4), ``GET /healthz`` (200 ``ok`` / 503 reason) and ``GET /`` (a self-contained HTML
-page). One request per connection (``Connection: close``): the clients are a person's browser,
-``fieldgate status`` and a Prometheus scraper, none of which needs keep-alive, and it keeps every
-connection short-lived.
+``GET /status`` (JSON: the provider's document, e.g. :mod:`gateway.status_schema`), ``GET
+/metrics`` (Prometheus text 0.0.4), ``GET /healthz`` (200 ``ok`` / 503 reason) and ``GET /``
+(a self-contained HTML page). One request per connection (``Connection: close``): the clients
+are a person's browser, ``fieldgate status`` and a Prometheus scraper, none of which needs
+keep-alive, and it keeps every connection short-lived. Used by the gateway and by push-service
+nodes.
 
-Bad clients never harm the gateway: a request head over :data:`MAX_REQUEST_HEAD_BYTES` gets 431,
-a client that does not finish its request within :data:`REQUEST_READ_TIMEOUT` (slowloris) or
+Bad clients never harm the program: a request head over :data:`MAX_REQUEST_HEAD_BYTES` gets
+431, a client that does not finish its request within :data:`REQUEST_READ_TIMEOUT` (slowloris) or
 does not read its response within :data:`RESPONSE_WRITE_TIMEOUT` is dropped, and at most
 :data:`MAX_CONNECTIONS` connections are served at once (the rest get 503 and are closed).
 Unless ``allow_remote``, the endpoint binds only loopback addresses, drops non-loopback peers and
@@ -33,8 +34,6 @@ import h11
 import trio
 
 from fieldgate_common.logs import get_logger
-from gateway.status_page import render_status_page
-from gateway.status_schema import STATUS_SCHEMA_VERSION
 
 log = get_logger("status")
 
@@ -76,7 +75,10 @@ LOOPBACK_HOST_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-loca
 
 
 class StatusProvider(Protocol):
-    """What the gateway hands the endpoint."""
+    """What the program (the gateway, a push-service node) hands the endpoint."""
+
+    # The version of the /status document's schema (added to the served document).
+    schema_version: int
 
     def status(self) -> dict[str, object]:
         """The /status document without ``schema`` and ``health`` (the endpoint adds those)."""
@@ -87,7 +89,11 @@ class StatusProvider(Protocol):
         ...
 
     def health(self) -> tuple[bool, str]:
-        """``(ok, reason)``: is the gateway doing its job, and if not, why."""
+        """``(ok, reason)``: is the program doing its job, and if not, why."""
+        ...
+
+    def page(self, document: dict[str, object]) -> str:
+        """The HTML page served at ``/`` for a served /status document."""
         ...
 
 
@@ -171,7 +177,7 @@ def status_document(provider: StatusProvider) -> dict[str, object]:
     """The served /status document: the provider's plus ``schema`` and ``health``."""
     ok, reason = provider.health()
     document = dict(provider.status())
-    document["schema"] = STATUS_SCHEMA_VERSION
+    document["schema"] = provider.schema_version
     document["health"] = {"ok": ok, "reason": reason}
     return document
 
@@ -191,7 +197,7 @@ def _healthz(provider: StatusProvider) -> Response:
 
 
 def _page(provider: StatusProvider) -> Response:
-    html = render_status_page(status_document(provider))
+    html = provider.page(status_document(provider))
     return Response(200, HTML_CONTENT_TYPE, html.encode(), (("Content-Security-Policy", HTML_CSP),))
 
 
