@@ -422,3 +422,48 @@ def test_a_frame_announced_over_the_limit_is_refused_before_it_is_buffered():
     header = (2**24 - 1).to_bytes(3, "big") + b"\x00\x00" + (1).to_bytes(4, "big")
     with pytest.raises(ua.ProtocolViolation, match="overlong frame"):
         client.receive_data(header + b"x" * 10)
+
+
+def _lax_server() -> Server:
+    """A server whose h2 sends whatever it is given (a hostile or broken push service)."""
+    server = Server()
+    server.conn.config.validate_outbound_headers = False
+    server.conn.config.normalize_outbound_headers = False
+    return server
+
+
+@pytest.mark.parametrize("path", ["/message/a b", "/message/\r\nx: y", "/message/\x00", "//é"])
+def test_a_promised_path_that_could_not_be_sent_back_is_refused(path):
+    # h2's inbound header validation is off for speed: the user agent checks what it reuses.
+    server = _lax_server()
+    client = ua.UserAgentProtocol(ORIGIN, max_body=4096)
+    client.initiate()
+    exchange(client, server)
+    client.monitor(f"{ORIGIN}/set/s1")
+    exchange(client, server)
+    sid, _ = last_request(server)
+    server.push(sid, path, b"x")
+    with pytest.raises(ua.ProtocolViolation, match="unusable :path"):
+        exchange(client, server)
+
+
+def test_header_names_are_read_case_insensitively_without_h2_normalising_them():
+    server = _lax_server()
+    client = ua.UserAgentProtocol(ORIGIN, max_body=4096)
+    client.initiate()
+    exchange(client, server)
+    client.monitor(f"{ORIGIN}/set/s1")
+    exchange(client, server)
+    sid, _ = last_request(server)
+    server.push(
+        sid,
+        "/message/m9",
+        b"x",
+        response_headers=[
+            ("Link", f'</push/p9>; rel="{REL_PUSH}"'),
+            ("Content-Encoding", "aes128gcm"),
+        ],
+    )
+    (event,) = exchange(client, server)
+    assert isinstance(event, ua.MessageReceived)
+    assert event.push_url == f"{ORIGIN}/push/p9" and event.content_encoding == "aes128gcm"
