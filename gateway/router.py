@@ -60,6 +60,12 @@ FETCH_BATCH = 64
 DROP_BURST_GAP = 10.0
 # Dedupe records are pruned this often at most (and ten times per retention period at least).
 PRUNE_INTERVAL = 3600.0
+# Confirmed deliveries of one target that may wait to be recorded in the journal. A delivery the
+# device confirmed but the journal did not record yet is repeated after a crash; the device
+# suppresses a repeat by its message id, but remembers only its last few ids (the C library:
+# FB_DEDUPE_SLOTS, 8). So a target whose confirmations cannot be recorded (disk full) pauses
+# once this many wait, and a crash never repeats more than a device can recognise.
+MAX_UNRECORDED = 8
 # How long finished deliveries are gathered before they are recorded in one transaction. It
 # delays the upstream ack of `delivered`-policy messages by as much; the other policies do not
 # wait for it.
@@ -85,6 +91,7 @@ class _TargetState:
     last_delivery_at: float | None = None
     last_error: str | None = None
     retrying: int = 0  # attempts on the message at the head of the queue
+    unrecorded: int = 0  # confirmed deliveries not yet recorded in the journal
 
 
 @dataclass
@@ -124,6 +131,7 @@ class Router:
         self._wake = trio.Event()
         self._resolved: list[Resolution] = []
         self._resolved_event = trio.Event()
+        self._recorded = trio.Event()  # set (and replaced) after each successful record
         self._housekeeping_wake = trio.Event()
         self._bursts: dict[str, _DropBurst] = {}
         self._targets = {
@@ -270,6 +278,11 @@ class Router:
                 await trio.sleep(next_at - now)
                 next_at = 0.0  # due now, whatever a re-read clock says about the last ulp
                 continue
+            if state.unrecorded >= MAX_UNRECORDED:
+                state.last_error = "paused: the journal cannot record confirmed deliveries"
+                await self._wait_recorded(state)
+                state.last_error = None
+                continue  # the clock moved: look at the deadline again
             outcome = await self._attempt(adapter, message, target)
             now = self._clock()
             if isinstance(outcome, Delivered):
@@ -329,7 +342,15 @@ class Router:
 
     def _resolve(self, resolution: Resolution) -> None:
         self._resolved.append(resolution)
+        if resolution.end == "delivered":
+            self._targets[(resolution.route, resolution.target)].unrecorded += 1
         self._resolved_event.set()
+
+    async def _wait_recorded(self, state: _TargetState) -> None:
+        """Pause ``state``'s target while too many of its confirmations wait to be recorded."""
+        while state.unrecorded >= MAX_UNRECORDED:
+            recorded = self._recorded
+            await recorded.wait()
 
     async def _committer(self) -> None:
         backoff = Backoff(COMMIT_RETRY_BASE, COMMIT_RETRY_CAP, rng=self._rng)
@@ -361,6 +382,11 @@ class Router:
                 self._resolved[:0] = batch
                 log.error("journal: recording %d deliveries failed: %s", len(batch), exc)
                 return False
+        for resolution in batch:
+            if resolution.end == "delivered":
+                self._targets[(resolution.route, resolution.target)].unrecorded -= 1
+        self._recorded.set()
+        self._recorded = trio.Event()
         self._take_counts(released)
         return True
 

@@ -349,3 +349,38 @@ async def test_a_full_disk_while_recording_deliveries_loses_no_confirmation(
         assert h.acks == ["u1"]
         assert [m.body for m in device.delivered] == [b"one"]
     store.close()
+
+
+async def test_a_target_pauses_while_its_confirmations_cannot_be_recorded(
+    tmp_path, autojump_clock, monkeypatch
+):
+    """A crash repeats the confirmed deliveries not yet recorded; a device recognises only its
+    last few ids (MAX_UNRECORDED), so no more than that may wait while the disk is full."""
+    import sqlite3
+
+    from gateway.router import MAX_UNRECORDED
+
+    r = route()
+    store = open_store(tmp_path, [r])
+    real_resolve = store.resolve
+    disk_full = {"on": True}
+
+    def resolve(batch):
+        if disk_full["on"]:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_resolve(batch)
+
+    monkeypatch.setattr(store, "resolve", resolve)
+    device = FakeAdapter("a")
+    async with running(store, [r], [device]) as h:
+        h.ingest(*(push(f"u{i}", b"%d" % i) for i in range(20)))
+        await device.wait_until(lambda: len(device.delivered) == MAX_UNRECORDED)
+        await trio.sleep(60)  # retries of the record come and go: the target stays paused
+        assert len(device.delivered) == MAX_UNRECORDED
+        [target] = h.router.snapshot()["r"].targets
+        assert target.last_error is not None and "cannot record" in target.last_error
+        disk_full["on"] = False
+        await device.wait_until(lambda: len(device.delivered) == 20)
+    assert [m.body for m in device.delivered] == [b"%d" % i for i in range(20)]
+    assert store.pending_deliveries("r", "0:a") == []
+    store.close()
