@@ -467,3 +467,17 @@ def test_header_names_are_read_case_insensitively_without_h2_normalising_them():
     (event,) = exchange(client, server)
     assert isinstance(event, ua.MessageReceived)
     assert event.push_url == f"{ORIGIN}/push/p9" and event.content_encoding == "aes128gcm"
+
+
+def test_pushed_streams_are_forgotten_even_when_nothing_is_sent():
+    # Under ack = "delivered" with a device down nothing is acknowledged: h2 must still forget
+    # the closed pushed streams (it prunes only when it counts streams for a new one of ours).
+    client, server = connect()
+    client.monitor(f"{ORIGIN}/set/s1")
+    exchange(client, server)
+    sid, _ = last_request(server)
+    for i in range(2000):
+        server.push(sid, f"/message/m{i}", b"x")
+        exchange(client, server)
+        server.conn.increment_flow_control_window(1)  # keep the server's window open
+    assert len(client._conn.streams) < 2 * ua.MAX_PUSHED_STREAMS

@@ -47,6 +47,9 @@ STREAM_WINDOW = 256 * 1024
 MAX_PUSHED_STREAMS = 128
 # HPACK decompressed header list limit: far above any real push response, far below a bomb.
 MAX_HEADER_LIST_SIZE = 16 * 1024
+# Every this many finished pushes, h2's closed streams are pruned (see _on_end): O(open streams)
+# each time, so amortised O(1) per push.
+PRUNE_EVERY_PUSHES = MAX_PUSHED_STREAMS
 # Requests we keep waiting for a stream slot before refusing more (the ack queue of a large
 # backlog drains at wire speed; this bounds memory if the peer never grants streams).
 MAX_QUEUED_REQUESTS = 100_000
@@ -308,6 +311,7 @@ class UserAgentProtocol:
         self._preface: bytes | None = b""  # the server's first bytes until checked
         self.pushes_refused = 0  # promises refused because too many were open
         self.frames_received = 0  # h2 events seen: the agent's measure of liveness
+        self._pushes_finished = 0
         self._initiated = False
         self._remote_settings_seen = False
         self._link_cache: dict[tuple[str, ...], str] = {}
@@ -656,6 +660,12 @@ class UserAgentProtocol:
     def _on_end(self, stream_id: int) -> list[Event]:
         pushed = self._pushed.pop(stream_id, None)
         if pushed is not None:
+            self._pushes_finished += 1
+            if self._pushes_finished % PRUNE_EVERY_PUSHES == 0:
+                # h2 forgets closed streams only when it counts open ones, which it does when we
+                # open a stream; a gateway that only receives (every ack held under the
+                # delivered policy, a redelivery storm) would keep every pushed stream forever.
+                _ = self._conn.open_inbound_streams
             return self._finish_push(pushed)
         request = self._by_stream.pop(stream_id, None)
         if request is None:
