@@ -165,7 +165,7 @@ def main() -> None:
         CurrentRoutes(RouteTable(config.routes)),
         store,
         Metrics(),
-        on_journalled=lambda: None,
+        on_journalled=lambda messages: None,
     )
     try:
         if mode == "setup":

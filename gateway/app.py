@@ -10,11 +10,12 @@ from __future__ import annotations
 import resource
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 
 import trio
 
-from adapters.base import Adapter
+from adapters.base import Adapter, Message
 from adapters.registry import build_adapter
 from fieldgate_common.logs import get_logger
 from fieldgate_common.metrics import Metrics
@@ -91,8 +92,8 @@ class Gateway:
         self.status_address: str | None = None
         self._router_scope: trio.CancelScope | None = None
 
-    def _journalled(self) -> None:
-        self.router.notify()
+    def _journalled(self, messages: Sequence[Message]) -> None:
+        self.router.journalled(messages)
 
     def _counted(self) -> None:
         self.router.refresh_counts()

@@ -17,8 +17,9 @@ import functools
 import random
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -45,6 +46,7 @@ from gateway.store import (
     Resolution,
     Store,
     StoreCounts,
+    target_key,
 )
 
 log = get_logger("router")
@@ -55,6 +57,9 @@ RETRY_FLOOR = 0.1
 # Deliveries read from the store per round trip: big enough to amortise the thread hop
 # (~50-100 us), small enough that a queue drop-oldest shortens is noticed soon.
 FETCH_BATCH = 64
+# Messages a target's worker holds in memory, handed over at commit: beyond this (a target far
+# behind) it reads them from the journal again when it gets there.
+INBOX_MAX = 256
 # Drops closer together than this belong to one burst, logged once at its start and summed at
 # its end.
 DROP_BURST_GAP = 10.0
@@ -92,6 +97,15 @@ class _TargetState:
     last_error: str | None = None
     retrying: int = 0  # attempts on the message at the head of the queue
     unrecorded: int = 0  # confirmed deliveries not yet recorded in the journal
+    # Messages journalled since the worker last read the journal, handed over in memory: once
+    # the worker has read everything the journal held (caught_up), it takes the next ones from
+    # here instead of reading them back through a thread.
+    inbox: deque[PendingDelivery] = field(default_factory=deque)
+    caught_up: bool = False
+    wake: trio.Event = field(default_factory=trio.Event)
+
+    def nudge(self) -> None:
+        self.wake.set()
 
 
 @dataclass
@@ -128,7 +142,6 @@ class Router:
         self._clock = clock
         self._retry_floor = retry_floor
         self._rng = rng or random.Random()
-        self._wake = trio.Event()
         self._resolved: list[Resolution] = []
         self._resolved_event = trio.Event()
         self._recorded = trio.Event()  # set (and replaced) after each successful record
@@ -176,10 +189,30 @@ class Router:
     # -- the agent's side ------------------------------------------------------------------
 
     def notify(self) -> None:
-        """New messages were ingested (call from the trio thread): wake the workers."""
+        """The journal changed in a way the workers must read (start-up, a replayed dead
+        letter): every worker reads it again."""
         self._take_counts()
-        self._wake.set()
-        self._wake = trio.Event()
+        for state in self._targets.values():
+            state.caught_up = False
+            state.nudge()
+
+    def journalled(self, messages: Sequence[Message]) -> None:
+        """Messages just committed (call from the trio thread): handed to their route's
+        targets in memory, and only those targets' workers wake."""
+        self._take_counts()
+        for message in messages:
+            route = self._routes.get(message.route)
+            if route is None:
+                continue
+            for index, target in enumerate(route.deliver):
+                state = self._targets.get((route.name, target_key(index, target)))
+                if state is None:
+                    continue
+                if state.caught_up and len(state.inbox) < INBOX_MAX:
+                    state.inbox.append(PendingDelivery(message, "", 0, 0.0))
+                else:
+                    state.caught_up = False  # read it from the journal when the worker gets there
+                state.nudge()
 
     def refresh_counts(self) -> None:
         """The store counted something without new deliveries (duplicates, dead letters)."""
@@ -228,24 +261,36 @@ class Router:
     async def _worker(self, route: RouteConfig, key: str, target: TargetConfig) -> None:
         adapter = self._adapters[target.adapter]
         state = self._targets[(route.name, key)]
-        cursor: str | None = None  # the last message handed to this target
+        cursor = 0  # the id of the last message handed to this target (ids only grow)
         while True:
-            wake = self._wake  # taken before reading: a notify during the read is not lost
+            if state.caught_up and state.inbox:
+                pending = state.inbox.popleft()
+                if int(pending.message.id) > cursor:  # else the journal read had it already
+                    await self._deliver(route, key, target, adapter, state, pending)
+                    cursor = int(pending.message.id)
+                continue
+            state.wake = trio.Event()  # before reading: a hand-over during the read is not lost
+            if state.caught_up:
+                await state.wake.wait()
+                continue
+            # Marked before the read: a commit during it lands in the inbox, and what the read
+            # also returned is skipped there by its id.
+            state.caught_up = True
             batch = await trio.to_thread.run_sync(
                 functools.partial(
                     self._store.pending_deliveries,
                     route.name,
                     key,
-                    after_id=cursor,
+                    after_id=str(cursor) if cursor else None,
                     limit=FETCH_BATCH,
                 )
             )
-            if not batch:
-                await wake.wait()
-                continue
+            if len(batch) == FETCH_BATCH:
+                state.caught_up = False  # more where these came from
+                state.inbox.clear()
             for pending in batch:
                 await self._deliver(route, key, target, adapter, state, pending)
-                cursor = pending.message.id
+                cursor = int(pending.message.id)
 
     async def _deliver(
         self,

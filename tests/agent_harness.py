@@ -120,7 +120,7 @@ async def running(
             CurrentRoutes(RouteTable(config.routes)),
             store,
             Metrics(),
-            on_journalled=lambda: run.journalled.append(1),
+            on_journalled=lambda messages: run.journalled.append(len(messages)),
             rng=random.Random(7),
         )
         run.upstream = agent

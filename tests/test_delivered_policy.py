@@ -50,7 +50,7 @@ async def pipeline(
                 CurrentRoutes(RouteTable(config.routes)),
                 store,
                 Metrics(),
-                on_journalled=lambda: holder[0].notify(),
+                on_journalled=lambda messages: holder[0].journalled(messages),
                 rng=random.Random(3),
             )
             router = Router(

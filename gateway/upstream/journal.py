@@ -10,15 +10,17 @@ that finished meanwhile, and only then owes the acknowledgements the policy allo
 
 from __future__ import annotations
 
+import math
 import random
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import trio
 
+from adapters.base import Message
 from fieldgate_common.backoff import Backoff
 from fieldgate_common.logs import get_logger
 from gateway import policy
@@ -37,6 +39,10 @@ MAX_UNCOMMITTED = 5000
 # Keys committed by this process that are remembered in memory, so that a redelivery skips
 # decryption (an ECDH, the costliest step): a few MB at most, and redeliveries come soon.
 RECENT_MESSAGES = 10_000
+# Finished acknowledgements are recorded with the next commit of messages; when none comes,
+# alone after this long. Nothing needs them durable sooner: one lost in a crash is an
+# acknowledgement sent again after the restart, which the service answers 404.
+ACK_RECORD_DELAY = 30.0
 
 # Called with (event, message key, journal message id) as a message moves: "received",
 # "journalled", "duplicate", "dead_lettered", "refused", "expired", "acknowledged". For the demo
@@ -55,7 +61,7 @@ class JournalWriter:
         acks: Acknowledgements,
         instruments: UpstreamInstruments,
         *,
-        on_journalled: Callable[[], None],
+        on_journalled: Callable[[Sequence[Message]], None],
         on_counted: Callable[[], None],
         observer: Observer | None = None,
         rng: random.Random | None = None,
@@ -71,6 +77,7 @@ class JournalWriter:
         self._rng = rng or random.Random()
         self._batch: list[policy.Admission] = []
         self._wanted = trio.Event()
+        self._ack_record_due: float | None = None  # trio time
         self._recent: OrderedDict[str, None] = OrderedDict()
         self.problem: str | None = None  # why commits fail now (None: they work)
         self.last_message_at: float | None = None
@@ -113,16 +120,23 @@ class JournalWriter:
         self._wanted.set()
 
     def acks_finished(self) -> None:
-        """Acknowledgements finished: record them with the next commit."""
-        self._wanted.set()
+        """Acknowledgements finished: record them with the next commit (see ACK_RECORD_DELAY)."""
+        if self._ack_record_due is None:
+            self._ack_record_due = trio.current_time() + ACK_RECORD_DELAY
+            self._wanted.set()  # the committer re-arms its wait with this deadline
 
     async def run(self) -> None:
         """Commit until cancelled (a failed commit is retried with backoff; nothing is lost)."""
         backoff = Backoff(COMMIT_RETRY_BASE, COMMIT_RETRY_CAP, rng=self._rng)
         while True:
-            await self._wanted.wait()
+            due = self._ack_record_due
+            with trio.move_on_at(math.inf if due is None else due):
+                await self._wanted.wait()
             self._wanted = trio.Event()
             batch, self._batch = self._batch, []
+            if not batch and (due is None or trio.current_time() < due):
+                continue
+            self._ack_record_due = None
             acked = self._acks.take_finished()
             if not batch and not acked:
                 continue
@@ -136,6 +150,8 @@ class JournalWriter:
                 # lost; keep the batch and try again. The service redelivers meanwhile.
                 self._batch[:0] = batch
                 self._acks.restore_finished(acked)
+                if acked:
+                    self.acks_finished()
                 self._m.commit_failed.inc()
                 delay = backoff.next_delay()
                 self.problem = f"journal commits fail: {exc}"
@@ -164,7 +180,20 @@ class JournalWriter:
             for admission, result in zip(batch, results, strict=True)
             if result.ack_now
         )
-        if any(r.status == "journalled" for r in results):
-            self._on_journalled()
+        messages = [
+            Message(
+                result.message_id,
+                disposition.route.name,
+                admission.incoming.plaintext or b"",
+                admission.incoming.received_at,
+                disposition.deadline,
+            )
+            for admission, result in zip(batch, results, strict=True)
+            if result.status == "journalled"
+            and result.message_id
+            and isinstance(disposition := admission.disposition, policy.Journal)
+        ]
+        if messages:
+            self._on_journalled(messages)
         else:
             self._on_counted()  # duplicates, dead letters, drops: only the counters moved

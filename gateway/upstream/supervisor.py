@@ -23,6 +23,7 @@ from typing import Literal, Protocol
 
 import trio
 
+from adapters.base import Message
 from fieldgate_common.backoff import Backoff
 from fieldgate_common.logs import get_logger
 from fieldgate_common.metrics import Metrics
@@ -87,7 +88,7 @@ class Upstream:
         store: Store,
         metrics: Metrics,
         *,
-        on_journalled: Callable[[], None] = lambda: None,
+        on_journalled: Callable[[Sequence[Message]], None] = lambda messages: None,
         on_counted: Callable[[], None] = lambda: None,
         observer: Observer | None = None,
         rng: random.Random | None = None,
