@@ -384,7 +384,7 @@ def print_tables(result: dict[str, Any], n_small: int, n_large: int) -> None:
             )
     print(
         "\nbound: at the core's peak issue rate (no code runs faster); expected: at IPC "
-        + ", ".join(f"{pi.ipc_low:g}-{pi.ipc_high:g} ({pi.core})" for pi in PI_CORES)
+        + ", ".join(f"{pi.ipc_low:.2f}-{pi.ipc_high:.2f} ({pi.core})" for pi in PI_CORES)
         + "; one core, ARM instruction counts taken equal to x86-64's."
     )
 

@@ -28,6 +28,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -220,46 +221,96 @@ def vm_rss_mib(pid: int) -> float:
     return 0.0
 
 
+@dataclass
+class Peers:
+    """The processes around the gateway, and their logs."""
+
+    procs: list[subprocess.Popen[bytes]]
+    logs: dict[str, BinaryIO]
+    service_url: str = ""
+    pty: str = ""
+    record: Path = WORK / "device-record"
+
+    def spawn(self, args: list[str], log: str, **options: Any) -> subprocess.Popen[bytes]:
+        self.logs[log] = (WORK / f"{log}.log").open("wb")
+        options.setdefault("stdout", self.logs[log])
+        proc = subprocess.Popen(args, stderr=self.logs[log], **options)
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for log in self.logs.values():
+            log.close()
+
+
+def start_peers(peers: Peers) -> None:
+    """mosquitto, the installed push service, and fbsim on a pty behind a by-id link."""
+    (WORK / "mosquitto.conf").write_text(
+        f"listener {MQTT_PORT} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+    )
+    peers.spawn(["/usr/sbin/mosquitto", "-c", str(WORK / "mosquitto.conf")], "mosquitto")
+    ready = WORK / "service.url"
+    service = [FIELDGATE, "push-service", "--listen", f"127.0.0.1:{SERVICE_PORT}"]
+    service += ["--ready-file", str(ready), "--log-level", "warning"]
+    peers.spawn(service, "service", stdout=subprocess.DEVNULL)
+    fbsim = [str(FBSIM), "--record", str(peers.record), "--id", "pi-check"]
+    sim = peers.spawn(fbsim, "fbsim", stdout=subprocess.PIPE)
+    assert sim.stdout is not None
+    peers.pty = sim.stdout.readline().decode().strip()
+    if not peers.pty.startswith("/dev/"):
+        raise SystemExit(f"e2e: FAILED: fbsim printed {peers.pty!r}, not a pty")
+    # As udev leaves a USB serial adapter: root:dialout 0660, a stable by-id link.
+    os.chown(peers.pty, 0, grp.getgrnam("dialout").gr_gid)
+    os.chmod(peers.pty, 0o660)
+    DEVICE_LINK.parent.mkdir(parents=True, exist_ok=True)
+    DEVICE_LINK.symlink_to(peers.pty)
+    wait_for("push service", ready.exists, START_LIMIT)
+    peers.service_url = ready.read_text().strip()
+
+
+def send_and_wait(
+    infos: dict[str, dict[str, object]], subscriber: Subscriber, record: Path
+) -> float:
+    """MESSAGES to each route with pywebpush; every one must reach its device, in order, and be
+    acknowledged upstream. Returns the seconds from the first send."""
+    to_mqtt = [b'{"reading": %d, "from": "pi-check"}' % i for i in range(MESSAGES)]
+    to_device = [b"valve %d to %d%%" % (i % 4, i * 5) for i in range(MESSAGES)]
+    started = time.monotonic()
+    for telemetry, valve in zip(to_mqtt, to_device, strict=True):
+        for info, body in ((infos["telemetry"], telemetry), (infos["valves"], valve)):
+            response = webpush(info, body, ttl=TTL)
+            if response.status_code not in (201, 202):
+                raise SystemExit(f"e2e: FAILED: the push service answered {response.status_code}")
+
+    def acknowledged() -> bool:
+        return metric("fieldgate_messages_acknowledged_total") >= 2 * MESSAGES
+
+    wait_for("MQTT delivery", lambda: len(subscriber.received()) >= MESSAGES, DELIVERY_LIMIT)
+    wait_for(
+        "device delivery", lambda: len(device_bodies(record, to_device)) >= MESSAGES, DELIVERY_LIMIT
+    )
+    wait_for("upstream acknowledgements", acknowledged, DELIVERY_LIMIT)
+    if subscriber.received() != to_mqtt:
+        raise SystemExit(f"e2e: FAILED: MQTT got {subscriber.received()!r}")
+    if (device := device_bodies(record, to_device)) != to_device:
+        raise SystemExit(f"e2e: FAILED: the device got {device!r}")
+    return time.monotonic() - started
+
+
 def main() -> None:
     started = time.monotonic()
     WORK.mkdir(parents=True, exist_ok=True)
     unit = Unit.read(UNIT)
-    procs: list[subprocess.Popen[bytes]] = []
-    logs = {name: (WORK / f"{name}.log").open("wb") for name in ("mosquitto", "service", "fbsim")}
+    peers = Peers([], {})
     subscriber = None
     try:
-        (WORK / "mosquitto.conf").write_text(
-            f"listener {MQTT_PORT} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        )
-        mosquitto = ["/usr/sbin/mosquitto", "-c", str(WORK / "mosquitto.conf")]
-        procs.append(
-            subprocess.Popen(mosquitto, stdout=logs["mosquitto"], stderr=subprocess.STDOUT)
-        )
-        ready = WORK / "service.url"
-        service = [FIELDGATE, "push-service", "--listen", f"127.0.0.1:{SERVICE_PORT}"]
-        service += ["--ready-file", str(ready), "--log-level", "warning"]
-        procs.append(subprocess.Popen(service, stdout=subprocess.DEVNULL, stderr=logs["service"]))
-        record = WORK / "device-record"
-        fbsim = subprocess.Popen(
-            [str(FBSIM), "--record", str(record), "--id", "pi-check"],
-            stdout=subprocess.PIPE,
-            stderr=logs["fbsim"],
-        )
-        procs.append(fbsim)
-        assert fbsim.stdout is not None
-        pty = fbsim.stdout.readline().decode().strip()
-        if not pty.startswith("/dev/"):
-            raise SystemExit(f"e2e: FAILED: fbsim printed {pty!r}, not a pty")
-        # As udev leaves a USB serial adapter: root:dialout 0660, a stable by-id link.
-        os.chown(pty, 0, grp.getgrnam("dialout").gr_gid)
-        os.chmod(pty, 0o660)
-        DEVICE_LINK.parent.mkdir(parents=True, exist_ok=True)
-        DEVICE_LINK.symlink_to(pty)
-        wait_for("push service", ready.exists, START_LIMIT)
-        service_url = ready.read_text().strip()
-        step(f"push service at {service_url}, mosquitto, fbsim on {pty}", started)
-
-        write_config(service_url, DEVICE_LINK)
+        start_peers(peers)
+        step(f"push service at {peers.service_url}, mosquitto, fbsim on {peers.pty}", started)
+        write_config(peers.service_url, DEVICE_LINK)
         check = subprocess.run(
             [FIELDGATE, "check-config", str(CONFIG)], capture_output=True, text=True, check=False
         )
@@ -267,49 +318,20 @@ def main() -> None:
             raise SystemExit(f"e2e: FAILED: check-config: {check.stdout}{check.stderr}")
 
         gateway, notes = start_gateway(unit)
-        procs.append(gateway)
+        peers.procs.append(gateway)
         wait_for(
             "READY=1", lambda: "READY=1" in notes.drain() or gateway.poll() is not None, START_LIMIT
         )
         if gateway.poll() is not None:
-            raise SystemExit(
-                f"e2e: FAILED: the gateway exited ({gateway.returncode}); see {WORK}/gateway.log"
-            )
+            raise SystemExit(f"e2e: FAILED: the gateway exited ({gateway.returncode})")
         step("gateway READY=1", started)
         infos = subscriptions(unit)
         step("both routes subscribed", started)
         idle_rss = vm_rss_mib(gateway.pid)
-
         subscriber = Subscriber()
         wait_for("MQTT subscription", subscriber.subscribed.is_set, START_LIMIT)
-        to_mqtt = [b'{"reading": %d, "from": "pi-check"}' % i for i in range(MESSAGES)]
-        to_device = [b"valve %d to %d%%" % (i % 4, i * 5) for i in range(MESSAGES)]
         io_before = write_bytes(gateway.pid)
-        t_send = time.monotonic()
-        for telemetry, valve in zip(to_mqtt, to_device, strict=True):
-            for info, body in ((infos["telemetry"], telemetry), (infos["valves"], valve)):
-                response = webpush(info, body, ttl=TTL)
-                if response.status_code not in (201, 202):
-                    raise SystemExit(
-                        f"e2e: FAILED: the push service answered {response.status_code}"
-                    )
-        step(f"{2 * MESSAGES} messages sent with pywebpush", started)
-        wait_for("MQTT delivery", lambda: len(subscriber.received()) >= MESSAGES, DELIVERY_LIMIT)
-        wait_for(
-            "device delivery",
-            lambda: len(device_bodies(record, to_device)) >= MESSAGES,
-            DELIVERY_LIMIT,
-        )
-        wait_for(
-            "upstream acknowledgements",
-            lambda: metric("fieldgate_messages_acknowledged_total") >= 2 * MESSAGES,
-            DELIVERY_LIMIT,
-        )
-        seconds = time.monotonic() - t_send
-        if subscriber.received() != to_mqtt:
-            raise SystemExit(f"e2e: FAILED: MQTT got {subscriber.received()!r}")
-        if device_bodies(record, to_device) != to_device:
-            raise SystemExit(f"e2e: FAILED: the device got {device_bodies(record, to_device)!r}")
+        seconds = send_and_wait(infos, subscriber, peers.record)
         written = write_bytes(gateway.pid) - io_before
         loaded_rss = vm_rss_mib(gateway.pid)
         step("every message delivered, in order, and acknowledged upstream", started)
@@ -341,12 +363,7 @@ def main() -> None:
     finally:
         if subscriber is not None:
             subscriber.stop()
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        for log in logs.values():
-            log.close()
+        peers.close()
 
 
 def show_logs() -> None:
