@@ -35,27 +35,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.e2e_common import CORE_PEERS, Child, sample
-from bench.e2e_procs import (
-    MQTT_ROUTE,
-    SERIAL_ROUTE,
-    TOPIC_PREFIX,
-    GatewayProcess,
-    export_keys,
-    free_port,
-    start_mosquitto,
-    start_push_service,
-    start_simulator,
-    stop_process,
-    write_config,
-)
+from bench.e2e_common import sample
+from bench.e2e_procs import MQTT_ROUTE, SERIAL_ROUTE
+from bench.e2e_rig import Peers
 
 DEFAULT_FIELD_MESSAGES = 100
 DEFAULT_BURST = 3000
 DEFAULT_IDLE = 60.0  # one keepalive period (every keepalive is 60 s in this configuration)
 FIELD_RATE = 5.0  # messages/s: each is done in a few ms here, so every one arrives alone
 TTL = 3600
-REDELIVERY_AFTER = 3600.0  # the service must not push a message twice because a phase is slow
 LIMIT = 120.0  # a phase making no progress for this long is a failure
 SETTLE = 2.0  # after the last message: the commits that record the deliveries
 POLL = 0.05
@@ -112,34 +100,12 @@ class Rig:
     """The peers and the gateway of one run."""
 
     def __init__(self, workdir: Path, largest: int) -> None:
+        self.peers = Peers(workdir)
         self.workdir = workdir
-        self.procs: list[Any] = []
-        self.children: list[Child] = []
-        mosquitto, mqtt_port = start_mosquitto(workdir)
-        service, service_url = start_push_service(workdir, REDELIVERY_AFTER)
-        fbsim, pty, self.record = start_simulator(workdir)
-        self.procs += [mosquitto, service, fbsim]
-        status_port = free_port()
-        self.config = write_config(workdir, service_url, mqtt_port, pty, status_port)
-        self.gateway = GatewayProcess(self.config, status_port, workdir / "gateway.log")
-        self.gateway.start()
-        self.gateway.wait_ready()
-        self.gateway.wait_subscribed()
-        keys = workdir / "keys.json"
-        export_keys(self.config, keys)
-        self.subscriber = self._child(
-            ["-m", "bench.e2e_subscriber", str(mqtt_port), TOPIC_PREFIX + "#"]
-        )
-        self.subscriber.expect("ready", LIMIT)
-        self.sender = self._child(["-m", "bench.e2e_sender", str(keys), str(TTL)])
-        self.sender.expect("ready", LIMIT)
-        for route in (MQTT_ROUTE, SERIAL_ROUTE):
-            self.sender.ask("encrypted", LIMIT, cmd="encrypt", route=route, count=largest)
-
-    def _child(self, args: list[str]) -> Child:
-        child = Child([sys.executable, *args], core=CORE_PEERS, stdin=True)
-        self.children.append(child)
-        return child
+        self.record = self.peers.record
+        self.gateway = self.peers.subscribe("gateway.log")
+        pools = {MQTT_ROUTE: largest, SERIAL_ROUTE: largest}
+        self.subscriber, self.sender = self.peers.clients(TTL, pools)
 
     def delivered(self, route: str) -> int:
         if route == MQTT_ROUTE:
@@ -180,11 +146,7 @@ class Rig:
 
     def close(self) -> None:
         self.gateway.stop()
-        for child in self.children:
-            child.send(cmd="quit")
-            child.stop()
-        for proc in reversed(self.procs):
-            stop_process(proc)
+        self.peers.close()
 
 
 def run(workdir: Path, field: int, burst: int, idle_seconds: float) -> dict[str, Any]:

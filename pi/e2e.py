@@ -17,6 +17,7 @@ import grp
 import json
 import os
 import pwd
+import re
 import shlex
 import signal
 import socket
@@ -69,6 +70,21 @@ def wait_for(what: str, ready: Callable[[], bool], limit: float) -> None:
         time.sleep(POLL)
 
 
+# systemd.time(7): a time span is a sequence of numbers with units; a bare number is seconds.
+TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def timespan(text: str) -> float:
+    """Seconds in a systemd time span such as "30s", "1min 30s" or "90"."""
+    total = 0.0
+    for part in re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", text):
+        number, unit = part
+        if unit not in TIME_UNITS and unit != "":
+            raise ValueError(f"unknown time unit {unit!r} in {text!r}")
+        total += float(number) * TIME_UNITS.get(unit, 1.0)
+    return total
+
+
 @dataclass(frozen=True)
 class Unit:
     """The [Service] settings of the installed unit that decide how the gateway is started."""
@@ -94,7 +110,6 @@ class Unit:
             elif section == "[Service]" and "=" in line and not line.startswith("#"):
                 key, _, value = line.partition("=")
                 values[key] = value
-        watchdog = values.get("WatchdogSec", "0").removesuffix("s")
         return cls(
             exec_start=shlex.split(values["ExecStart"]),
             exec_reload=shlex.split(values["ExecReload"]),
@@ -104,7 +119,7 @@ class Unit:
             umask=int(values.get("UMask", "0022"), 8),
             state_directory=values["StateDirectory"],
             state_directory_mode=int(values.get("StateDirectoryMode", "0755"), 8),
-            watchdog_seconds=float(watchdog),
+            watchdog_seconds=timespan(values.get("WatchdogSec", "0")),
         )
 
 
