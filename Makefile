@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench fuzz chaos firmware clean
+.PHONY: demo test lint bench fuzz chaos firmware pi-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ fuzz: $(STAMP)
 	scripts/system-deps.sh test
 	$(MAKE) -C firmware-bridge fuzz
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -k "property or fuzz or hypothesis"
+
+# Install and run the checkout on emulated Raspberry Pi OS roots (arm64, armhf); as root.
+pi-check:
+	scripts/pi-check
 
 clean:
 	rm -rf $(VENV) firmware-bridge/build .pytest_cache .mypy_cache .ruff_cache

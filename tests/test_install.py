@@ -3,6 +3,7 @@ install of this checkout, the files and modes they leave, and their removal."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -47,11 +48,22 @@ def run_script(script: Path, root: Path, spies: Path, *args: str, **env: str):
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    """One real installation shared by the tests that only look at it (pip takes ~15 s)."""
+    """One real installation shared by the tests that only look at it (pip takes ~15 s).
+
+    msgpack is refused as a wheel and built from its sdist without its C extension, as on a
+    32-bit Pi without a compiler would go if the installer did not bring one: the plan, the
+    report and the fallback warning are then all exercised by this one installation."""
     base = tmp_path_factory.mktemp("install")
     spies = spy_bin(base / "spies")
     root = base / "root"
-    result = run_script(INSTALL, root, spies, SERIAL_GROUPS="dialout plugdev")
+    result = run_script(
+        INSTALL,
+        root,
+        spies,
+        SERIAL_GROUPS="dialout plugdev",
+        PIP_ARGS="--no-binary msgpack",
+        MSGPACK_PUREPYTHON="1",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return root, spies, result
 
@@ -94,6 +106,27 @@ def test_the_venvs_fieldgate_runs(installed):
         cwd=root,  # not the checkout, whose gateway/ would shadow the installed one
     )
     assert where.stdout.startswith(str(root))
+
+
+def test_it_says_what_came_as_wheels_and_what_was_built_from_source(installed):
+    root, _, result = installed
+    said = result.stderr
+    assert "no usable wheel for linux-x86_64 of: 1: msgpack " in said  # the plan, up front
+    assert "(building needs: gcc libc6-dev python3-dev libffi-dev)" in said  # DESTDIR: no apt
+    assert "installing Debian packages" not in said
+    built = next(line for line in said.splitlines() if "built from source:" in line)
+    assert built.split("built from source: ")[1].startswith("1: msgpack ")
+    wheels = next(line for line in said.splitlines() if "from wheels:" in line)
+    assert "cryptography " in wheels and "h2 " in wheels and "msgpack" not in wheels
+    assert "warning: msgpack runs as its pure-Python fallback" in said
+    report = root / PREFIX.lstrip("/") / "share/install-report.json"
+    assert mode(report) == 0o644
+    kinds = {
+        item["metadata"]["name"]: item["download_info"]["url"].endswith(".whl")
+        for item in json.loads(report.read_text())["install"]
+    }
+    assert kinds["msgpack"] is False and kinds["cryptography"] is True
+    assert kinds["fieldgate"] is True  # built once into a wheel, then installed from it
 
 
 def test_destdir_install_never_touches_the_system(installed):
