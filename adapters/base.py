@@ -104,6 +104,24 @@ class Expired:
 Outcome = Delivered | RetryLater | Rejected | Expired
 
 
+class Confirmation(abc.ABC):
+    """A message sent and not yet confirmed: :meth:`outcome` waits for the transport's answer."""
+
+    @abc.abstractmethod
+    async def outcome(self) -> Outcome:
+        """The confirmation (call once)."""
+
+
+@dataclass(frozen=True)
+class Settled(Confirmation):
+    """A confirmation already known (the transport answered at once, or refused to send)."""
+
+    value: Outcome
+
+    async def outcome(self) -> Outcome:
+        return self.value
+
+
 @dataclass(frozen=True)
 class Health:
     """What an adapter reports about itself for the status endpoint."""
@@ -127,6 +145,20 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     async def deliver(self, message: Message, target: TargetConfig) -> Outcome:
         """Deliver ``message`` to ``target`` and wait for the transport's confirmation."""
+
+    def window(self, target: TargetConfig) -> int:
+        """How many messages to ``target`` may be sent before the first is confirmed.
+
+        1 (the default): one at a time, as a stop-and-wait serial link must. More lets the
+        router pipeline: it sends in order with :meth:`send` and awaits the confirmations
+        concurrently (MQTT: the broker's Receive Maximum).
+        """
+        return 1
+
+    async def send(self, message: Message, target: TargetConfig) -> Confirmation:
+        """Put ``message`` on its way to ``target`` (in the order of the calls) and return
+        its confirmation without waiting for it. The default delivers and waits."""
+        return Settled(await self.deliver(message, target))
 
     @abc.abstractmethod
     def health(self) -> Health:

@@ -54,6 +54,7 @@ class Link:
     session_present: bool = False
     max_packet_size: int | None = None  # the broker's Maximum Packet Size (MQTT 5)
     inflight: trio.Semaphore = field(default_factory=lambda: trio.Semaphore(MQTT311_MAX_INFLIGHT))
+    receive_maximum: int = MQTT311_MAX_INFLIGHT  # what inflight was sized to
 
     def fail(self, reason: str) -> None:
         """Record why the connection failed (the first reason wins) and mark it lost."""
