@@ -9,7 +9,11 @@ from __future__ import annotations
 import resource
 import signal
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
 
 import trio
 
@@ -17,13 +21,14 @@ from adapters.base import Adapter
 from adapters.registry import build_adapter
 from fieldgate_common.logs import get_logger
 from fieldgate_common.metrics import Metrics
-from gateway import __version__
+from gateway import __version__, statedir
 from gateway.agent import Agent, Observer
 from gateway.config import Config, ConfigError, load_config
 from gateway.router import Router
 from gateway.routes import CurrentRoutes, RouteTable
 from gateway.sdnotify import Notifier, Watchdog, watchdog_interval
-from gateway.status import serve_status
+from gateway.statedir import REREAD_SIGNAL, acquire_run_lock
+from gateway.status import ListenError, serve_status
 from gateway.status_model import (
     AdapterSnapshot,
     RouteDelivery,
@@ -39,6 +44,8 @@ log = get_logger("gateway")
 # SIGTERM: in-flight deliveries get this long to finish before the process exits; systemd's
 # TimeoutStopSec (90 s by default) stays well above it.
 SHUTDOWN_GRACE = 10.0
+
+_E = TypeVar("_E", bound=BaseException)
 
 
 def build_adapters(config: Config, metrics: Metrics) -> dict[str, Adapter]:
@@ -221,33 +228,93 @@ class Gateway:
         return True, "ok"
 
 
-async def run_gateway(config: Config) -> int:
-    """Run until SIGTERM/SIGINT; systemd is told READY, STATUS, WATCHDOG and STOPPING."""
+class StartupError(Exception):
+    """A fault found while the gateway starts, as one line naming the file and the key."""
+
+
+# SIGTERM/SIGINT stop, SIGHUP reloads the configuration, REREAD_SIGNAL (SIGUSR1: a dead letter
+# was replayed) makes the router read the journal again.
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, REREAD_SIGNAL)
+
+
+def _first_of(error: BaseException, kind: type[_E]) -> _E | None:
+    """The first ``kind`` exception in ``error`` or its (nested) exception groups."""
+    if isinstance(error, kind):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _first_of(inner, kind)
+            if found is not None:
+                return found
+    return None
+
+
+async def run_gateway(config: Config, *, reset: bool = False) -> int:
+    """Run until SIGTERM/SIGINT; systemd is told READY, STATUS, WATCHDOG and STOPPING.
+
+    Holds the state directory's run lock for its whole life, taken before the journal is opened
+    (a second gateway there raises :class:`~gateway.statedir.AlreadyRunning`); ``reset`` lets a
+    lost journal be re-created. Raises :class:`StartupError` or
+    :class:`~gateway.store.StoreError` for faults found while starting.
+    """
     notifier = Notifier.from_environ()
-    gateway = Gateway(config)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(gateway.run)
-            notifier.ready(f"running {len(config.routes)} route(s)")
-            log.info("fieldgate %s running: %d route(s)", __version__, len(config.routes))
-            watchdog = Watchdog(notifier, watchdog_interval())
-            if watchdog.enabled and watchdog.period:
-                # Only under a systemd watchdog does the process wake up on a timer of its own:
-                # idle, the keepalive is the only other wake-up.
-                nursery.start_soon(_heartbeat, gateway, notifier, watchdog, watchdog.period)
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-                async for signum in signals:
-                    if signum == signal.SIGHUP:
-                        _reload(gateway, notifier)
-                        continue
-                    log.info("%s: stopping", signal.Signals(signum).name)
-                    notifier.stopping()
-                    break
-            nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE
-            nursery.cancel_scope.cancel()
-    finally:
-        gateway.close()
+    state_dir = config.push.state_dir
+    source = config.source or Path("the configuration")
+    # Signals are caught from before the lock is taken: its pid is what `dead-letters replay`
+    # signals, and REREAD_SIGNAL's default action would end the process.
+    with trio.open_signal_receiver(*_SIGNALS) as signals:
+        lock = await trio.to_thread.run_sync(acquire_run_lock, state_dir)
+        try:
+            store = await trio.to_thread.run_sync(
+                partial(Store.open, state_dir, journal=config.journal, reset=reset)
+            )
+            gateway = Gateway(config, store=store)
+            try:
+                await _run(gateway, notifier, signals, state_dir)
+            except BaseException as error:
+                listen = _first_of(error, ListenError)
+                if listen is None:
+                    raise
+                raise StartupError(f"{source}: status.listen: {listen}") from None
+            finally:
+                statedir.remove_status_address(state_dir)
+                gateway.close()
+        finally:
+            lock.release()
     return 0
+
+
+async def _run(
+    gateway: Gateway,
+    notifier: Notifier,
+    signals: AsyncIterator[int],
+    state_dir: Path,
+) -> None:
+    config = gateway.config
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.run)
+        if gateway.status_address is not None:
+            statedir.write_status_address(state_dir, gateway.status_address)
+        notifier.ready(f"running {len(config.routes)} route(s)")
+        log.info("fieldgate %s running: %d route(s)", __version__, len(config.routes))
+        watchdog = Watchdog(notifier, watchdog_interval())
+        if watchdog.enabled and watchdog.period:
+            # Only under a systemd watchdog does the process wake up on a timer of its own:
+            # idle, the keepalive is the only other wake-up.
+            nursery.start_soon(_heartbeat, gateway, notifier, watchdog, watchdog.period)
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                _reload(gateway, notifier)
+                continue
+            if signum == REREAD_SIGNAL:
+                log.info("%s: reading the journal again", signal.Signals(signum).name)
+                gateway.router.notify()
+                continue
+            log.info("%s: stopping", signal.Signals(signum).name)
+            notifier.stopping()
+            break
+        nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE
+        nursery.cancel_scope.cancel()
 
 
 def _reload(gateway: Gateway, notifier: Notifier) -> None:

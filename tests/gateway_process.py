@@ -60,10 +60,13 @@ class GatewayProcess:
             self.proc.kill()
             self.proc.wait(10)
 
-    def __init__(self, config: Path, status_port: int, log_path: Path) -> None:
+    def __init__(
+        self, config: Path, status_port: int, log_path: Path, *, args: tuple[str, ...] = ()
+    ) -> None:
         self.config = config
         self.status_port = status_port
         self.log_path = log_path
+        self.args = args  # more `fieldgate run` arguments (--reset)
         self.proc: subprocess.Popen[bytes] | None = None
 
     async def start(self) -> None:
@@ -74,7 +77,7 @@ class GatewayProcess:
         env.pop("JOURNAL_STREAM", None)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(  # noqa: ASYNC220 - a child the test kills, never awaited
-                [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
+                [sys.executable, "-m", "gateway", "run", "--config", str(self.config), *self.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
