@@ -39,7 +39,7 @@ async def _subscription(gateway: GatewayProcess, config: Path) -> dict[str, obje
 
     def subscribed() -> bool:
         routes = gateway.status()["routes"]
-        return bool(routes[0]["push_resource"])  # type: ignore[index]
+        return bool(routes[0]["push_resource_id"])  # type: ignore[index]
 
     await wait_until(subscribed, "the route subscribed")
     out = await trio.run_process(
