@@ -71,11 +71,7 @@ def client_certificate(cert: Path, key: Path) -> str | None:
 def writable_directory(path: Path) -> str | None:
     """A directory that exists (or can be created, when ``path`` is missing) and can be written."""
     if path.exists():
-        if not path.is_dir():
-            return f"{path} exists and is not a directory"
-        if not os.access(path, os.W_OK | os.X_OK):
-            return f"the directory {path} cannot be written by this user"
-        return None
+        return existing_directory(path)
     ancestor = _nearest_existing(path)
     if not ancestor.is_dir():
         return f"{path} cannot be created: {ancestor} is not a directory"

@@ -9,53 +9,24 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 import trio
-from pywebpush import webpush
 
 from pushservice.service import PushService
 from pushservice.settings import ServiceSettings
 from tests.agent_harness import wait_until
-from tests.gateway_process import GatewayProcess, free_port, write_config
-
-ROUTES = """
-[adapters.out]
-type = "log"
-path = "{deliveries}"
-
-[[routes]]
-name = "valves"
-deliver = [ {{ adapter = "out" }} ]
-"""
-
-
-async def _subscription(gateway: GatewayProcess, config: Path) -> dict[str, object]:
-    """The route's PushSubscription JSON, as ``fieldgate subscriptions`` prints it."""
-
-    def subscribed() -> bool:
-        routes = gateway.status()["routes"]
-        return bool(routes[0]["push_resource_id"])  # type: ignore[index]
-
-    await wait_until(subscribed, "the route subscribed")
-    out = await trio.run_process(
-        [sys.executable, "-m", "gateway", "subscriptions", "--config", str(config), "valves"],
-        capture_stdout=True,
-    )
-    return dict(json.loads(out.stdout))
-
-
-async def _send(info: dict[str, object], bodies: list[bytes]) -> None:
-    def post() -> None:
-        for body in bodies:
-            response = webpush(info, body, ttl=600)  # type: ignore[arg-type]
-            assert response.status_code == 201, response.text
-
-    await trio.to_thread.run_sync(post)
+from tests.gateway_process import (
+    LOG_ROUTE,
+    GatewayProcess,
+    free_port,
+    send_all,
+    subscription_of,
+    write_config,
+)
 
 
 @pytest.fixture
@@ -85,7 +56,7 @@ async def _setup(tmp_path: Path, nursery: trio.Nursery) -> tuple[PushService, Pa
         service.subscribe_url,
         tmp_path / "state",
         status_port=status_port,
-        body=ROUTES.format(deliveries=deliveries),
+        body=LOG_ROUTE.format(deliveries=deliveries),
     )
     return service, config, deliveries, status_port
 
@@ -95,11 +66,11 @@ async def test_killed_between_journal_commit_and_ack(tmp_path, stack):
         service, config, deliveries, port = await _setup(tmp_path, nursery)
         gateway = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
         await gateway.start()
-        info = await _subscription(gateway, config)
+        info = await subscription_of(gateway, config)
         # The service refuses the DELETEs: every message is journalled, none acknowledged.
         service.faults.fail_requests(500, count=5, methods=("DELETE",), paths="message")
         bodies = [b"msg-%d" % i for i in range(5)]
-        await _send(info, bodies)
+        await send_all(info, bodies)
         await wait_until(lambda: len(_journalled(deliveries)) == 5, "five journalled")
         await wait_until(
             lambda: gateway.metric("fieldgate_ack_failures_total") >= 5, "five refused acks"
@@ -125,12 +96,12 @@ async def test_killed_between_receipt_and_commit(tmp_path, stack):
         service, config, deliveries, port = await _setup(tmp_path, nursery)
         gateway = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
         await gateway.start()
-        info = await _subscription(gateway, config)
+        info = await subscription_of(gateway, config)
         # Hold the journal's write lock: messages arrive but cannot be committed.
         blocker = sqlite3.connect(tmp_path / "state" / "journal.sqlite3", isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
         bodies = [b"late-%d" % i for i in range(3)]
-        await _send(info, bodies)
+        await send_all(info, bodies)
         await wait_until(
             lambda: gateway.metric("fieldgate_messages_received_total") == 3, "three received"
         )

@@ -7,7 +7,6 @@ each fault is the one the field test found, fed the same way.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -21,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from pywebpush import webpush
 
 from gateway import policy
 from gateway.config import load_config
@@ -30,17 +28,16 @@ from gateway.store import Incoming, Store
 from pushservice.service import PushService
 from pushservice.settings import ServiceSettings
 from tests.agent_harness import wait_until
-from tests.gateway_process import GatewayProcess, free_port, write_config
+from tests.chaos_peers import tmpfs
+from tests.gateway_process import (
+    LOG_ROUTE,
+    GatewayProcess,
+    free_port,
+    send_all,
+    subscription_of,
+    write_config,
+)
 
-ROUTES = """
-[adapters.out]
-type = "log"
-path = "{deliveries}"
-
-[[routes]]
-name = "valves"
-deliver = [ {{ adapter = "out" }} ]
-"""
 NO_SERVICE = "http://127.0.0.1:9/subscribe"  # start-up faults end before any connection
 RUN_LIMIT = 30.0
 
@@ -63,7 +60,7 @@ def config_file(tmp_path: Path, service: str = NO_SERVICE, **replace: str) -> Pa
         service,
         tmp_path / "state",
         status_port=free_port(),
-        body=ROUTES.format(deliveries=tmp_path / "deliveries.jsonl"),
+        body=LOG_ROUTE.format(deliveries=tmp_path / "deliveries.jsonl"),
     )
     text = path.read_text()
     for old, new in replace.items():
@@ -91,46 +88,10 @@ def stack() -> Iterator[ExitStack]:
         yield exit_stack
 
 
-@contextlib.contextmanager
-def read_only_mount(directory: Path) -> Iterator[Path]:
-    """A read-only file system (as root, os.access and open both say "read-only")."""
-    directory.mkdir(mode=0o700)
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m,mode=0700", "tmpfs", str(directory)],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", "-l", str(directory)], check=False, capture_output=True)
-
-
 async def _service(nursery: trio.Nursery) -> PushService:
     service = PushService(ServiceSettings(redelivery_after=0.5))
     await nursery.start(service.serve, "127.0.0.1", 0)
     return service
-
-
-async def _subscription(gateway: GatewayProcess, config: Path) -> dict[str, object]:
-    def subscribed() -> bool:
-        return bool(gateway.status()["routes"][0]["push_resource_id"])  # type: ignore[index]
-
-    await wait_until(subscribed, "the route subscribed")
-    out = await trio.run_process(
-        [sys.executable, "-m", "gateway", "subscriptions", "--config", str(config), "valves"],
-        capture_stdout=True,
-    )
-    return dict(json.loads(out.stdout))
-
-
-async def _send(info: dict[str, object], bodies: list[bytes]) -> None:
-    def post() -> None:
-        for body in bodies:
-            response = webpush(info, body, ttl=600)  # type: ignore[arg-type]
-            assert response.status_code == 201, response.text
-
-    await trio.to_thread.run_sync(post)
 
 
 def _delivered(deliveries: Path) -> list[str]:
@@ -198,7 +159,7 @@ def test_a_log_adapter_path_that_cannot_be_a_file(tmp_path, where):
 
 
 def test_a_state_directory_that_cannot_be_written(tmp_path):
-    with read_only_mount(tmp_path / "ro") as ro:
+    with tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
         config = config_file(tmp_path, **{str(tmp_path / "state"): str(ro / "state")})
         assert_one_line(fieldgate("run", "--config", str(config)), "push.state_dir", str(ro))
         checked = fieldgate("check-config", str(config))
@@ -241,11 +202,11 @@ async def test_a_journal_deleted_while_running_is_never_silently_recreated(tmp_p
         log = tmp_path / "gateway.log"
         gateway = stack.enter_context(GatewayProcess(config, _port(config), log))
         await gateway.start()
-        info = await _subscription(gateway, config)
+        info = await subscription_of(gateway, config)
         old_id = gateway.status()["routes"][0]["push_resource_id"]  # type: ignore[index]
         journal = tmp_path / "state" / "journal.sqlite3"
         journal.unlink()  # rm journal.sqlite3
-        await _send(info, [b"msg-%d" % i for i in range(30)])
+        await send_all(info, [b"msg-%d" % i for i in range(30)])
         await wait_until(
             lambda: gateway.metric("fieldgate_messages_received_total") >= 30, "30 received"
         )
@@ -261,7 +222,7 @@ async def test_a_journal_deleted_while_running_is_never_silently_recreated(tmp_p
 
         reset = stack.enter_context(GatewayProcess(config, _port(config), log, args=("--reset",)))
         await reset.start()
-        await _subscription(reset, config)
+        await subscription_of(reset, config)
         assert reset.status()["routes"][0]["push_resource_id"] != old_id  # type: ignore[index]
         assert "--reset: created a new journal" in log.read_text()
         assert reset.terminate() == 0
@@ -280,7 +241,7 @@ async def test_a_replayed_dead_letter_is_delivered_at_once(tmp_path, stack):
             GatewayProcess(config, _port(config), tmp_path / "gateway.log")
         )
         await gateway.start()
-        await _subscription(gateway, config)
+        await subscription_of(gateway, config)
         _add_dead_letter(config, b"replay me")  # beside the running gateway, as the CLI does
         replay = await trio.to_thread.run_sync(
             fieldgate, "dead-letters", "replay", "1", "--config", str(config)
