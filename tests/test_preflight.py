@@ -3,11 +3,18 @@ are missing or are not what their key says, directories that cannot be written."
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import trustme
 
+from fieldgate_common import file_checks
 from gateway.config import ConfigProblem, load_config, preflight
+
+NOBODY = 65534
 
 
 def write(tmp_path: Path, extra_push: str = "", adapters: str = "") -> Path:
@@ -83,3 +90,34 @@ def test_mqtt_tls_files(tmp_path):
     assert missing.key_path == "adapters.broker.cert_file"
     [password] = mqtt(password_file=tmp_path / "secret")
     assert password.key_path == "adapters.broker.password_file"
+
+
+def test_permissions_are_judged_only_where_they_are_the_gateway_s(tmp_path):
+    # check-config run by an operator must not fail on the gateway user's private directory;
+    # a directory the checking user owns and cannot write is reported. As uid 65534 (nobody).
+    base = Path(tempfile.mkdtemp(prefix="fieldgate-perm-"))
+    try:
+        base.chmod(0o755)
+        others = base / "root-owned"
+        others.mkdir(mode=0o700)
+        own = base / "nobody-owned"
+        own.mkdir(mode=0o500)
+        os.chown(own, NOBODY, NOBODY)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: drop to nobody, check, report, exit without cleanup
+            try:
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+                verdicts = [file_checks.writable_directory(p) for p in (others, own)]
+                os.write(write, json.dumps(verdicts).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        os.waitpid(pid, 0)
+        with os.fdopen(read) as answer:
+            verdict_others, verdict_own = json.loads(answer.read())
+        assert verdict_others is None
+        assert verdict_own == f"the directory {own} cannot be written"
+    finally:
+        shutil.rmtree(base)
