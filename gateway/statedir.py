@@ -186,15 +186,34 @@ class Nudge:
 
 
 def nudge_gateway(state_dir: Path) -> Nudge:
-    """Ask the gateway running on ``state_dir`` to read its journal again (new deliveries)."""
+    """Ask the gateway running on ``state_dir`` to read its journal again (new deliveries).
+
+    The signal goes only to a process that has the lock file open: a pid read from the file
+    could be another process's (another pid namespace, a reused pid), and REREAD_SIGNAL would
+    end it.
+    """
     pid = running_gateway(state_dir)
-    if not pid:
+    if not pid or not _has_open(pid, state_dir / LOCK_NAME):
         return Nudge(pid, False)
     try:
         os.kill(pid, REREAD_SIGNAL)
     except OSError:
         return Nudge(pid, False)
     return Nudge(pid, True)
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has ``path`` open (Linux ``/proc``; False when it cannot tell)."""
+    target = str(path.resolve())
+    fd_dir = Path(f"/proc/{pid}/fd")
+    try:
+        for fd in os.listdir(fd_dir):
+            with contextlib.suppress(OSError):
+                if os.readlink(fd_dir / fd) == target:
+                    return True
+    except OSError:
+        return False
+    return False
 
 
 # ---------------------------------------------------------------------- the journal's marker
