@@ -268,7 +268,11 @@ async def run_gateway(config: Config, *, reset: bool = False) -> int:
             store = await trio.to_thread.run_sync(
                 partial(Store.open, state_dir, journal=config.journal, reset=reset)
             )
-            gateway = Gateway(config, store=store)
+            try:
+                gateway = Gateway(config, store=store)
+            except BaseException:
+                store.close()
+                raise
             try:
                 await _run(gateway, notifier, signals, state_dir)
             except BaseException as error:
@@ -294,7 +298,10 @@ async def _run(
     async with trio.open_nursery() as nursery:
         await nursery.start(gateway.run)
         if gateway.status_address is not None:
-            statedir.write_status_address(state_dir, gateway.status_address)
+            try:
+                statedir.write_status_address(state_dir, gateway.status_address)
+            except OSError as exc:  # a full disk: `fieldgate status` with port 0 cannot find it
+                log.warning("cannot record the status address: %s", exc.strerror or exc)
         notifier.ready(f"running {len(config.routes)} route(s)")
         log.info("fieldgate %s running: %d route(s)", __version__, len(config.routes))
         watchdog = Watchdog(notifier, watchdog_interval())

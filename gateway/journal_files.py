@@ -27,6 +27,7 @@ class _Identity:
 
 
 def _identity(path: Path) -> tuple[_Identity, int] | None:
+    """(device, inode) and size; None when the path is gone (other errors raise OSError)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -49,19 +50,30 @@ class JournalFiles:
 
     def note_size(self) -> None:
         """After a commit (a checkpoint may have grown the file): raise the size floor."""
-        now = _identity(self.db)
+        try:
+            now = _identity(self.db)
+        except OSError:
+            return
         if now is not None and now[0] == self._db_identity:
             self._db_size_floor = max(self._db_size_floor, now[1])
 
     def wal_bytes(self) -> int:
-        """The WAL file's size on disk now (0 when there is none)."""
+        """The WAL file's size on disk now (0 when there is none or it cannot be looked at)."""
         try:
-            return os.stat(self.wal).st_size
-        except FileNotFoundError:
+            found = _identity(self.wal)
+        except OSError:
             return 0
+        return 0 if found is None else found[1]
 
     def problem(self) -> JournalProblem | None:
-        """What happened to the files since they were opened, or None."""
+        """What happened to the files since they were opened, or None (also when ``stat``
+        itself fails: that says nothing about the files)."""
+        try:
+            return self._problem()
+        except OSError:
+            return None
+
+    def _problem(self) -> JournalProblem | None:
         now = _identity(self.db)
         if now is None:
             return JournalProblem("deleted", f"journal {self.db} was deleted while in use")

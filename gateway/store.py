@@ -343,12 +343,14 @@ class Store:
         return self._journal.max_bytes - wal_budget(self._journal.max_bytes)
 
     def _bound_wal(self) -> None:
-        """After a commit: a WAL past its budget is checkpointed and truncated."""
-        if self._files.wal_bytes() <= wal_budget(self._journal.max_bytes):
-            return
-        # A reader holding the WAL (the CLI) makes it fail: it is truncated after a later commit.
-        with contextlib.suppress(sqlite3.OperationalError):
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        """After a commit: a WAL past its budget is checkpointed and truncated.
+
+        Never raises: the commit is done, and a failed checkpoint (a reader holding the WAL, a
+        full disk) is tried again after a later commit.
+        """
+        with contextlib.suppress(sqlite3.Error, OSError):
+            if self._files.wal_bytes() > wal_budget(self._journal.max_bytes):
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _publish(self, counts: StoreCounts) -> None:
         with self._stats_lock:
