@@ -298,11 +298,16 @@ class Store:
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._conn.execute("COMMIT")
         except BaseException:
-            self._conn.execute("ROLLBACK")
-            self._load_usage()
+            # A failed statement or COMMIT (a full disk): SQLite may have rolled back already
+            # (SQLITE_FULL, SQLITE_IOERR) or not; make sure, so the next BEGIN starts clean.
+            if self._conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                self._load_usage()
             raise
-        self._conn.execute("COMMIT")
         self.transactions += 1
         self._bound_wal()
         self._files.note_size()
