@@ -261,7 +261,8 @@ def room_for(
     what is on disk. When full: a ``delivered`` route refuses the newest whatever ``queue_full``
     says (dropping the oldest would acknowledge a message no device has), as ``refuse-newest``
     does; ``drop-oldest`` on a ``stored`` route drops its oldest (ours already) until the newest
-    fits, and refuses when it has nothing left to drop (the journal is full of other routes').
+    fits, and refuses when dropping all of its own would not make room (the journal is full of
+    other routes' messages, dedupe records or dead letters).
     """
     if size > route.queue_max_bytes or disk_cost(size) > journal.limit:
         return NeverFits()
@@ -276,4 +277,11 @@ def room_for(
         return Refuse(reason)
     if usage.messages == 0:
         return Refuse(reason)
+    if journal_full:
+        # What dropping every message of the route would give back; when even that is not room
+        # enough (the journal is full of other routes' messages, dedupe records, dead letters),
+        # dropping would lose them for nothing.
+        reclaimable = usage.bytes + usage.messages * MESSAGE_DISK_OVERHEAD
+        if journal.used - reclaimable + disk_cost(size) > journal.limit:
+            return Refuse(reason)
     return DropOldest(reason)

@@ -83,12 +83,15 @@ BUSY_TIMEOUT_MS = 5000
 COMMIT_RETRY_BASE = 0.5
 COMMIT_RETRY_CAP = 30.0
 # The WAL counts towards journal.max_bytes, so it gets a share of it (set aside from what the
-# database pages may take): checkpointed once it holds that much, and truncated back when a commit
-# took it past. SQLite's default checkpoint threshold is 1,000 pages (~4 MiB), the cap; a tiny
-# limit still leaves room for a few commits' pages between checkpoints.
+# database pages may take). It is checkpointed once it holds half of that, SQLite's default
+# threshold (1,000 pages, ~4 MiB) for the default limit, and kept at that size after each
+# checkpoint (journal_size_limit): the other half is room for the commit that crosses the line.
+# A commit that took it past the whole share restarts it (the next commit truncates it back).
+# The file keeps its half allocated: a full disk still takes small commits. A tiny limit still
+# leaves room for a few commits' pages between checkpoints.
 WAL_SHARE = 8
-WAL_BUDGET_MIN = 32 * 1024
-WAL_BUDGET_MAX = 4 * 1024 * 1024
+WAL_BUDGET_MIN = 64 * 1024
+WAL_BUDGET_MAX = 8 * 1024 * 1024
 # PRAGMA quick_check reads every page (milliseconds for a journal of undelivered messages, seconds
 # for a full 256 MiB one on an SD card, holding the store's lock): at most this often.
 QUICK_CHECK_INTERVAL = 6 * 3600.0
@@ -250,10 +253,10 @@ class Store:
             # after the DELETE the push service forgets it, so NORMAL (which may lose the last
             # commits on power loss) would lose messages the sender was told were received.
             conn.execute("PRAGMA synchronous = FULL")
-            budget = wal_budget(journal.max_bytes)
+            half = wal_budget(journal.max_bytes) // 2
             page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-            conn.execute(f"PRAGMA journal_size_limit = {budget}")
-            conn.execute(f"PRAGMA wal_autocheckpoint = {max(1, budget // page_size)}")
+            conn.execute(f"PRAGMA journal_size_limit = {half}")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {max(1, half // page_size)}")
             old = migrate(conn, str(db))
         except sqlite3.DatabaseError as exc:
             conn.close()
@@ -348,14 +351,16 @@ class Store:
         return self._journal.max_bytes - wal_budget(self._journal.max_bytes)
 
     def _bound_wal(self) -> None:
-        """After a commit: a WAL past its budget is checkpointed and truncated.
+        """After a commit: a WAL past its budget is checkpointed and restarted, so the next
+        commit writes it from the start and truncates it to half the budget (not to nothing:
+        the blocks it keeps are what a commit on a full disk can still use).
 
         Never raises: the commit is done, and a failed checkpoint (a reader holding the WAL, a
         full disk) is tried again after a later commit.
         """
         with contextlib.suppress(sqlite3.Error, OSError):
             if self._files.wal_bytes() > wal_budget(self._journal.max_bytes):
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._conn.execute("PRAGMA wal_checkpoint(RESTART)")
 
     def _publish(self, counts: StoreCounts) -> None:
         with self._stats_lock:

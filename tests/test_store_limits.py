@@ -22,6 +22,7 @@ LIMIT = 200 * 1024
 MESSAGES = 1000
 BATCH = 10  # the agent commits what arrived together: ten at a time here
 PAYLOAD = 300
+FREED_PAGES_SLACK = 1.05
 
 
 def files_on_disk(store: JournalUnderTest) -> int:
@@ -49,7 +50,9 @@ def push_all(store: JournalUnderTest, *, acked_upstream: bool = True) -> dict[st
             by_status.setdefault(r.status, []).append(r.push_message_url)
             assert r.ack_now == (r.status == "journalled" and not _held(store)), r
         assert store.disk_bytes() <= LIMIT, "pages in use + WAL over journal.max_bytes"
-        assert files_on_disk(store) <= LIMIT + 4096, "the files over the limit (+ a page)"
+        # The database file also holds the pages that dropped messages freed (reused by the next
+        # inserts; it never shrinks): a few percent.
+        assert files_on_disk(store) <= LIMIT * FREED_PAGES_SLACK, "the files far over the limit"
     return by_status
 
 
@@ -94,8 +97,12 @@ def test_drop_oldest_under_stored_drops_and_counts_the_oldest(tmp_path: Path) ->
     dropped = sum(n for (_route, reason), n in counts.dropped.items() if reason == "journal_full")
     assert dropped > 0
     pending = store.pending_deliveries("r", "0:a", limit=MESSAGES)
-    assert pending[-1].push_message_url == url(MESSAGES - 1)  # the newest is kept
-    assert len(by_status["journalled"]) == len(pending) + dropped
+    journalled = by_status["journalled"]
+    assert pending and pending[-1].push_message_url == journalled[-1]  # the newest are kept
+    assert len(journalled) == len(pending) + dropped
+    # Once the dedupe records alone fill the journal, dropping could not make room: it refuses
+    # instead of dropping what it holds for nothing.
+    assert by_status.get("refused") and not set(by_status["refused"]) & set(store.pending_acks())
     store.close()
 
 
@@ -128,5 +135,8 @@ def test_the_room_decision() -> None:
         "journal_full"
     )
     assert policy.room_for(r, empty, 100, disk_full) == policy.Refuse("journal_full")
+    # Full of something else: dropping all the route holds would not make room.
+    other = policy.JournalSpace(used=9_990, limit=10_000)
+    assert policy.room_for(r, QueueUsage(1, 10, None), 600, other) == policy.Refuse("journal_full")
     assert policy.room_for(r, empty, 1001, space) == policy.NeverFits()
     assert policy.room_for(r, empty, 100, policy.JournalSpace(0, 500)) == policy.NeverFits()
