@@ -79,9 +79,11 @@ DB_NAME = "journal.sqlite3"
 BUSY_TIMEOUT_MS = 5000
 # A failed commit (disk full, a failing card) is retried by its caller between these bounds
 # (exponential backoff with full jitter): soon enough to notice a freed disk, rarely enough
-# not to hammer a failing one.
+# not to hammer a failing one. The cap also bounds how long deliveries the devices confirmed
+# stay uncommitted after the disk is freed (a restart in that window delivers them again, and a
+# device remembers only its last few message ids): 5 s, not 30 (a failed attempt costs a write).
 COMMIT_RETRY_BASE = 0.5
-COMMIT_RETRY_CAP = 30.0
+COMMIT_RETRY_CAP = 5.0
 # The WAL counts towards journal.max_bytes, so it gets a share of it (set aside from what the
 # database pages may take). It is checkpointed once it holds half of that, SQLite's default
 # threshold (1,000 pages, ~4 MiB) for the default limit, and kept at that size after each
