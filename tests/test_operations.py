@@ -317,3 +317,59 @@ def test_check_config_takes_config_and_survives_a_closed_pipe(tmp_path):
         _, err = shown.communicate(timeout=RUN_LIMIT)
         assert err == b"", err
         assert shown.returncode == 128 + signal.SIGPIPE
+
+
+# ------------------------------------------------------------------- a full journal
+
+
+async def test_a_full_journal_leaves_the_rest_with_the_service(tmp_path, stack):
+    # The field test: journal.max_bytes = "200KiB", the broker down, 1,000 messages. Before,
+    # 591 were acknowledged and lost, and the files were a 376 KB database and a 4.1 MB WAL.
+    async with trio.open_nursery() as nursery:
+        service = await _service(nursery)
+        config = write_config(
+            tmp_path / "config.toml",
+            service.subscribe_url,
+            tmp_path / "state",
+            status_port=free_port(),
+            body=BROKER_DOWN,
+        )
+        gateway = stack.enter_context(
+            GatewayProcess(config, _port(config), tmp_path / "gateway.log")
+        )
+        await gateway.start()
+        info = await subscription_of(gateway, config)
+        await send_all(info, [b"m%04d:" % i + b"x" * 300 for i in range(MESSAGES_WHEN_FULL)])
+        await wait_until(
+            lambda: gateway.metric("fieldgate_messages_refused_total") > 0, "refusals", 60
+        )
+        journalled = gateway.metric("fieldgate_messages_journalled_total")
+        await wait_until(
+            lambda: service.pending_messages() == MESSAGES_WHEN_FULL - journalled,
+            "every journalled message acknowledged, no other",
+        )
+        await trio.sleep(1.0)  # time enough to acknowledge more, were any acknowledged
+        assert service.pending_messages() == MESSAGES_WHEN_FULL - journalled
+        assert 50 < journalled < MESSAGES_WHEN_FULL
+        state = tmp_path / "state"
+        on_disk = sum((state / f"journal.sqlite3{x}").stat().st_size for x in ("", "-wal"))
+        assert on_disk <= 1.05 * 200 * 1024, on_disk  # pages freed by nothing here: ~the limit
+        assert gateway.terminate() == 0
+        nursery.cancel_scope.cancel()
+
+
+MESSAGES_WHEN_FULL = 1000
+BROKER_DOWN = """
+[journal]
+max_bytes = "200KiB"
+
+[adapters.broker]
+type = "mqtt"
+port = 9
+reconnect_base = "1s"
+
+[[routes]]
+name = "valves"
+queue_full = "refuse-newest"
+deliver = [ { adapter = "broker", topic = "valves/{id}" } ]
+"""
