@@ -170,8 +170,12 @@ class SerialAdapter(Adapter):
                 async with self._write_lock:
                     # A port that does not take bytes now (a device that stopped reading) would
                     # hold the frame in its buffer past the deadline: wait for room first, so
-                    # that the deadline is the last thing checked before the bytes go out.
-                    await self._until_writable()
+                    # that the deadline is the last thing checked before the bytes go out; and
+                    # not for ever, the link's own frames need the port too.
+                    with trio.move_on_after(wait_for_link) as waited:
+                        await self._until_writable()
+                    if waited.cancelled_caught:
+                        return RetryLater(f"serial port {self.config.port} takes no bytes")
                     now = time.time()
                     if message.expired(now):
                         return Expired("expired before it reached the device")
@@ -228,10 +232,14 @@ class SerialAdapter(Adapter):
         return port
 
     def _close(self, port: Any) -> None:
-        self._fd = None
+        fd, self._fd = self._fd, None
         self._link = None
         self._link_up = trio.Event()
         self._fail_pending(RetryLater(f"serial port {self.config.port} closed"))
+        if fd is not None:
+            # A delivery waiting for the port to take bytes would wait for ever on a closed fd
+            # (epoll forgets it): wake it first (ClosedResourceError, a lost port).
+            trio.lowlevel.notify_closing(fd)
         with contextlib.suppress(OSError, serial.SerialException):
             port.close()  # the port may already be gone; nothing left to release
 
@@ -292,7 +300,10 @@ class SerialAdapter(Adapter):
     async def _until_writable(self) -> None:
         if self._fd is None:
             raise PortGone("port closed")
-        await trio.lowlevel.wait_writable(self._fd)
+        try:
+            await trio.lowlevel.wait_writable(self._fd)
+        except trio.ClosedResourceError:
+            raise PortGone("port closed") from None
 
     async def _write_out(self) -> None:
         # Under _write_lock: one task at a time writes (frames never interleave) and waits on
@@ -305,7 +316,10 @@ class SerialAdapter(Adapter):
             try:
                 n = os.write(fd, data)
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(fd)
+                try:
+                    await trio.lowlevel.wait_writable(fd)
+                except trio.ClosedResourceError:
+                    raise PortGone("port closed") from None
                 continue
             except OSError as exc:
                 raise PortGone(f"write failed: {exc}") from exc

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -246,3 +249,25 @@ async def test_a_missing_port_is_logged_once_and_its_return_once(tmp_path, sims,
     back = [r for r in caplog.records if r.getMessage().endswith(" is back")]
     assert len(back) == 1
     assert len([r for r in caplog.records if "cannot be opened" in r.getMessage()]) == 1
+
+
+async def test_a_port_that_takes_no_bytes_does_not_hold_a_delivery(tmp_path, sims):
+    # The device stops reading and its buffer fills: a delivery waits for room (so that its
+    # deadline is checked when the bytes can go), but not for ever.
+    sim = start_simulator(tmp_path / "record")
+    sims.append(sim)
+    cfg = config(Path(sim.pty), ping_interval=30.0, ack_timeout=0.1, max_tries=3)
+    async with running(SerialAdapter(cfg)) as adapter:
+        assert isinstance(await adapter.deliver(message(1), RAW), Delivered)
+        sim.proc.send_signal(signal.SIGSTOP)
+        filler = os.open(sim.pty, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    os.write(filler, b"\x00" * 4096)
+            with trio.fail_after(5):
+                outcome = await adapter.deliver(message(2), RAW)
+        finally:
+            os.close(filler)
+            sim.proc.send_signal(signal.SIGCONT)
+        assert isinstance(outcome, RetryLater) and "takes no bytes" in outcome.reason
