@@ -38,7 +38,7 @@ bench: $(STAMP)
 chaos: $(STAMP)
 	scripts/system-deps.sh test
 	$(MAKE) -C firmware-bridge all
-	$(BIN)/python -m tests.chaos --messages 20000
+	$(BIN)/python -m tests.chaos --messages 20000 $(if $(SEED),--seed $(SEED))
 
 fuzz: $(STAMP)
 	scripts/system-deps.sh test

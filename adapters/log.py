@@ -33,6 +33,10 @@ from fieldgate_common.metrics import Metrics
 
 log = get_logger("adapter.log")
 
+# A file that cannot be opened is tried again after 1 s, doubling up to a minute.
+REOPEN_BASE = 0.5
+REOPEN_CAP = 60.0
+
 
 def delivery_line(message: Message, payload: bytes) -> str:
     """The JSON line a file target receives for one message (newline included)."""
@@ -61,14 +65,34 @@ class LogAdapter(Adapter):
         self._health = Health(ok=False, state="starting")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Open the file (if any) and hold it until cancelled."""
+        """Open the file (if any) and hold it until cancelled.
+
+        A file that cannot be opened (a directory, a missing directory: ``check-config`` and the
+        start-up preflight catch these first) never stops the gateway: the adapter reports it in
+        its health and the log, deliveries wait, and it tries again now and then.
+        """
         try:
-            if self._path is not None:
-                self._file = await trio.to_thread.run_sync(_open_private, self._path)
-                self._health = Health(ok=True, state="appending", detail=str(self._path))
-            else:
+            if self._path is None:
                 self._health = Health(ok=True, state="logging")
-            task_status.started()
+                task_status.started()
+                await trio.sleep_forever()
+            failures = 0
+            while self._file is None:
+                try:
+                    self._file = await trio.to_thread.run_sync(_open_private, self._path)
+                except OSError as exc:
+                    reason = exc.strerror or str(exc)
+                    if failures == 0:
+                        log.error("%s: cannot open %s: %s", self.name, self._path, reason)
+                        task_status.started()  # the gateway runs on; deliveries wait
+                    self._health = Health(ok=False, state="cannot open", detail=reason)
+                    failures += 1
+                    await trio.sleep(min(REOPEN_CAP, REOPEN_BASE * 2 ** min(failures, 10)))
+            if failures:
+                log.info("%s: %s opened", self.name, self._path)
+            self._health = Health(ok=True, state="appending", detail=str(self._path))
+            if not failures:
+                task_status.started()
             await trio.sleep_forever()
         finally:
             if self._file is not None:

@@ -12,6 +12,7 @@ from typing import Literal
 from adapters.base import AdapterConfig, TargetConfig
 from adapters.kind import AdapterKind, PathConvert
 from fieldgate_common import config_values as check
+from fieldgate_common import file_checks
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,14 @@ def describe(adapter: LogAdapterConfig) -> str:
     return f"log {adapter.path if adapter.path is not None else '(the gateway log)'}"
 
 
+def preflight(adapter: LogAdapterConfig) -> list[tuple[str, str]]:
+    """The file must be one that can be appended to (not a directory, its directory there)."""
+    if adapter.path is None:
+        return []
+    problem = file_checks.writable_file(adapter.path)
+    return [] if problem is None else [("path", problem)]
+
+
 LOG = AdapterKind(
     name="log",
     settings=LogAdapterConfig,
@@ -49,5 +58,6 @@ LOG = AdapterKind(
     adapter_specs=adapter_specs,
     target_specs=target_specs,
     factory="adapters.log:LogAdapter",
+    preflight=preflight,
     describe=describe,
 )

@@ -14,6 +14,7 @@ from typing import Literal
 from adapters.base import AdapterConfig, TargetConfig
 from adapters.kind import AdapterKind, PathConvert
 from fieldgate_common import config_values as check
+from fieldgate_common import file_checks
 from fieldgate_common.config_problems import TableReader
 from fieldgate_common.config_source import KeyPath
 
@@ -173,6 +174,31 @@ def check_settings(
         )
 
 
+def preflight(mqtt: MqttAdapterConfig) -> list[tuple[str, str]]:
+    """The TLS files and the password file must be there, readable and what their key says."""
+    problems: list[tuple[str, str]] = []
+    if mqtt.ca_file is not None:
+        problem = file_checks.certificate_file(mqtt.ca_file)
+        if problem is not None:
+            problems.append(("ca_file", problem))
+    pair_ok = mqtt.cert_file is not None and mqtt.key_file is not None
+    for key, check_file in (
+        ("cert_file", file_checks.certificate_file),
+        ("key_file", file_checks.readable_file),
+        ("password_file", file_checks.readable_file),
+    ):
+        path = getattr(mqtt, key)
+        problem = None if path is None else check_file(path)
+        if problem is not None:
+            problems.append((key, problem))
+            pair_ok = pair_ok and key == "password_file"
+    if pair_ok and mqtt.cert_file is not None and mqtt.key_file is not None:
+        problem = file_checks.client_certificate(mqtt.cert_file, mqtt.key_file)
+        if problem is not None:
+            problems.append(("key_file", problem))
+    return problems
+
+
 def describe(adapter: MqttAdapterConfig) -> str:
     """``mqtt mqtts://host:8883 (MQTT 5, user x, password ***)`` (secrets masked)."""
     scheme = "mqtts" if adapter.tls else "mqtt"
@@ -203,6 +229,7 @@ MQTT = AdapterKind(
     target_specs=target_specs,
     factory="adapters.mqtt:MqttAdapter",
     check=check_settings,
+    preflight=preflight,
     secret_keys=("password",),
     describe=describe,
     describe_target=describe_target,

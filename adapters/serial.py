@@ -71,6 +71,13 @@ class PortGone(Exception):
     """The port stopped working (unplugged, device end closed)."""
 
 
+def _reason(exc: BaseException) -> str:
+    """An open failure in a few words: the OS's reason when there is one."""
+    if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno:
+        return os.strerror(exc.errno)  # pyserial's own text repeats the path twice
+    return str(exc) or type(exc).__name__
+
+
 class SerialAdapter(Adapter):
     """One serial port with one device on it; deliveries are serialised (stop-and-wait)."""
 
@@ -80,7 +87,8 @@ class SerialAdapter(Adapter):
         self.ack_timeout = derived_ack_timeout(config)
         self._link: sl.LinkEndpoint | None = None
         self._fd: int | None = None
-        self._lock = trio.Lock()
+        self._lock = trio.Lock()  # one delivery at a time (stop-and-wait)
+        self._write_lock = trio.Lock()
         self._link_up = trio.Event()
         self._wake_timer = trio.Event()
         self._pending: _Pending | None = None
@@ -106,14 +114,32 @@ class SerialAdapter(Adapter):
             try:
                 port = self._open_port()
             except (OSError, serial.SerialException, ValueError) as exc:
+                if self._state != "port missing":
+                    # Once when it goes missing (every retry would flood the log), once more
+                    # when it comes back.
+                    log.warning(
+                        "%s: serial port %s cannot be opened (%s); retrying until it can",
+                        self.name,
+                        self.config.port,
+                        _reason(exc),
+                    )
                 self._set_state("port missing", str(exc))
                 failures += 1
             else:
+                if self._state in ("port missing", "port lost"):
+                    log.info("%s: serial port %s is back", self.name, self.config.port)
                 try:
                     await self._serve(port)
                     failures = 0
                 except* PortGone as group:  # raised inside _serve's nursery
-                    self._set_state("port lost", str(group.exceptions[0]))
+                    reason = str(group.exceptions[0])
+                    log.warning(
+                        "%s: serial port %s lost (%s); re-opening",
+                        self.name,
+                        self.config.port,
+                        reason,
+                    )
+                    self._set_state("port lost", reason)
                     failures = 1
                 finally:
                     self._close(port)
@@ -139,12 +165,28 @@ class SerialAdapter(Adapter):
                     f"{len(payload)} bytes exceed device {link.device.device_id!r}'s "
                     f"{link.device.max_message}-byte message buffer"
                 )
-            if message.expired(time.time()):  # the last check before the bytes go out
-                return Expired("expired before it reached the device")
             pending = self._pending = _Pending(mid)
             try:
-                link.send_message(mid, payload, trio.current_time())
-                await self._flush()
+                async with self._write_lock:
+                    # A port that does not take bytes now (a device that stopped reading) would
+                    # hold the frame in its buffer past the deadline: wait for room first, so
+                    # that the deadline is the last thing checked before the bytes go out; and
+                    # not for ever, the link's own frames need the port too.
+                    with trio.move_on_after(wait_for_link) as waited:
+                        await self._until_writable()
+                    if waited.cancelled_caught:
+                        return RetryLater(f"serial port {self.config.port} takes no bytes")
+                    now = time.time()
+                    if message.expired(now):
+                        return Expired("expired before it reached the device")
+                    clock = trio.current_time()
+                    deadline = None
+                    if message.expires_at is not None:
+                        deadline = clock + (message.expires_at - now)  # on the link's clock
+                    events = link.send_message(mid, payload, clock, deadline=deadline)
+                    await self._write_out()
+                if self._handle(link, events):
+                    raise PortGone("link down")
                 self._poke_timer()
                 await pending.done.wait()
             except (sl.LinkError, PortGone) as exc:
@@ -190,10 +232,14 @@ class SerialAdapter(Adapter):
         return port
 
     def _close(self, port: Any) -> None:
-        self._fd = None
+        fd, self._fd = self._fd, None
         self._link = None
         self._link_up = trio.Event()
         self._fail_pending(RetryLater(f"serial port {self.config.port} closed"))
+        if fd is not None:
+            # A delivery waiting for the port to take bytes would wait for ever on a closed fd
+            # (epoll forgets it): wake it first (ClosedResourceError, a lost port).
+            trio.lowlevel.notify_closing(fd)
         with contextlib.suppress(OSError, serial.SerialException):
             port.close()  # the port may already be gone; nothing left to release
 
@@ -248,6 +294,20 @@ class SerialAdapter(Adapter):
         self._wake_timer.set()
 
     async def _flush(self) -> None:
+        async with self._write_lock:
+            await self._write_out()
+
+    async def _until_writable(self) -> None:
+        if self._fd is None:
+            raise PortGone("port closed")
+        try:
+            await trio.lowlevel.wait_writable(self._fd)
+        except trio.ClosedResourceError:
+            raise PortGone("port closed") from None
+
+    async def _write_out(self) -> None:
+        # Under _write_lock: one task at a time writes (frames never interleave) and waits on
+        # the fd (trio allows one waiter per fd).
         link, fd = self._link, self._fd
         if link is None or fd is None:
             raise PortGone("port closed")
@@ -256,7 +316,10 @@ class SerialAdapter(Adapter):
             try:
                 n = os.write(fd, data)
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(fd)
+                try:
+                    await trio.lowlevel.wait_writable(fd)
+                except trio.ClosedResourceError:
+                    raise PortGone("port closed") from None
                 continue
             except OSError as exc:
                 raise PortGone(f"write failed: {exc}") from exc
@@ -292,6 +355,14 @@ class SerialAdapter(Adapter):
                 self._resolve(event.mid, RetryLater(reason) if transient else Rejected(reason))
             elif isinstance(event, sl.MessageFailed):
                 self._resolve(event.mid, RetryLater(event.reason))
+            elif isinstance(event, sl.MessageExpired):
+                self._resolve(
+                    event.mid,
+                    Expired(
+                        "its deadline passed before the device acknowledged it (no frame is "
+                        f"sent after it; {event.sent_fragments} fragment(s) went out before)"
+                    ),
+                )
             elif isinstance(event, sl.LinkDown):
                 log.warning("%s: link down: %s", self.name, event.reason)
                 self._set_state("link down", event.reason)

@@ -249,7 +249,26 @@ class MessageFailed:
     reason: str
 
 
-Event = LinkUp | LinkDown | DeviceRebooted | MessageAcknowledged | MessageRefused | MessageFailed
+@dataclass(frozen=True)
+class MessageExpired:
+    """The message's deadline passed before the device acknowledged it, so none of its frames
+    is (re)transmitted any more: a retransmission, a further fragment or a resend after a
+    re-handshake would put it on the wire too late. Frames sent before the deadline may still
+    have reached the device (an ACK lost, or still coming)."""
+
+    mid: int
+    sent_fragments: int  # how many of its fragments went out at least once
+
+
+Event = (
+    LinkUp
+    | LinkDown
+    | DeviceRebooted
+    | MessageAcknowledged
+    | MessageRefused
+    | MessageFailed
+    | MessageExpired
+)
 
 
 class LinkError(RuntimeError):
@@ -276,8 +295,13 @@ class _Outstanding:
 class _Message:
     mid: int
     payload: bytes
+    deadline: float | None = None  # in the caller's ``now`` clock; None: never expires
     fragments: list[bytes] = field(default_factory=list)
     index: int = 0
+    sent: int = 0  # fragments transmitted at least once
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now >= self.deadline
 
 
 def _device_text(value: object) -> tuple[str, bool]:
@@ -362,8 +386,15 @@ class LinkEndpoint:
         """A message is in flight (or waiting for the link to come back)."""
         return self._message is not None
 
-    def send_message(self, mid: int, payload: bytes, now: float) -> None:
-        """Queue one message for the device; its outcome arrives as an event."""
+    def send_message(
+        self, mid: int, payload: bytes, now: float, *, deadline: float | None = None
+    ) -> list[Event]:
+        """Queue one message for the device; its outcome arrives as an event.
+
+        ``deadline`` (in the same clock as ``now``) is the last moment any frame of it may go
+        on the wire: no transmission, retransmission or further fragment after it, a
+        :class:`MessageExpired` instead (returned at once when it has already passed).
+        """
         if self.state is not State.READY or self.device is None:
             raise LinkError(f"link is {self.state.value}")
         if self._message is not None:
@@ -372,8 +403,10 @@ class LinkEndpoint:
             raise LinkError(
                 f"message of {len(payload)} bytes exceeds the device's {self.device.max_message}"
             )
-        self._message = _Message(mid & 0xFFFFFFFF, payload)
-        self._send_fragment(0, now)
+        self._message = _Message(mid & 0xFFFFFFFF, payload, deadline)
+        events: list[Event] = []
+        self._send_fragment(0, now, events)
+        return events
 
     def receive_data(self, data: bytes, now: float) -> list[Event]:
         """Feed bytes read from the port; returns what they caused."""
@@ -404,6 +437,8 @@ class LinkEndpoint:
                 return events
             limit = PING_MISSES if out.kind is FrameType.PING else self.max_tries
             if out.tries < limit:
+                if self._message_expired(out, now, events):
+                    return events
                 out.tries += 1
                 out.deadline = now + self.ack_timeout
                 self._out += out.wire
@@ -446,9 +481,32 @@ class LinkEndpoint:
             self._message = None
         events.append(LinkDown(reason))
 
-    def _send_fragment(self, index: int, now: float) -> None:
+    def _message_expired(self, out: _Outstanding, now: float, events: list[Event]) -> bool:
+        """Before a DATA frame goes out again: abandon its message when past its deadline."""
+        msg = self._message
+        if out.kind not in (FrameType.DATA, FrameType.DATA_MORE) or msg is None:
+            return False
+        if not msg.expired(now):
+            return False
+        self._abandon(msg, events)
+        return True
+
+    def _abandon(self, msg: _Message, events: list[Event]) -> None:
+        self._message = None
+        if self._outstanding is not None and self._outstanding.kind in (
+            FrameType.DATA,
+            FrameType.DATA_MORE,
+        ):
+            self._outstanding = None
+        self._count("tx_expired")
+        events.append(MessageExpired(msg.mid, msg.sent))
+
+    def _send_fragment(self, index: int, now: float, events: list[Event]) -> None:
         msg = self._message
         assert msg is not None and self.device is not None
+        if msg.expired(now):
+            self._abandon(msg, events)
+            return
         if not msg.fragments:
             size = self.device.max_payload - MID_BYTES
             body = msg.payload
@@ -461,6 +519,7 @@ class LinkEndpoint:
         wire = encode_frame(ftype, seq, msg.mid.to_bytes(4, "big") + msg.fragments[index])
         self._outstanding = _Outstanding(ftype, seq, wire, now + self.ack_timeout)
         self._out += wire
+        msg.sent = max(msg.sent, index + 1)
 
     def _on_frame(self, frame: Frame, now: float, events: list[Event]) -> None:
         ftype = frame.type
@@ -507,13 +566,15 @@ class LinkEndpoint:
                     )
                 else:
                     msg.fragments = []  # the device may announce another frame size
-                    self._send_fragment(0, now)
+                    self._send_fragment(0, now, events)
         elif out is None:
             return
         elif ftype == FrameType.NAK:
             # The device saw a damaged frame: resend now rather than at the RTO. It counts as a
             # try, so a line that damages everything still ends in LinkDown.
             if out.kind is not FrameType.PING and out.tries < self.max_tries:
+                if self._message_expired(out, now, events):
+                    return
                 out.tries += 1
                 out.deadline = now + self.ack_timeout
                 self._count("tx_retransmits")
@@ -530,7 +591,7 @@ class LinkEndpoint:
             assert msg is not None
             self._outstanding = None
             if msg.index + 1 < len(msg.fragments):
-                self._send_fragment(msg.index + 1, now)
+                self._send_fragment(msg.index + 1, now, events)
             else:
                 self._message = None
                 events.append(MessageAcknowledged(msg.mid))

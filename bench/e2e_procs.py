@@ -235,7 +235,7 @@ class GatewayProcess:
             routes = status["routes"]
             upstream = status["upstream"]
             assert isinstance(routes, list) and isinstance(upstream, dict)
-            if upstream["state"] == "connected" and all(r["push_resource"] for r in routes):
+            if upstream["state"] == "connected" and all(r["push_resource_id"] for r in routes):
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the gateway did not subscribe: {status}")

@@ -32,6 +32,8 @@ UNIX_PATH_MAX = 107
 RFC8030_MIN_MESSAGE_BYTES = 4096
 # A VAPID public key is an uncompressed P-256 point: 0x04 || X || Y (RFC 8292 §3.2).
 VAPID_KEY_BYTES = 65
+# TCP ports are 16-bit numbers (RFC 9293 §3.1); 0 is not one a client can connect to.
+MAX_PORT = 65535
 
 
 class Invalid(Exception):
@@ -190,6 +192,26 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _url_port_problem(netloc: str) -> str | None:
+    """What is wrong with the port of a URL's ``host[:port]`` part, or None (none or fine)."""
+    hostport = netloc.rpartition("@")[2]
+    if hostport.startswith("["):
+        _, bracket, rest = hostport.partition("]")
+        if not bracket:
+            return None  # urlsplit already refused an unclosed bracket
+        port = rest[1:] if rest.startswith(":") else None
+    else:
+        _, colon, port_text = hostport.rpartition(":")
+        port = port_text if colon else None
+    if port is None or port == "":
+        return None
+    if not port.isascii() or not port.isdigit():
+        return f"the port {quoted(port)} is not a number"
+    if not 1 <= int(port) <= MAX_PORT:
+        return f"port {int(port)} out of range (1 to {MAX_PORT})"
+    return None
+
+
 def web_url(value: object) -> str:
     """An https:// URL, or http:// when the host is loopback (a local test service)."""
     text = nonempty_text(value)
@@ -199,9 +221,11 @@ def web_url(value: object) -> str:
     try:
         parts = urlsplit(text)
         host = parts.hostname
-        _ = parts.port  # raises ValueError for a port that is not a number in range
     except ValueError:
         raise Invalid(expected) from None
+    port_problem = _url_port_problem(parts.netloc)
+    if port_problem is not None:
+        raise Invalid(f"{port_problem} in {quoted(text)}")
     scheme = parts.scheme.lower()
     if scheme not in ("https", "http") or not host:
         raise Invalid(expected)

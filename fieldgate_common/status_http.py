@@ -74,6 +74,11 @@ HTML_CSP = (
 LOOPBACK_HOST_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
+class ListenError(Exception):
+    """The endpoint cannot listen at ``[status] listen`` (address in use, no such directory,
+    not a loopback address); the message names the address and the reason."""
+
+
 class StatusProvider(Protocol):
     """What the program (the gateway, a push-service node) hands the endpoint."""
 
@@ -415,13 +420,18 @@ async def serve_status(
 
     ``listen`` is ``"HOST:PORT"`` (port 0 picks a free one) or ``"unix:/path"`` (a 0600 socket,
     removed on exit). ``task_status.started()`` gets the bound address in the same notation.
-    Raises ValueError for a malformed or (without ``allow_remote``) non-loopback address.
+    Raises :class:`ListenError` when it cannot listen there (in use, a missing directory, a
+    malformed or, without ``allow_remote``, non-loopback address).
     """
-    address = parse_listen(listen)
-    if isinstance(address, UnixAddress):
-        listener, bound = await _unix_listener(address)
-    else:
-        listener, bound = await _tcp_listener(address, allow_remote)
+    try:
+        address = parse_listen(listen)
+        if isinstance(address, UnixAddress):
+            listener, bound = await _unix_listener(address)
+        else:
+            listener, bound = await _tcp_listener(address, allow_remote)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ListenError(f"cannot listen on {listen}: {reason}") from None
     check_host = isinstance(address, TcpAddress)
     gate = _ConnectionGate(MAX_CONNECTIONS)
 

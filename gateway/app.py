@@ -10,8 +10,11 @@ from __future__ import annotations
 import resource
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
 
 import trio
 
@@ -20,11 +23,12 @@ from adapters.registry import build_adapter
 from fieldgate_common.logs import get_logger
 from fieldgate_common.metrics import Metrics
 from fieldgate_common.sdnotify import Notifier, Watchdog, watchdog_interval
-from fieldgate_common.status_http import serve_status
-from gateway import __version__
+from fieldgate_common.status_http import ListenError, serve_status
+from gateway import __version__, statedir
 from gateway.config import Config, ConfigError, load_config
 from gateway.router import Router
 from gateway.routes import CurrentRoutes, RouteTable
+from gateway.statedir import REREAD_SIGNAL, acquire_run_lock
 from gateway.status_model import (
     AdapterSnapshot,
     RouteDelivery,
@@ -43,6 +47,8 @@ log = get_logger("gateway")
 # SIGTERM: in-flight deliveries get this long to finish before the process exits; systemd's
 # TimeoutStopSec (90 s by default) stays well above it.
 SHUTDOWN_GRACE = 10.0
+
+_E = TypeVar("_E", bound=BaseException)
 
 
 def build_adapters(config: Config, metrics: Metrics) -> dict[str, Adapter]:
@@ -223,8 +229,11 @@ class Gateway:
         return self.registry.render()
 
     def health(self) -> tuple[bool, str]:
-        """Healthy when the journal commits, the push service is connected and every adapter
-        is ok; otherwise the first reason."""
+        """Healthy when the journal is intact and commits, the push service is connected and
+        every adapter is ok; otherwise the first reason."""
+        journal = self.store.problem  # found by the store's own checks; never waits for a commit
+        if journal is not None:
+            return False, f"journal: {journal}"
         problem = self.upstream.problem()
         if problem is not None:
             return False, problem
@@ -234,33 +243,100 @@ class Gateway:
         return True, "ok"
 
 
-async def run_gateway(config: Config) -> int:
-    """Run until SIGTERM/SIGINT; systemd is told READY, STATUS, WATCHDOG and STOPPING."""
+class StartupError(Exception):
+    """A fault found while the gateway starts, as one line naming the file and the key."""
+
+
+# SIGTERM/SIGINT stop, SIGHUP reloads the configuration, REREAD_SIGNAL (SIGUSR1: a dead letter
+# was replayed) makes the router read the journal again.
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, REREAD_SIGNAL)
+
+
+def _first_of(error: BaseException, kind: type[_E]) -> _E | None:
+    """The first ``kind`` exception in ``error`` or its (nested) exception groups."""
+    if isinstance(error, kind):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _first_of(inner, kind)
+            if found is not None:
+                return found
+    return None
+
+
+async def run_gateway(config: Config, *, reset: bool = False) -> int:
+    """Run until SIGTERM/SIGINT; systemd is told READY, STATUS, WATCHDOG and STOPPING.
+
+    Holds the state directory's run lock for its whole life, taken before the journal is opened
+    (a second gateway there raises :class:`~gateway.statedir.AlreadyRunning`); ``reset`` lets a
+    lost journal be re-created. Raises :class:`StartupError` or
+    :class:`~gateway.store.StoreError` for faults found while starting.
+    """
     notifier = Notifier.from_environ()
-    gateway = Gateway(config)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(gateway.run)
-            notifier.ready(f"running {len(config.routes)} route(s)")
-            log.info("fieldgate %s running: %d route(s)", __version__, len(config.routes))
-            watchdog = Watchdog(notifier, watchdog_interval())
-            if watchdog.enabled and watchdog.period:
-                # Only under a systemd watchdog does the process wake up on a timer of its own:
-                # idle, the keepalive is the only other wake-up.
-                nursery.start_soon(_heartbeat, gateway, notifier, watchdog, watchdog.period)
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-                async for signum in signals:
-                    if signum == signal.SIGHUP:
-                        _reload(gateway, notifier)
-                        continue
-                    log.info("%s: stopping", signal.Signals(signum).name)
-                    notifier.stopping()
-                    break
-            nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE
-            nursery.cancel_scope.cancel()
-    finally:
-        gateway.close()
+    state_dir = config.push.state_dir
+    source = config.source or Path("the configuration")
+    # Signals are caught from before the lock is taken: its pid is what `dead-letters replay`
+    # signals, and REREAD_SIGNAL's default action would end the process.
+    with trio.open_signal_receiver(*_SIGNALS) as signals:
+        lock = await trio.to_thread.run_sync(acquire_run_lock, state_dir)
+        try:
+            store = await trio.to_thread.run_sync(
+                partial(Store.open, state_dir, journal=config.journal, reset=reset)
+            )
+            try:
+                gateway = Gateway(config, store=store)
+            except BaseException:
+                store.close()
+                raise
+            try:
+                await _run(gateway, notifier, signals, state_dir)
+            except BaseException as error:
+                listen = _first_of(error, ListenError)
+                if listen is None:
+                    raise
+                raise StartupError(f"{source}: status.listen: {listen}") from None
+            finally:
+                statedir.remove_status_address(state_dir)
+                gateway.close()
+        finally:
+            lock.release()
     return 0
+
+
+async def _run(
+    gateway: Gateway,
+    notifier: Notifier,
+    signals: AsyncIterator[int],
+    state_dir: Path,
+) -> None:
+    config = gateway.config
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.run)
+        if gateway.status_address is not None:
+            try:
+                statedir.write_status_address(state_dir, gateway.status_address)
+            except OSError as exc:  # a full disk: `fieldgate status` with port 0 cannot find it
+                log.warning("cannot record the status address: %s", exc.strerror or exc)
+        notifier.ready(f"running {len(config.routes)} route(s)")
+        log.info("fieldgate %s running: %d route(s)", __version__, len(config.routes))
+        watchdog = Watchdog(notifier, watchdog_interval())
+        if watchdog.enabled and watchdog.period:
+            # Only under a systemd watchdog does the process wake up on a timer of its own:
+            # idle, the keepalive is the only other wake-up.
+            nursery.start_soon(_heartbeat, gateway, notifier, watchdog, watchdog.period)
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                _reload(gateway, notifier)
+                continue
+            if signum == REREAD_SIGNAL:
+                log.info("%s: reading the journal again", signal.Signals(signum).name)
+                gateway.router.notify()
+                continue
+            log.info("%s: stopping", signal.Signals(signum).name)
+            notifier.stopping()
+            break
+        nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE
+        nursery.cancel_scope.cancel()
 
 
 def _reload(gateway: Gateway, notifier: Notifier) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -48,6 +49,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
 )
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + 13  # as a shell reports a command ended by SIGPIPE
 
 
 def _load(module_name: str) -> ModuleType:
@@ -92,6 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(_chosen(words) or "").parse_args(words)
     try:
         status: int = args._module.run(args)
+        sys.stdout.flush()
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`fieldgate check-config --show | head`): stop quietly, as a
+        # command killed by SIGPIPE would, without a traceback or a second error at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
     return status

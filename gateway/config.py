@@ -21,6 +21,7 @@ from typing import Literal, TypeVar
 from adapters.base import AdapterConfig, TargetConfig
 from adapters.registry import KINDS
 from fieldgate_common import config_values as check
+from fieldgate_common import file_checks
 from fieldgate_common.config_problems import (
     ConfigError,
     ConfigProblem,
@@ -44,6 +45,7 @@ __all__ = [
     "Urgency",
     "load_config",
     "parse_config",
+    "preflight",
 ]
 
 Urgency = Literal["very-low", "low", "normal", "high"]
@@ -510,3 +512,42 @@ def _warn_if_secrets_exposed(config: Config, path: Path, text: str) -> Config:
             )
             extra.append(problem.render("warning"))
     return replace(config, warnings=config.warnings + tuple(extra)) if extra else config
+
+
+# ------------------------------------------------------------------------------ preflight
+
+
+def preflight(config: Config) -> list[ConfigProblem]:
+    """What the machine says about the paths the configuration names, as problems (empty: fine).
+
+    ``[push]`` (the state directory, ``ca_file``), ``[status]`` (a Unix socket's directory) and
+    each adapter kind's own preflight (its ``AdapterKind.preflight``: the log file, the MQTT TLS
+    files). ``check-config`` reports them and ``fieldgate run`` refuses to start on them. Looks
+    only: creates nothing, so it can run beside a running gateway. (A status port in use is not
+    among them: the running gateway holds it; ``run`` reports it when binding.)
+    """
+    source = config.source or Path("<config>")
+    try:
+        lines = SourceMap(read_text(source)) if config.source is not None else SourceMap("")
+    except ConfigError:
+        lines = SourceMap("")
+    found: list[tuple[KeyPath, str]] = []
+    problem = file_checks.writable_directory(config.push.state_dir)
+    if problem is not None:
+        found.append((("push", "state_dir"), problem))
+    if config.push.ca_file is not None:
+        problem = file_checks.certificate_file(config.push.ca_file)
+        if problem is not None:
+            found.append((("push", "ca_file"), problem))
+    listen = config.status.listen
+    if listen.startswith("unix:"):
+        problem = file_checks.existing_directory(Path(listen.removeprefix("unix:")).parent)
+        if problem is not None:
+            found.append((("status", "listen"), f"cannot create the socket: {problem}"))
+    for name, adapter in config.adapters.items():
+        for key, message in KINDS[adapter.type].preflight(adapter):
+            found.append((("adapters", name, key), message))
+    return [
+        ConfigProblem(source, format_key_path(path), lines.line_of(path), message)
+        for path, message in found
+    ]

@@ -15,7 +15,7 @@ from email.utils import parsedate_to_datetime
 
 from gateway.config import RouteConfig
 from gateway.routes import RouteTable
-from gateway.store_types import Incoming
+from gateway.store_types import Incoming, QueueUsage
 from gateway.upstream.contract import AckCode
 from gateway.webpush.crypto import REASONS as DECRYPT_FAILURES
 
@@ -26,6 +26,15 @@ SUPPORTED_ENCODING = "aes128gcm"
 # After a message's TTL has run out at the push service it cannot be redelivered; this much
 # later its dedupe record goes (clock differences, a redelivery already on the wire).
 DEDUPE_TTL_SLACK = 600.0
+# RFC 8188 §2.1: an aes128gcm body starts with salt (16 octets), rs (4), idlen (1), keyid.
+RECORD_SALT_BYTES = 16
+AES128GCM_HEADER_MIN = RECORD_SALT_BYTES + 4 + 1
+# What one more journalled message costs on disk beyond its payload: its rows in messages,
+# deliveries, dedupe_log, acks and salts with their b-tree cells. Measured: ~420 bytes a message
+# with a 100-byte push message URL and its ack still owed (pages in use after 2,000 messages of
+# 300 bytes), ~300 once the ack went; rounded up. Only an estimate: the store measures the pages
+# again before it refuses.
+MESSAGE_DISK_OVERHEAD = 512
 
 
 def header(headers: Headers, name: str) -> str | None:
@@ -62,18 +71,32 @@ def sent_at(headers: Headers) -> float | None:
     return _http_date(value) if value else None
 
 
+def pushed_at(headers: Headers) -> float | None:
+    """When the service pushed the message (its ``Date``, RFC 9110 §6.6.1): the moment it
+    measured the remaining ``TTL`` it sent with it."""
+    value = header(headers, "date")
+    return _http_date(value) if value else None
+
+
 def deadline(headers: Headers, *, received_at: float, max_age: float) -> float:
     """When a message must no longer reach a device.
 
     ``max_age`` counts from ``Last-Modified`` (when the application server sent it) or, without
-    one, from receipt; a ``TTL`` header from the service can only shorten that.
+    one, from receipt; a ``TTL`` header from the service can only shorten that. The TTL is what
+    was left when the service pushed the message, so it counts from the push (``Date``), not
+    from our receipt: after a reconnect a backlog of pushed messages waits seconds in socket
+    buffers and in our queue before each is received, and counting from receipt would stretch
+    each one's life by that wait. Both dates are whole seconds (rounded down): a deadline is
+    never later than the service's, at most a second earlier.
     """
     sent = sent_at(headers)
     base = received_at if sent is None else min(received_at, sent)
     expires = base + max_age
     ttl = ttl_seconds(headers)
     if ttl is not None:
-        expires = min(expires, received_at + ttl)
+        pushed = pushed_at(headers)
+        ttl_base = received_at if pushed is None else min(received_at, pushed)
+        expires = min(expires, ttl_base + ttl)
     return expires
 
 
@@ -87,6 +110,17 @@ def dedupe_horizon(headers: Headers, now: float) -> float | None:
     means ``journal.dedupe_retention`` (the service sent no TTL)."""
     ttl = ttl_seconds(headers)
     return None if ttl is None else now + ttl + DEDUPE_TTL_SLACK
+
+
+def record_salt(body: bytes) -> bytes | None:
+    """The record salt of an ``aes128gcm`` body (RFC 8188 §2.1), or None when it has no header.
+
+    Senders draw a fresh random salt for every message (it derives the content key and nonce), so
+    a salt seen twice for one subscription is the same ciphertext sent twice: a replay.
+    """
+    if len(body) < AES128GCM_HEADER_MIN:
+        return None
+    return body[:RECORD_SALT_BYTES]
 
 
 def encoding_supported(content_encoding: str | None) -> bool:
@@ -178,3 +212,87 @@ def ack_code(disposition: Disposition) -> AckCode:
             return AckCode.UNDECRYPTABLE
         return AckCode.REFUSED
     return AckCode.TAKEN
+
+
+# ----------------------------------------------------------------------------- a full queue
+
+
+@dataclass(frozen=True)
+class JournalSpace:
+    """How much of ``journal.max_bytes`` the journal takes on disk now (the store measures it:
+    database pages in use plus the WAL file, plus what the batch being committed adds)."""
+
+    used: int
+    limit: int
+
+
+@dataclass(frozen=True)
+class Admit:
+    """There is room: journal it."""
+
+
+@dataclass(frozen=True)
+class DropOldest:
+    """Drop the route's oldest message (already in our custody: counted and logged), then ask
+    again."""
+
+    reason: str  # "queue_full" or "journal_full"
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """No room: do not journal, remember or acknowledge it. The push service keeps it and
+    redelivers it later (backpressure)."""
+
+    reason: str  # "queue_full" or "journal_full"
+
+
+@dataclass(frozen=True)
+class NeverFits:
+    """Larger than the route's queue (or the whole journal) can ever hold: poison, so a dead
+    letter (acknowledged, kept for inspection) rather than a redelivery forever."""
+
+    reason: str = "too_large_for_queue"
+
+
+RoomDecision = Admit | DropOldest | Refuse | NeverFits
+
+
+def disk_cost(size: int) -> int:
+    """What a journalled message of ``size`` payload bytes adds on disk (an estimate)."""
+    return size + MESSAGE_DISK_OVERHEAD
+
+
+def room_for(
+    route: RouteConfig, usage: QueueUsage, size: int, journal: JournalSpace
+) -> RoomDecision:
+    """Whether one more message of ``size`` bytes may be journalled for ``route``.
+
+    The route's limits count its messages and their payload bytes; the journal's limit counts
+    what is on disk. When full: a ``delivered`` route refuses the newest whatever ``queue_full``
+    says (dropping the oldest would acknowledge a message no device has), as ``refuse-newest``
+    does; ``drop-oldest`` on a ``stored`` route drops its oldest (ours already) until the newest
+    fits, and refuses when dropping all of its own would not make room (the journal is full of
+    other routes' messages, dedupe records or dead letters).
+    """
+    if size > route.queue_max_bytes or disk_cost(size) > journal.limit:
+        return NeverFits()
+    route_full = (
+        usage.messages + 1 > route.queue_max_messages or usage.bytes + size > route.queue_max_bytes
+    )
+    journal_full = journal.used + disk_cost(size) > journal.limit
+    if not (route_full or journal_full):
+        return Admit()
+    reason = "queue_full" if route_full else "journal_full"
+    if acknowledge_after_delivery(route) or route.queue_full == "refuse-newest":
+        return Refuse(reason)
+    if usage.messages == 0:
+        return Refuse(reason)
+    if journal_full:
+        # What dropping every message of the route would give back; when even that is not room
+        # enough (the journal is full of other routes' messages, dedupe records, dead letters),
+        # dropping would lose them for nothing.
+        reclaimable = usage.bytes + usage.messages * MESSAGE_DISK_OVERHEAD
+        if journal.used - reclaimable + disk_cost(size) > journal.limit:
+            return Refuse(reason)
+    return DropOldest(reason)

@@ -146,7 +146,7 @@ class Router:
         self._resolved_event = trio.Event()
         self._recorded = trio.Event()  # set (and replaced) after each successful record
         self._housekeeping_wake = trio.Event()
-        self._bursts: dict[str, _DropBurst] = {}
+        self._bursts: dict[tuple[str, str, str], _DropBurst] = {}  # (route, reason, action)
         self._targets = {
             (route.name, key): _TargetState(route.name, key, target.adapter)
             for route, key, target in routes.targets()
@@ -169,7 +169,19 @@ class Router:
             "fieldgate_messages_expired_total", "Messages expired before delivery", ["route"]
         )
         self._m_dropped = metrics.counter(
-            "fieldgate_messages_dropped_total", "Messages dropped or refused", ["route", "reason"]
+            "fieldgate_messages_dropped_total",
+            "Journalled messages dropped to make room",
+            ["route", "reason"],
+        )
+        self._m_refused = metrics.counter(
+            "fieldgate_messages_refused_total",
+            "Pushed messages refused for want of room: not acknowledged, left with the service",
+            ["route", "reason"],
+        )
+        self._m_replays = metrics.counter(
+            "fieldgate_messages_replayed_total",
+            "Pushed messages dropped as replays (a record salt seen before)",
+            ["route"],
         )
         self._m_dead = metrics.counter(
             "fieldgate_dead_letters_total", "Messages moved to the dead letters", ["reason"]
@@ -465,16 +477,23 @@ class Router:
             self._m_dead.inc(n, reason=reason)
         for (route, reason), n in counts.dropped.items():
             self._m_dropped.inc(n, route=route, reason=reason)
-            self._note_drops(route, reason, n)
+            self._note_drops(route, reason, n, "dropping the oldest messages")
+        for (route, reason), n in counts.refused.items():
+            self._m_refused.inc(n, route=route, reason=reason)
+            self._note_drops(route, reason, n, "refusing messages (left with the push service)")
+        for route, n in counts.replays.items():
+            self._m_replays.inc(n, route=route)
+            self._note_drops(route, "replayed", n, "dropping replays (a record salt seen before)")
 
     # -- housekeeping ----------------------------------------------------------------------
 
-    def _note_drops(self, route: str, reason: str, n: int) -> None:
+    def _note_drops(self, route: str, reason: str, n: int, action: str) -> None:
         now = trio.current_time()
-        burst = self._bursts.get(route)
+        key = (route, reason.replace("_", " "), action)
+        burst = self._bursts.get(key)
         if burst is None:
-            self._bursts[route] = _DropBurst(now, now, n)
-            log.warning("route %s: queue full (%s), dropping messages", route, reason)
+            self._bursts[key] = _DropBurst(now, now, n)
+            log.warning("route %s: %s, %s", route, key[1], action)
             self._housekeeping_wake.set()
         else:
             burst.last_at = now
@@ -483,14 +502,16 @@ class Router:
     def _end_bursts(self, now: float) -> float | None:
         """Log bursts that are over; return when the next one could end."""
         next_end: float | None = None
-        for route, burst in list(self._bursts.items()):
+        for key, burst in list(self._bursts.items()):
             end = burst.last_at + DROP_BURST_GAP
             if end <= now:
+                route, reason, action = key
                 log.warning(
-                    "route %s: %d messages dropped in %.0f s (queue full)",
-                    route, burst.count, burst.last_at - burst.started_at,
+                    "route %s: %s, %d in %.0f s (%s)",
+                    route, action.split(" (")[0], burst.count, burst.last_at - burst.started_at,
+                    reason,
                 )  # fmt: skip
-                del self._bursts[route]
+                del self._bursts[key]
             else:
                 next_end = end if next_end is None else min(next_end, end)
         return next_end

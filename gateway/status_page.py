@@ -90,10 +90,10 @@ def _routes(document: dict[str, object], now: float) -> str:
             + _cell(format_ago(route.get("last_delivery"), now))
             + _cell(format_duration(route.get("subscription_age")))
             + (_cell(error) if error else "<td>-</td>")
-            + f'<td class="url">{escape(format_value(route.get("push_resource")))}</td>'
+            + f'<td class="url">{escape(format_value(route.get("push_resource_id")))}</td>'
         )
     headings = ("Route", "Queued", "Last message", "Last delivery", "Subscribed", "Last error")
-    return _table((*headings, "Push resource"), rows, "No routes configured.")
+    return _table((*headings, "Push resource id"), rows, "No routes configured.")
 
 
 def _adapters(document: dict[str, object]) -> str:
@@ -121,8 +121,8 @@ def _sets(document: dict[str, object]) -> str:
     for entry in _dicts(document.get("sets")):
         routes = entry.get("routes")
         names = ", ".join(str(r) for r in routes) if isinstance(routes, list) else "-"
-        rows.append(f'<td class="url">{escape(str(entry.get("url", "-")))}</td>' + _cell(names))
-    return _table(("Subscription set", "Routes"), rows, "No subscription set yet.")
+        rows.append(f'<td class="url">{escape(str(entry.get("id", "-")))}</td>' + _cell(names))
+    return _table(("Subscription set id", "Routes"), rows, "No subscription set yet.")
 
 
 def render_status_page(document: dict[str, object], now: float | None = None) -> str:

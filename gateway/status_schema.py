@@ -8,15 +8,28 @@ object accepts unknown keys); anything else bumps :data:`STATUS_SCHEMA_VERSION`.
 
 Times are Unix seconds (float, UTC) or ``null`` when the event never happened; durations are
 seconds.
+
+No capability leaves through it: a push resource or a subscription-set URL lets whoever holds it
+send to a route or read (and acknowledge) its messages, so the document names them by
+:func:`capability_id` only (``fieldgate subscriptions`` prints the same identifiers), and the
+push service's URL is shown without credentials or query.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from gateway.status_model import StatusSnapshot
 
-STATUS_SCHEMA_VERSION = 1
+# 2: push resources and set URLs are replaced by their identifiers (routes[].push_resource_id,
+# sets[].id), the service URL loses any credentials and query.
+STATUS_SCHEMA_VERSION = 2
+# Hex digits of a capability URL's SHA-256 shown in its place: 32 bits tell a handful of routes
+# apart and reveal nothing usable.
+CAPABILITY_ID_CHARS = 8
 
 UPSTREAM_STATES = ("connecting", "connected", "backoff", "stopped")
 
@@ -28,7 +41,7 @@ ROUTE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": [
         "name",
-        "push_resource",
+        "push_resource_id",
         "subscription_age",
         "queue_depth",
         "last_message",
@@ -37,7 +50,7 @@ ROUTE_SCHEMA: dict[str, Any] = {
     ],
     "properties": {
         "name": {"type": "string"},
-        "push_resource": _STRING_OR_NULL,
+        "push_resource_id": _STRING_OR_NULL,
         "subscription_age": {"type": ["number", "null"]},
         "queue_depth": {"type": "integer"},
         "last_message": _TIME_OR_NULL,
@@ -88,9 +101,9 @@ PROVIDER_SCHEMA: dict[str, Any] = {
             "type": "array",
             "items": {
                 "type": "object",
-                "required": ["url", "routes"],
+                "required": ["id", "routes"],
                 "properties": {
-                    "url": {"type": "string"},
+                    "id": {"type": "string"},
                     "routes": {"type": "array", "items": {"type": "string"}},
                 },
             },
@@ -177,6 +190,42 @@ def provider_errors(document: object) -> list[str]:
     return schema_errors(document, PROVIDER_SCHEMA)
 
 
+def capability_id(url: str) -> str:
+    """What the status document shows for a capability URL: the start of its SHA-256 in hex.
+
+    An operator matches it against ``fieldgate subscriptions`` (which prints the same); nobody can
+    turn it back into the URL.
+    """
+    return hashlib.sha256(url.encode()).hexdigest()[:CAPABILITY_ID_CHARS]
+
+
+def public_url(url: str) -> str:
+    """A URL without user:password and query (where tokens live), for showing."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+_URL = re.compile(r"\b(?:https?|wss?)://[^\s\"'<>]+")
+
+
+def redact_urls(text: str | None) -> str | None:
+    """``text`` with every URL that has a path shown as its origin and :func:`capability_id`
+    (an error message may quote a push resource, a set or a message URL)."""
+    if text is None:
+        return None
+
+    def shown(match: re.Match[str]) -> str:
+        url = match.group(0)
+        parts = urlsplit(url)
+        if parts.path in ("", "/") and not parts.query:
+            return public_url(url)
+        origin = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], "", "", ""))
+        return f"{origin}/…({capability_id(url)})"
+
+    return _URL.sub(shown, text)
+
+
 def status_document(snapshot: StatusSnapshot) -> dict[str, object]:
     """The provider's part of ``/status`` (the endpoint adds ``schema`` and ``health``)."""
     now = snapshot.now
@@ -189,19 +238,19 @@ def status_document(snapshot: StatusSnapshot) -> dict[str, object]:
             {
                 "name": route.name,
                 "ack": route.ack,
-                "push_resource": sub.push_resource if sub else None,
+                "push_resource_id": capability_id(sub.push_resource) if sub else None,
                 "subscription_age": (now - sub.created_at) if sub else None,
                 "queue_depth": delivery.queue_messages,
                 "queue_bytes": delivery.queue_bytes,
                 "last_message": delivery.last_message_at,
                 "last_delivery": delivery.last_delivery_at,
-                "last_error": delivery.last_error,
+                "last_error": redact_urls(delivery.last_error),
                 "targets": list(route.targets),
             }
         )
     sets: dict[str, list[str]] = {}
     for sub in snapshot.subscriptions:
-        sets.setdefault(sub.monitored, []).append(sub.route)
+        sets.setdefault(capability_id(sub.monitored), []).append(sub.route)
     adapters = [
         {
             "name": adapter.name,
@@ -218,9 +267,9 @@ def status_document(snapshot: StatusSnapshot) -> dict[str, object]:
     upstream_doc: dict[str, object] = {
         "state": upstream.state,
         "since": upstream.since,
-        "service": upstream.service,
+        "service": public_url(upstream.service),
         "protocol": upstream.protocol,
-        "last_error": upstream.last_error,
+        "last_error": redact_urls(upstream.last_error),
         "last_message": upstream.last_message_at,
     }
     if upstream.autopush is not None:
@@ -234,7 +283,7 @@ def status_document(snapshot: StatusSnapshot) -> dict[str, object]:
         }
     return {
         "upstream": upstream_doc,
-        "sets": [{"url": url, "routes": sorted(names)} for url, names in sorted(sets.items())],
+        "sets": [{"id": ident, "routes": sorted(names)} for ident, names in sorted(sets.items())],
         "routes": routes,
         "adapters": adapters,
         "counters": dict(snapshot.counters),

@@ -2,8 +2,8 @@
 
 One SQLite file in the state directory (WAL, ``synchronous=FULL``, mode 0600). Every method is
 synchronous and thread-safe (one connection behind a lock); async callers use
-``trio.to_thread.run_sync``. The store decides what is durable; policy about *when* to deliver or
-retry lives in the router.
+``trio.to_thread.run_sync``. The store carries out what :mod:`gateway.policy` decides; policy
+about *when* to deliver or retry lives in the router.
 
 Lifecycle of a message: :meth:`Store.ingest` journals it with one pending delivery per target of
 its route (one transaction per batch: group commit); the router reads a target's queue with
@@ -11,15 +11,21 @@ its route (one transaction per batch: group commit); the router reads a target's
 deliveries with :meth:`Store.resolve`; the message row is deleted when no delivery is left
 (flash wear: the journal holds only what is undelivered). The dedupe record of its push message
 URL stays for ``journal.dedupe_retention`` (:meth:`Store.prune`).
+
+The journal's files are watched (:mod:`gateway.journal_files`): deleted, replaced or truncated
+under the running gateway, or failing ``PRAGMA quick_check``, the store refuses every further
+ingest (so nothing more is acknowledged) and :meth:`Store.check_integrity` says why. A start that
+finds no journal where one was created (``journal.created``, :mod:`gateway.statedir`) refuses to
+make a new one unless ``reset`` is given.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,14 +36,18 @@ from typing import Any
 
 from adapters.base import Message
 from fieldgate_common.logs import get_logger
-from gateway import policy
+from gateway import policy, statedir
 from gateway.config import JournalConfig, RouteConfig
+from gateway.journal_files import JournalFiles
 from gateway.routes import RouteTable
-from gateway.store_schema import migrate
+from gateway.salt_memory import MAX_SALTS, RecentSalts, salt_key
+from gateway.store_schema import migrate, version
 from gateway.store_types import (
     DeadLetter,
     Incoming,
     IngestResult,
+    JournalMissing,
+    JournalProblem,
     PendingDelivery,
     QueueUsage,
     Resolution,
@@ -51,6 +61,8 @@ __all__ = [
     "DeadLetter",
     "Incoming",
     "IngestResult",
+    "JournalMissing",
+    "JournalProblem",
     "PendingDelivery",
     "QueueUsage",
     "Resolution",
@@ -67,11 +79,24 @@ DB_NAME = "journal.sqlite3"
 BUSY_TIMEOUT_MS = 5000
 # A failed commit (disk full, a failing card) is retried by its caller between these bounds
 # (exponential backoff with full jitter): soon enough to notice a freed disk, rarely enough
-# not to hammer a failing one.
+# not to hammer a failing one. The cap also bounds how long deliveries the devices confirmed
+# stay uncommitted after the disk is freed (a restart in that window delivers them again, and a
+# device remembers only its last few message ids): 5 s, not 30 (a failed attempt costs a write).
 COMMIT_RETRY_BASE = 0.5
-COMMIT_RETRY_CAP = 30.0
-# Group- or other-accessible bits: the file holds private keys and plaintext.
-_OPEN_TO_OTHERS = 0o077
+COMMIT_RETRY_CAP = 5.0
+# The WAL counts towards journal.max_bytes, so it gets a share of it (set aside from what the
+# database pages may take). It is checkpointed once it holds half of that, SQLite's default
+# threshold (1,000 pages, ~4 MiB) for the default limit, and kept at that size after each
+# checkpoint (journal_size_limit): the other half is room for the commit that crosses the line.
+# A commit that took it past the whole share restarts it (the next commit truncates it back).
+# The file keeps its half allocated: a full disk still takes small commits. A tiny limit still
+# leaves room for a few commits' pages between checkpoints.
+WAL_SHARE = 8
+WAL_BUDGET_MIN = 64 * 1024
+WAL_BUDGET_MAX = 8 * 1024 * 1024
+# PRAGMA quick_check reads every page (milliseconds for a journal of undelivered messages, seconds
+# for a full 256 MiB one on an SD card, holding the store's lock): at most this often.
+QUICK_CHECK_INTERVAL = 6 * 3600.0
 
 log = get_logger("store")
 
@@ -86,35 +111,67 @@ class _Usage:
     last_received_at: float | None = None
 
 
-def _check_private(path: Path, what: str, fix: str) -> None:
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & _OPEN_TO_OTHERS:
-        raise StoreError(
-            f"{what} {path} is accessible by group or others (mode {mode:03o}); it holds private "
-            f"keys and message plaintext: run `chmod {fix} {path}`"
-        )
+@dataclass
+class _BatchSpace:
+    """The database pages in use as a batch is carried out: measured (at its start, and again
+    near the limit), plus an estimate of what was journalled since."""
+
+    measured: int
+    added: int = 0
+
+    @property
+    def used(self) -> int:
+        return self.measured + self.added
+
+    def add(self, cost: int) -> None:
+        self.added += cost
 
 
-def _prepare_files(state_dir: Path) -> Path:
-    if not state_dir.exists():
-        state_dir.mkdir(mode=0o700, parents=True)
-    if not state_dir.is_dir():
-        raise StoreError(f"state directory {state_dir} exists and is not a directory")
-    _check_private(state_dir, "state directory", "700")
-    db = state_dir / DB_NAME
-    if db.exists():
-        for path in (db, db.with_name(DB_NAME + "-wal"), db.with_name(DB_NAME + "-shm")):
-            if path.exists():
-                _check_private(path, "journal file", "600")
-    else:
-        # Create it 0600 ourselves: SQLite would use 0644 (and gives -wal/-shm the db's mode).
-        os.close(os.open(db, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-    return db
+def wal_budget(max_bytes: int) -> int:
+    """The bytes of ``journal.max_bytes`` the WAL may take before it is checkpointed."""
+    return max(WAL_BUDGET_MIN, min(WAL_BUDGET_MAX, max_bytes // WAL_SHARE))
 
 
 def _url_key(url: str) -> int:
     """A push message URL's 64-bit digest (the in-memory dedupe index holds these)."""
     return int.from_bytes(hashlib.blake2b(url.encode(), digest_size=8).digest(), "big")
+
+
+def _lost_journal(db: Path, marker: str, what: str) -> StoreError:
+    return StoreError(
+        f"journal {db} {what}, but {db.parent / statedir.JOURNAL_MARKER} shows one was "
+        f"created here ({marker}). Its keys and subscriptions are gone with it: application "
+        "servers still send to the old push resources, which no gateway reads. Restore the file "
+        "from a backup if there is one; otherwise `fieldgate run --reset` creates a new journal "
+        "with new subscriptions, and every application server must then be given the new push "
+        "resources (`fieldgate subscriptions`)"
+    )
+
+
+def _prepare_files(directory: Path, *, create: bool, reset: bool) -> Path:
+    if create:
+        statedir.prepare(directory)
+    elif not directory.is_dir():
+        raise JournalMissing(f"no journal in {directory} yet (the gateway has not run)")
+    else:
+        statedir.check_private(directory, "state directory", "700")
+    db = directory / DB_NAME
+    if db.exists():
+        for path in (db, db.with_name(DB_NAME + "-wal"), db.with_name(DB_NAME + "-shm")):
+            if path.exists():
+                statedir.check_private(path, "journal file", "600")
+        return db
+    marker = statedir.journal_marker(directory)
+    if marker is not None and not reset:
+        raise _lost_journal(db, marker, "is missing")
+    if not create:
+        raise JournalMissing(f"no journal in {directory} yet (the gateway has not run)")
+    try:
+        # Create it 0600 ourselves: SQLite would use 0644 (and gives -wal/-shm the db's mode).
+        os.close(os.open(db, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except OSError as exc:
+        raise StoreError(f"cannot create journal {db}: {exc.strerror or exc}") from None
+    return db
 
 
 class Store:
@@ -153,6 +210,15 @@ class Store:
             _url_key(row[0]) for row in conn.execute("SELECT url FROM dedupe_log")
         }
         self._remembered: list[int] = []
+        newest = conn.execute(
+            "SELECT digest FROM salts ORDER BY id DESC LIMIT ?", (MAX_SALTS,)
+        ).fetchall()
+        self._salts = RecentSalts(int(row[0]) for row in reversed(newest))
+        self._salted: list[int] = []
+        self._files = JournalFiles(path)
+        self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        self._problem: JournalProblem | None = None
+        self._next_quick_check = clock() + QUICK_CHECK_INTERVAL
 
     @classmethod
     def open(
@@ -161,15 +227,30 @@ class Store:
         *,
         journal: JournalConfig,
         clock: Callable[[], float] = time.time,
+        create: bool = True,
+        reset: bool = False,
     ) -> Store:
-        """Open (creating if needed) the journal in ``state_dir``; raise :class:`StoreError`."""
-        db = _prepare_files(Path(state_dir))
+        """Open (creating if needed) the journal in ``state_dir``; raise :class:`StoreError`.
+
+        ``create=False`` (the CLI's read-mostly commands) raises :class:`JournalMissing` instead
+        of creating anything. A journal that is missing or empty where ``journal.created`` shows
+        one existed is re-created only with ``reset``.
+        """
+        directory = Path(state_dir)
+        db = _prepare_files(directory, create=create, reset=reset)
         try:
             conn = sqlite3.connect(str(db), check_same_thread=False, isolation_level=None)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open journal {db}: {exc}") from exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            marker = None
+            if version(conn) == 0:
+                marker = statedir.journal_marker(directory)
+                if marker is not None and not reset:
+                    raise _lost_journal(db, marker, "is empty")
+                if not create:
+                    raise JournalMissing(f"the journal {db} is empty (the gateway has not run)")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(f"journal {db}: the filesystem does not support WAL ({mode})")
@@ -177,16 +258,40 @@ class Store:
             # after the DELETE the push service forgets it, so NORMAL (which may lose the last
             # commits on power loss) would lose messages the sender was told were received.
             conn.execute("PRAGMA synchronous = FULL")
+            half = wal_budget(journal.max_bytes) // 2
+            page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            conn.execute(f"PRAGMA journal_size_limit = {half}")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {max(1, half // page_size)}")
             old = migrate(conn, str(db))
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise StoreError(f"journal {db} is not a usable SQLite database: {exc}") from exc
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot open journal {db}: {exc}") from exc
         except BaseException:
             conn.close()
             raise
         store = cls(conn, db, journal, clock)
+        try:
+            if old == 0 or statedir.journal_marker(directory) is None:
+                statedir.mark_journal_created(directory, db, clock())
+        except OSError as exc:
+            store.close()
+            raise StoreError(
+                f"cannot write {directory / statedir.JOURNAL_MARKER}: {exc.strerror or exc}"
+            ) from exc
         if old == 0:
-            log.info("created journal %s", db)
+            if marker is not None:
+                log.warning(
+                    "--reset: created a new journal %s in place of the one created %s; routes get "
+                    "new subscriptions: give every application server the new push resources "
+                    "(`fieldgate subscriptions`)",
+                    db,
+                    marker,
+                )
+            else:
+                log.info("created journal %s", db)
         return store
 
     def close(self) -> None:
@@ -201,12 +306,19 @@ class Store:
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._conn.execute("COMMIT")
         except BaseException:
-            self._conn.execute("ROLLBACK")
-            self._load_usage()
+            # A failed statement or COMMIT (a full disk): SQLite may have rolled back already
+            # (SQLITE_FULL, SQLITE_IOERR) or not; make sure, so the next BEGIN starts clean.
+            if self._conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                self._load_usage()
             raise
-        self._conn.execute("COMMIT")
         self.transactions += 1
+        self._bound_wal()
+        self._files.note_size()
 
     def _load_usage(self) -> None:
         rows = self._conn.execute(
@@ -222,12 +334,90 @@ class Store:
             usage = self._usage[route] = _Usage()
         return usage
 
-    def _total_bytes(self) -> int:
-        return sum(u.bytes for u in self._usage.values())
+    def disk_bytes(self) -> int:
+        """What the journal takes on disk: database pages in use plus the WAL file.
+
+        This is what ``journal.max_bytes`` limits (payload bytes alone let the WAL, the indexes,
+        the dedupe records and the dead letters grow unseen): the pages may take it less the
+        WAL's budget (:func:`wal_budget`), and the WAL is truncated back to its budget whenever a
+        commit took it past, so between commits the two stay within the limit.
+        """
+        with self._lock:
+            return self._pages_bytes() + self._files.wal_bytes()
+
+    def _pages_bytes(self) -> int:
+        # Inside a write transaction these count its pages too. Two PRAGMAs: a few microseconds.
+        pages = int(self._conn.execute("PRAGMA page_count").fetchone()[0])
+        free = int(self._conn.execute("PRAGMA freelist_count").fetchone()[0])
+        return (pages - free) * self._page_size
+
+    def _pages_limit(self) -> int:
+        """What the database pages may take of ``journal.max_bytes``: the rest is the WAL's."""
+        return self._journal.max_bytes - wal_budget(self._journal.max_bytes)
+
+    def _bound_wal(self) -> None:
+        """After a commit: a WAL past its budget is checkpointed and restarted, so the next
+        commit writes it from the start and truncates it to half the budget (not to nothing:
+        the blocks it keeps are what a commit on a full disk can still use).
+
+        Never raises: the commit is done, and a failed checkpoint (a reader holding the WAL, a
+        full disk) is tried again after a later commit.
+        """
+        with contextlib.suppress(sqlite3.Error, OSError):
+            if self._files.wal_bytes() > wal_budget(self._journal.max_bytes):
+                self._conn.execute("PRAGMA wal_checkpoint(RESTART)")
 
     def _publish(self, counts: StoreCounts) -> None:
         with self._stats_lock:
             self._counts.merge(counts)
+
+    # -- integrity -------------------------------------------------------------------------
+
+    @property
+    def problem(self) -> JournalProblem | None:
+        """Why the journal refuses new messages (found by :meth:`check_integrity`), or None."""
+        return self._problem
+
+    def check_integrity(self, *, deep: bool = False) -> JournalProblem | None:
+        """Whether the open journal can still be trusted with new messages; the problem, or None.
+
+        Always compares the files with the ones opened (deleted, replaced, truncated: two
+        ``stat`` calls); ``deep`` also runs ``PRAGMA quick_check`` (reads every page). A problem
+        once found stays until the process ends: :meth:`ingest` refuses every batch from then on,
+        so nothing more is acknowledged. The health check calls this.
+        """
+        with self._lock:
+            return self._check_integrity_locked(deep=deep)
+
+    def _quick_check(self) -> str:
+        """``PRAGMA quick_check`` on what is on disk: from a connection of its own, since ours
+        would answer from the pages it caches."""
+        try:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        except sqlite3.Error as exc:
+            return str(exc)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            rows = conn.execute("PRAGMA quick_check(1)").fetchall()
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        finally:
+            conn.close()
+        return str(rows[0][0]) if rows else "no answer"
+
+    def _check_integrity_locked(self, *, deep: bool) -> JournalProblem | None:
+        if self._problem is not None:
+            return self._problem
+        problem = self._files.problem()
+        if problem is None and deep:
+            self._next_quick_check = self._clock() + QUICK_CHECK_INTERVAL
+            verdict = self._quick_check()
+            if verdict != "ok":
+                problem = JournalProblem("corrupt", f"journal {self.path} is damaged: {verdict}")
+        if problem is not None:
+            self._problem = problem
+            log.error("%s", problem)
+        return problem
 
     # -- subscriptions ---------------------------------------------------------------------
 
@@ -303,18 +493,29 @@ class Store:
         acknowledged now.
 
         ``acked`` are push message URLs whose DELETE succeeded since the last call: recorded in
-        the same transaction (as :meth:`mark_acked` would), so one fsync covers both.
+        the same transaction (as :meth:`mark_acked` would), so one fsync covers both. Raises
+        :class:`StoreError` (nothing journalled, nothing to acknowledge) once the journal's files
+        have a problem (see :meth:`check_integrity`).
         """
         counts = StoreCounts()
         with self._lock:
+            problem = self._check_integrity_locked(deep=False)
+            if problem is not None:
+                raise StoreError(str(problem))
             now = self._clock()
             self._remembered = []
+            self._salted = []
+            space = _BatchSpace(self._pages_bytes())
             try:
                 with self._transaction():
                     self._delete_owed(acked)
-                    results = [self._ingest_one(admission, now, counts) for admission in batch]
+                    results = [
+                        self._ingest_one(admission, now, counts, space) for admission in batch
+                    ]
             except BaseException:
-                self._seen.difference_update(self._remembered)  # rolled back: forget them too
+                # Rolled back: forget what it remembered too.
+                self._seen.difference_update(self._remembered)
+                self._salts.forget_newest(self._salted)
                 raise
         self._publish(counts)
         return results
@@ -329,6 +530,11 @@ class Store:
         key = _url_key(url)
         self._seen.add(key)
         self._remembered.append(key)
+
+    def _remember_salt(self, key: int, now: float) -> None:
+        self._conn.execute("INSERT INTO salts (digest, seen_at) VALUES (?, ?)", (key, now))
+        self._salts.add(key)
+        self._salted.append(key)
 
     def _owe_ack(self, url: str) -> None:
         self._conn.execute("INSERT OR IGNORE INTO acks VALUES (?, 'owed')", (url,))
@@ -350,26 +556,40 @@ class Store:
             ),
         )
 
+    def _poison(
+        self, incoming: Incoming, reason: str, route: str | None, now: float, counts: StoreCounts
+    ) -> IngestResult:
+        """A dead letter: kept for inspection, remembered, acknowledged."""
+        url = incoming.push_message_url
+        self._dead_letter(incoming, reason, route, now)
+        self._remember(incoming, now)
+        self._owe_ack(url)
+        counts.dead_letters[reason] = counts.dead_letters.get(reason, 0) + 1
+        return IngestResult(url, "dead_lettered", None, ack_now=True)
+
     def _ingest_one(
-        self, admission: policy.Admission, now: float, counts: StoreCounts
+        self,
+        admission: policy.Admission,
+        now: float,
+        counts: StoreCounts,
+        space: _BatchSpace,
     ) -> IngestResult:
         incoming, disposition = admission.incoming, admission.disposition
         url = incoming.push_message_url
-        if _url_key(url) in self._seen or isinstance(disposition, policy.Redelivered):
+        if _url_key(url) in self._seen:
             counts.duplicates += 1
             row = self._conn.execute("SELECT state FROM acks WHERE url = ?", (url,)).fetchone()
             if row and row[0] == "held":
                 return IngestResult(url, "duplicate", None, ack_now=False)
             self._owe_ack(url)  # the service did not see our DELETE: owe it again
             return IngestResult(url, "duplicate", None, ack_now=True)
+        if isinstance(disposition, policy.Redelivered):
+            # The agent believed it committed, but nothing here remembers it (refused by a full
+            # queue, say): not ours, so not acknowledged; the service delivers it again.
+            return IngestResult(url, "refused", None, ack_now=False)
 
         if isinstance(disposition, policy.DeadLetter):
-            self._dead_letter(incoming, disposition.reason, disposition.route, now)
-            self._remember(incoming, now)
-            self._owe_ack(url)
-            reason = disposition.reason
-            counts.dead_letters[reason] = counts.dead_letters.get(reason, 0) + 1
-            return IngestResult(url, "dead_lettered", None, ack_now=True)
+            return self._poison(incoming, disposition.reason, disposition.route, now, counts)
 
         if isinstance(disposition, policy.Expired):
             self._remember(incoming, now)
@@ -379,12 +599,26 @@ class Store:
 
         route = disposition.route
         assert incoming.plaintext is not None  # the policy journals only what was decrypted
-        if not self._make_room(route, len(incoming.plaintext), counts):
-            # Not journalled, yet acknowledged: otherwise the service redelivers it forever.
+        salt = policy.record_salt(incoming.raw_body)
+        salt_digest = None if salt is None else salt_key(route.name, salt)
+        if salt_digest is not None and salt_digest in self._salts:
+            # The same ciphertext again under a new push message URL: a replay. A duplicate,
+            # not poison: acknowledged, remembered, counted, never delivered.
+            self._remember(incoming, now)
             self._owe_ack(url)
-            key = (route.name, "queue_full")
-            counts.dropped[key] = counts.dropped.get(key, 0) + 1
-            return IngestResult(url, "refused", None, ack_now=True)
+            counts.replays[route.name] = counts.replays.get(route.name, 0) + 1
+            return IngestResult(url, "replayed", None, ack_now=True)
+
+        size = len(incoming.plaintext)
+        room = self._make_room(route, size, counts, space)
+        if isinstance(room, policy.NeverFits):
+            return self._poison(incoming, room.reason, route.name, now, counts)
+        if isinstance(room, policy.Refuse):
+            # Not journalled, not remembered, not acknowledged: the push service keeps it and
+            # redelivers it (backpressure); a later copy finds room once deliveries made some.
+            key = (route.name, room.reason)
+            counts.refused[key] = counts.refused.get(key, 0) + 1
+            return IngestResult(url, "refused", None, ack_now=False)
 
         message_id = self._insert_message(
             route,
@@ -395,7 +629,10 @@ class Store:
             None,
             ack_after_delivery=disposition.ack_after_delivery,
         )
+        space.add(policy.disk_cost(size))
         self._remember(incoming, now)
+        if salt_digest is not None:
+            self._remember_salt(salt_digest, now)
         counts.journalled[route.name] = counts.journalled.get(route.name, 0) + 1
         if disposition.ack_after_delivery:
             self._conn.execute("INSERT OR REPLACE INTO acks VALUES (?, 'held')", (url,))
@@ -436,33 +673,37 @@ class Store:
             usage.last_received_at = received_at
         return str(message_id)
 
-    def _make_room(self, route: RouteConfig, size: int, counts: StoreCounts) -> bool:
-        """Apply the route's queue-full policy so ``size`` more bytes fit; False: refuse it."""
-        usage = self._usage_of(route.name)
-
-        def full() -> bool:
-            return (
-                usage.messages + 1 > route.queue_max_messages
-                or usage.bytes + size > route.queue_max_bytes
-                or self._total_bytes() + size > self._journal.max_bytes
+    def _make_room(
+        self, route: RouteConfig, size: int, counts: StoreCounts, space: _BatchSpace
+    ) -> policy.RoomDecision:
+        """Carry out :func:`gateway.policy.room_for`: drop the route's oldest while it says so."""
+        limit = self._pages_limit()
+        while True:
+            usage = self._usage_of(route.name)
+            decision = policy.room_for(
+                route,
+                QueueUsage(usage.messages, usage.bytes, usage.last_received_at),
+                size,
+                policy.JournalSpace(space.used, limit),
             )
-
-        if not full():
-            return True
-        if size > min(route.queue_max_bytes, self._journal.max_bytes):
-            return False  # would never fit, whatever we drop
-        if route.queue_full == "refuse-newest":
-            return False
-        while full() and usage.messages > 0:
+            if isinstance(decision, policy.Admit | policy.NeverFits):
+                return decision
+            if space.added:
+                # Full by the estimate: measure what the pages really take before deciding.
+                space.measured, space.added = self._pages_bytes(), 0
+                continue
+            if isinstance(decision, policy.Refuse):
+                return decision
             row = self._conn.execute(
                 "SELECT id FROM messages WHERE route = ? ORDER BY id LIMIT 1", (route.name,)
             ).fetchone()
             if row is None:
-                break
+                return policy.Refuse(decision.reason)
             self._remove_message(int(row[0]), counts)
-            key = (route.name, "queue_full")
+            # Deleting rows frees whole pages only now and then: measure again.
+            space.measured = self._pages_bytes()
+            key = (route.name, decision.reason)
             counts.dropped[key] = counts.dropped.get(key, 0) + 1
-        return not full()
 
     def _remove_message(self, message_id: int, counts: StoreCounts) -> None:
         """Delete a message and what is left of its deliveries; release a held ack."""
@@ -623,22 +864,39 @@ class Store:
             }
 
     def prune(self) -> int:
-        """Forget dedupe records past their horizon (see :func:`_forget_at`, at the latest
-        ``journal.dedupe_retention``); return how many."""
+        """Housekeeping: forget dedupe records past their horizon (at the latest
+        ``journal.dedupe_retention``) and record salts past the retention or the newest
+        :data:`~gateway.salt_memory.MAX_SALTS`; check the journal (``quick_check`` at most every
+        :data:`QUICK_CHECK_INTERVAL`). Returns how many dedupe records went."""
         with self._lock:
             now = self._clock()
+            self._check_integrity_locked(deep=now >= self._next_quick_check)
             # A record whose ack is still owed stays (its message can still come back).
             old = self._conn.execute(
                 "SELECT id, url FROM dedupe_log WHERE coalesce(forget_at, seen_at + ?) < ?"
                 " AND url NOT IN (SELECT url FROM acks) ORDER BY id",
                 (self._journal.dedupe_retention, now),
             ).fetchall()
-            if not old:
+            newest = self._conn.execute("SELECT max(id) FROM salts").fetchone()[0]
+            stale_salts = (
+                newest is not None
+                and self._conn.execute(
+                    "SELECT 1 FROM salts WHERE id <= ? OR seen_at < ? LIMIT 1",
+                    (int(newest) - MAX_SALTS, now - self._journal.dedupe_retention),
+                ).fetchone()
+            )
+            if not old and not stale_salts:
                 return 0
             with self._transaction():
                 self._conn.executemany(
                     "DELETE FROM dedupe_log WHERE id = ?", [(row[0],) for row in old]
                 )
+                if stale_salts:
+                    # Rowid order is arrival order: the stale ones are a prefix.
+                    self._conn.execute(
+                        "DELETE FROM salts WHERE id <= ? OR seen_at < ?",
+                        (int(newest) - MAX_SALTS, now - self._journal.dedupe_retention),
+                    )
             self._seen.difference_update(_url_key(row[1]) for row in old)
         return len(old)
 
@@ -704,6 +962,7 @@ class Store:
         counts = StoreCounts()
         with self._lock:
             now = self._clock()
+            space = _BatchSpace(self._pages_bytes())
             with self._transaction():
                 row = self._conn.execute(
                     f"SELECT {self._DEAD_COLUMNS} FROM dead_letters WHERE id = ?", (dead_id,)
@@ -720,8 +979,18 @@ class Store:
                     raise StoreError(
                         f"dead letter {dead_id}: route {dead.route!r} is not configured"
                     )
-                if not self._make_room(route, len(dead.plaintext), counts):
-                    raise StoreError(f"route {route.name}: queue full, not replayed")
+                room = self._make_room(route, len(dead.plaintext), counts, space)
+                if isinstance(room, policy.NeverFits):
+                    raise StoreError(
+                        f"dead letter {dead_id} ({len(dead.plaintext)} bytes) is larger than "
+                        f"route {route.name}'s queue or the journal can hold: not replayed"
+                    )
+                if isinstance(room, policy.Refuse):
+                    what = "queue" if room.reason == "queue_full" else "journal"
+                    raise StoreError(
+                        f"route {route.name}: the {what} is full, not replayed (try again once "
+                        "the gateway has delivered some)"
+                    )
                 message_id = self._insert_message(
                     route,
                     dead.push_message_url or f"dead-letter:{dead_id}",

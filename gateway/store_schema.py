@@ -100,7 +100,19 @@ CREATE TABLE upstream_state (
 ) WITHOUT ROWID
 """
 
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4)
+# v5: the record salts of journalled messages (gateway/salt_memory.py): a replay of the same
+# ciphertext is recognised by them. Append-only like dedupe_log (rowid order is arrival order, so
+# a commit dirties the last page only; no index on the random digest, which would dirty a random
+# page per message); the store keeps the last MAX_SALTS digests in memory and prunes the rest.
+SCHEMA_V5 = """
+CREATE TABLE salts (
+    id INTEGER PRIMARY KEY,
+    digest INTEGER NOT NULL,
+    seen_at REAL NOT NULL
+)
+"""
+
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5)
 CURRENT_VERSION = len(MIGRATIONS)
 
 
@@ -112,6 +124,11 @@ def _version(conn: sqlite3.Connection) -> int:
         return 0
     row = conn.execute("SELECT version FROM schema_version").fetchone()
     return int(row[0]) if row else 0
+
+
+def version(conn: sqlite3.Connection) -> int:
+    """The schema version of an open journal (0: an empty file)."""
+    return _version(conn)
 
 
 def migrate(conn: sqlite3.Connection, path: str) -> int:

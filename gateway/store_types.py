@@ -12,6 +12,28 @@ class StoreError(Exception):
     """The store cannot be opened or used safely; the message says why and what to do."""
 
 
+class JournalMissing(StoreError):
+    """There is no journal where one was asked for without creating it (a fresh state dir)."""
+
+
+JournalProblemKind = Literal["deleted", "replaced", "truncated", "corrupt"]
+
+
+@dataclass(frozen=True)
+class JournalProblem:
+    """Why the open journal can no longer be trusted with new messages."""
+
+    kind: JournalProblemKind
+    detail: str  # names the file and what happened to it
+
+    def __str__(self) -> str:
+        return (
+            f"{self.detail}: no message is acknowledged any more (the push service keeps them); "
+            "messages already journalled are still delivered. Restore the file and restart, or "
+            "restart with `fieldgate run --reset` for a new journal (new subscriptions)"
+        )
+
+
 @dataclass(frozen=True)
 class SubscriptionRecord:
     """One route's push subscription and its key material."""
@@ -40,7 +62,7 @@ class Incoming:
     redelivery: bool = False  # already committed by this process: not decrypted again
 
 
-IngestStatus = Literal["journalled", "duplicate", "dead_lettered", "refused", "expired"]
+IngestStatus = Literal["journalled", "duplicate", "replayed", "dead_lettered", "refused", "expired"]
 
 
 @dataclass(frozen=True)
@@ -50,8 +72,9 @@ class IngestResult:
     push_message_url: str
     status: IngestStatus
     message_id: str | None
-    # False only for the `delivered` policy while not every target has confirmed (a duplicate
-    # of such a message included): the DELETE then comes through the router's on_ack.
+    # False for the `delivered` policy while not every target has confirmed (a duplicate of
+    # such a message included): the DELETE then comes through the router's on_ack. False for a
+    # "refused" message too (a full queue): never acknowledged, the push service keeps it.
     ack_now: bool
 
 
@@ -103,6 +126,9 @@ class StoreCounts:
     journalled: dict[str, int] = field(default_factory=dict)  # by route
     duplicates: int = 0
     dropped: dict[tuple[str, str], int] = field(default_factory=dict)  # by (route, reason)
+    # not journalled nor acknowledged (left with the push service), by (route, reason)
+    refused: dict[tuple[str, str], int] = field(default_factory=dict)
+    replays: dict[str, int] = field(default_factory=dict)  # repeated record salts, by route
     expired: dict[str, int] = field(default_factory=dict)  # by route (ingest or queue)
     dead_letters: dict[str, int] = field(default_factory=dict)  # by reason
     # push message URLs of `delivered`-policy messages whose ack became owed without the router
@@ -115,6 +141,8 @@ class StoreCounts:
             self.journalled
             or self.duplicates
             or self.dropped
+            or self.refused
+            or self.replays
             or self.expired
             or self.dead_letters
             or self.released_acks
@@ -127,6 +155,10 @@ class StoreCounts:
         self.duplicates += other.duplicates
         for key, n in other.dropped.items():
             self.dropped[key] = self.dropped.get(key, 0) + n
+        for key, n in other.refused.items():
+            self.refused[key] = self.refused.get(key, 0) + n
+        for route, n in other.replays.items():
+            self.replays[route] = self.replays.get(route, 0) + n
         for route, n in other.expired.items():
             self.expired[route] = self.expired.get(route, 0) + n
         for reason, n in other.dead_letters.items():

@@ -273,7 +273,7 @@ class Chaos:
             routes = self.gateway.status()["routes"]
         except OSError:
             return False
-        return isinstance(routes, list) and all(r.get("push_resource") for r in routes)
+        return isinstance(routes, list) and all(r.get("push_resource_id") for r in routes)
 
     # ------------------------------------------------------------------ the application server
 

@@ -119,11 +119,13 @@ class SerialDevice:
 
 
 @contextlib.contextmanager
-def tmpfs(directory: Path, size: str = TMPFS_SIZE) -> Iterator[Path]:
-    """Mount a small tmpfs (mode 0700, as the gateway wants its state directory) for the run."""
+def tmpfs(directory: Path, size: str = TMPFS_SIZE, *, read_only: bool = False) -> Iterator[Path]:
+    """Mount a small tmpfs (mode 0700, as the gateway wants its state directory) for the run;
+    ``read_only``: one nothing can be written to (root included)."""
     directory.mkdir(parents=True, exist_ok=True)
+    options = ("ro," if read_only else "") + f"size={size},mode=0700"
     subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(directory)],
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(directory)],
         check=True,
         capture_output=True,
     )

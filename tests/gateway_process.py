@@ -15,6 +15,16 @@ from pathlib import Path
 import trio
 
 START_LIMIT = 20.0
+# One route to a log adapter writing to ``{deliveries}``: what the tests read back as "the device".
+LOG_ROUTE = """
+[adapters.out]
+type = "log"
+path = "{deliveries}"
+
+[[routes]]
+name = "valves"
+deliver = [ {{ adapter = "out" }} ]
+"""
 
 
 def free_port() -> int:
@@ -60,10 +70,13 @@ class GatewayProcess:
             self.proc.kill()
             self.proc.wait(10)
 
-    def __init__(self, config: Path, status_port: int, log_path: Path) -> None:
+    def __init__(
+        self, config: Path, status_port: int, log_path: Path, *, args: tuple[str, ...] = ()
+    ) -> None:
         self.config = config
         self.status_port = status_port
         self.log_path = log_path
+        self.args = args  # more `fieldgate run` arguments (--reset)
         self.proc: subprocess.Popen[bytes] | None = None
 
     async def start(self) -> None:
@@ -74,7 +87,7 @@ class GatewayProcess:
         env.pop("JOURNAL_STREAM", None)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(  # noqa: ASYNC220 - a child the test kills, never awaited
-                [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
+                [sys.executable, "-m", "gateway", "run", "--config", str(self.config), *self.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -117,3 +130,46 @@ class GatewayProcess:
 
     def status(self) -> dict[str, object]:
         return dict(json.loads(self.get("/status")))
+
+
+async def subscription_of(
+    gateway: GatewayProcess, config: Path, route: str = "valves"
+) -> dict[str, object]:
+    """A route's PushSubscription JSON, as ``fieldgate subscriptions`` prints it, once the
+    running gateway has subscribed it."""
+    from tests.agent_harness import wait_until
+
+    def subscribed() -> bool:
+        routes = gateway.status()["routes"]
+        assert isinstance(routes, list)
+        return any(r["name"] == route and r["push_resource_id"] for r in routes)
+
+    await wait_until(subscribed, f"route {route} subscribed")
+    out = await trio.run_process(
+        [sys.executable, "-m", "gateway", "subscriptions", "--config", str(config), route],
+        capture_stdout=True,
+    )
+    return dict(json.loads(out.stdout))
+
+
+async def send_all(info: dict[str, object], bodies: list[bytes], ttl: int = 600) -> None:
+    """POST each body with pywebpush (encrypted as an application server does), in a thread."""
+    from pywebpush import webpush
+
+    def post() -> None:
+        for body in bodies:
+            response = webpush(info, body, ttl=ttl)  # type: ignore[arg-type]
+            assert response.status_code == 201, response.text
+
+    await trio.to_thread.run_sync(post)
+
+
+def journalled_ids(deliveries: Path) -> dict[str, set[str]]:
+    """What a log adapter's delivery file shows: body -> the message ids it was delivered under
+    (a message journalled twice appears under two ids)."""
+    ids: dict[str, set[str]] = {}
+    if deliveries.exists():
+        for line in deliveries.read_text().splitlines():
+            record = json.loads(line)
+            ids.setdefault(record["body"], set()).add(record["id"])
+    return ids

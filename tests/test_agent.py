@@ -15,9 +15,7 @@ from pushservice.settings import ServiceSettings
 from tests.agent_harness import running, wait_until
 
 
-async def test_messages_arrive_decrypted_in_the_journal_and_are_acknowledged(
-    tmp_path, monkeypatch
-):
+async def test_messages_arrive_decrypted_in_the_journal_and_are_acknowledged(tmp_path, monkeypatch):
     # Finished acks are recorded with the next commit of messages, or alone after a while.
     monkeypatch.setattr("gateway.upstream.journal.ACK_RECORD_DELAY", 0.2)
     async with running(tmp_path, routes=("valves", "pumps")) as run:

@@ -18,8 +18,15 @@ import trio
 
 from pushservice.autopush import AutopushService, AutopushSettings
 from tests.agent_harness import wait_until
-from tests.gateway_process import GatewayProcess, free_port, write_config
-from tests.test_gateway_crash import ROUTES, _journalled, _send, _subscription
+from tests.gateway_process import (
+    LOG_ROUTE,
+    GatewayProcess,
+    free_port,
+    journalled_ids,
+    send_all,
+    subscription_of,
+    write_config,
+)
 
 
 @pytest.fixture
@@ -39,7 +46,7 @@ async def _setup(tmp_path: Path, nursery: trio.Nursery) -> tuple[AutopushService
         service.ws_url,
         tmp_path / "state",
         status_port=status_port,
-        body=ROUTES.format(deliveries=deliveries),
+        body=LOG_ROUTE.format(deliveries=deliveries),
     )
     return service, config, deliveries, status_port
 
@@ -53,12 +60,12 @@ async def test_killed_between_journal_commit_and_ack(tmp_path, stack):
         service, config, deliveries, port = await _setup(tmp_path, nursery)
         gateway = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
         await gateway.start()
-        info = await _subscription(gateway, config)
+        info = await subscription_of(gateway, config)
         # The service drops the acks: every message is journalled, none acknowledged.
         service.ignore_acks = True
         bodies = [b"msg-%d" % i for i in range(5)]
-        await _send(info, bodies)
-        await wait_until(lambda: len(_journalled(deliveries)) == 5, "five journalled")
+        await send_all(info, bodies)
+        await wait_until(lambda: len(journalled_ids(deliveries)) == 5, "five journalled")
         await wait_until(lambda: service.counters.acks_ignored >= 5, "five acks dropped")
         gateway.kill()
         assert _stored(service) == 5
@@ -67,7 +74,7 @@ async def test_killed_between_journal_commit_and_ack(tmp_path, stack):
         restarted = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
         await restarted.start()
         await wait_until(lambda: _stored(service) == 0, "every message acknowledged")
-        journal = _journalled(deliveries)
+        journal = journalled_ids(deliveries)
         assert sorted(journal) == sorted(b.decode() for b in bodies)
         assert all(len(ids) == 1 for ids in journal.values()), journal
         assert restarted.metric("fieldgate_messages_journalled_total") == 0  # all duplicates
@@ -81,26 +88,26 @@ async def test_killed_between_receipt_and_commit(tmp_path, stack):
         service, config, deliveries, port = await _setup(tmp_path, nursery)
         gateway = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
         await gateway.start()
-        info = await _subscription(gateway, config)
+        info = await subscription_of(gateway, config)
         # Hold the journal's write lock: messages arrive but cannot be committed.
         blocker = sqlite3.connect(tmp_path / "state" / "journal.sqlite3", isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
         bodies = [b"late-%d" % i for i in range(3)]
-        await _send(info, bodies)
+        await send_all(info, bodies)
         await wait_until(
             lambda: gateway.metric("fieldgate_messages_received_total") == 3, "three received"
         )
         gateway.kill()
         blocker.rollback()
         blocker.close()
-        assert _journalled(deliveries) == {}
+        assert journalled_ids(deliveries) == {}
         assert _stored(service) == 3  # never acknowledged
 
         restarted = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
         await restarted.start()
         await wait_until(lambda: _stored(service) == 0, "every message acknowledged")
-        await wait_until(lambda: len(_journalled(deliveries)) == len(bodies), "every delivery")
-        journal = _journalled(deliveries)
+        await wait_until(lambda: len(journalled_ids(deliveries)) == len(bodies), "every delivery")
+        journal = journalled_ids(deliveries)
         assert sorted(journal) == sorted(b.decode() for b in bodies)
         assert all(len(ids) == 1 for ids in journal.values()), journal
         assert restarted.terminate() == 0

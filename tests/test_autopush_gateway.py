@@ -23,7 +23,7 @@ from pywebpush import webpush
 from adapters.log_config import LogAdapterConfig, LogTarget
 from gateway.app import Gateway
 from gateway.config import Config, PushConfig, RouteConfig, StatusConfig
-from gateway.status_schema import status_errors
+from gateway.status_schema import STATUS_SCHEMA_VERSION, status_errors
 from gateway.webpush.b64 import b64url_encode
 from pushservice.autopush import AutopushService, AutopushSettings
 from tests.agent_harness import Receiver, wait_until
@@ -179,7 +179,14 @@ async def test_live_stopped_cut_and_reset_uaid_lose_nothing_and_duplicate_nothin
             assert 0 <= autopush["uaid_age"] < 60 and autopush["last_hello"] is not None
             assert autopush["notifications"] >= 26
             assert (
-                status_errors({"schema": 1, "health": {"ok": True, "reason": ""}, **document}) == []
+                status_errors(
+                    {
+                        "schema": STATUS_SCHEMA_VERSION,
+                        "health": {"ok": True, "reason": ""},
+                        **document,
+                    }
+                )
+                == []
             )
             secrets = [uaid, gateway.store.upstream_value("autopush.uaid")]
             secrets += [r.subscription_url for r in gateway.store.subscriptions()]

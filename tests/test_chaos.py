@@ -2,7 +2,8 @@
 
 The reconciliation is pure logic and is tested on hand-made ledgers (each discrepancy it must
 catch); the proxy over real loopback sockets; then a whole run of ~1,500 messages.
-``CHAOS_SEED`` replays a failing run (the seed is in the failure message).
+``CHAOS_SEED`` replays a failing run (the seed is in the failure message); a second run always
+uses seed 12345 (the run that once delivered an expired message).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import trio
 
 from tests.chaos import FAULT_KINDS, ChaosOptions, run_chaos
@@ -165,8 +167,19 @@ async def test_proxy_closes_the_client_when_the_service_is_down() -> None:
 # ---------------------------------------------------------------------- the run
 
 
-async def test_short_chaos_run_loses_nothing(tmp_path: Path) -> None:
-    seed = int(os.environ.get("CHAOS_SEED", random.randrange(2**32)))
+# The seed whose 20,000-message run once delivered an expired message (serial-stored, ttl 2,
+# +2.6 s): the TTL was counted from the gateway's receipt instead of the service's push, and the
+# serial link could retransmit a message's frames past its deadline.
+EXPIRED_BUT_ARRIVED_SEED = 12345
+
+
+@pytest.mark.parametrize("seeded", [False, True], ids=["random-seed", "seed-12345"])
+async def test_short_chaos_run_loses_nothing(tmp_path: Path, seeded: bool) -> None:
+    seed = (
+        EXPIRED_BUT_ARRIVED_SEED
+        if seeded
+        else int(os.environ.get("CHAOS_SEED", random.randrange(2**32)))
+    )
     options = ChaosOptions(
         messages=1500,
         seed=seed,
@@ -174,6 +187,8 @@ async def test_short_chaos_run_loses_nothing(tmp_path: Path) -> None:
         rate=60.0,  # ~25 s of sending: faults happen while messages flow
         fault_gap=(0.5, 1.5),
         fault_hold=(0.5, 1.5),
+        # The seeded run is about expiry: twice the share of messages with a TTL of seconds.
+        short_ttl_share=0.3 if seeded else ChaosOptions.short_ttl_share,
     )
     result = await run_chaos(options, tmp_path)
     assert result.ok, f"seed {seed}\n{result.text}"

@@ -105,6 +105,20 @@ BAD_CONFIGS = [
         "service",
     ),
     (
+        "push-service-port-out-of-range",
+        "[push]\nservice = 'https://push.example.net:99999/subscribe'\n",
+        "push.service",
+        "port 99999 out of range (1 to 65535)",
+        "service",
+    ),
+    (
+        "distribute-url-port-not-a-number",
+        document(route='distribute_url = "https://app.example:80a/subscriptions"'),
+        "routes[0].distribute_url",
+        'the port "80a" is not a number',
+        "distribute_url",
+    ),
+    (
         "push-without-service",
         '[push]\nkeepalive = "30s"\n',
         "push.service",
@@ -518,6 +532,12 @@ def test_a_bad_configuration_names_the_key_the_reason_and_the_line(text, key_pat
     rendered = str(problem)
     assert rendered.startswith(f"{SOURCE}:")
     assert f": {key_path}: " in rendered
+
+
+def test_a_port_out_of_range_is_not_called_a_wrong_scheme():
+    (problem,) = problems_of("[push]\nservice = 'https://push.example.net:99999/subscribe'\n")
+    assert "https://" not in problem.message.split(" in ")[0]
+    assert "expected an https:// URL" not in problem.message
 
 
 def test_there_are_at_least_25_distinct_bad_configurations():

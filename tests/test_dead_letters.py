@@ -82,6 +82,7 @@ def test_list_show_replay_purge(config, capsys):
     assert "no plaintext" in err
     status, out, _ = cli(capsys, "replay", "2", "--config", str(config))
     assert status == 0 and "replayed as message" in out
+    assert "no gateway is running" in out and "delivered when the gateway starts" in out
 
     loaded = load_config(config)
     store = Store.open(loaded.push.state_dir, journal=loaded.journal)
@@ -89,7 +90,13 @@ def test_list_show_replay_purge(config, capsys):
     assert [d.id for d in store.dead_letters()] == [1]
     store.close()
 
-    status, out, _ = cli(capsys, "purge", "--config", str(config))
+    # No ids: nothing is deleted without being told so.
+    status, out, err = cli(capsys, "purge", "--config", str(config))
+    assert (status, out) == (2, "") and "--all" in err
+    status, out, err = cli(capsys, "purge", "--all", "--config", str(config))  # not a terminal
+    assert (status, out.strip()) == (1, "nothing purged") and "--yes" in err
+    assert cli(capsys, "list", "--config", str(config))[1].strip() != "no dead letters"
+    status, out, _ = cli(capsys, "purge", "--all", "--yes", "--config", str(config))
     assert (status, out.strip()) == (0, "purged 1 dead letter")
     status, out, _ = cli(capsys, "list", "--config", str(config))
     assert out.strip() == "no dead letters"

@@ -7,55 +7,26 @@ log adapter's delivery file: a message journalled twice would appear under two m
 
 from __future__ import annotations
 
-import json
 import sqlite3
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 import trio
-from pywebpush import webpush
 
 from pushservice.service import PushService
 from pushservice.settings import ServiceSettings
 from tests.agent_harness import wait_until
-from tests.gateway_process import GatewayProcess, free_port, write_config
-
-ROUTES = """
-[adapters.out]
-type = "log"
-path = "{deliveries}"
-
-[[routes]]
-name = "valves"
-deliver = [ {{ adapter = "out" }} ]
-"""
-
-
-async def _subscription(gateway: GatewayProcess, config: Path) -> dict[str, object]:
-    """The route's PushSubscription JSON, as ``fieldgate subscriptions`` prints it."""
-
-    def subscribed() -> bool:
-        routes = gateway.status()["routes"]
-        return bool(routes[0]["push_resource"])  # type: ignore[index]
-
-    await wait_until(subscribed, "the route subscribed")
-    out = await trio.run_process(
-        [sys.executable, "-m", "gateway", "subscriptions", "--config", str(config), "valves"],
-        capture_stdout=True,
-    )
-    return dict(json.loads(out.stdout))
-
-
-async def _send(info: dict[str, object], bodies: list[bytes]) -> None:
-    def post() -> None:
-        for body in bodies:
-            response = webpush(info, body, ttl=600)  # type: ignore[arg-type]
-            assert response.status_code == 201, response.text
-
-    await trio.to_thread.run_sync(post)
+from tests.gateway_process import (
+    LOG_ROUTE,
+    GatewayProcess,
+    free_port,
+    journalled_ids,
+    send_all,
+    subscription_of,
+    write_config,
+)
 
 
 @pytest.fixture
@@ -63,16 +34,6 @@ def stack() -> Iterator[ExitStack]:
     """Gateways entered here are killed when the test ends, whatever happened."""
     with ExitStack() as exit_stack:
         yield exit_stack
-
-
-def _journalled(deliveries: Path) -> dict[str, set[str]]:
-    """body -> the message ids it was delivered under."""
-    ids: dict[str, set[str]] = {}
-    if deliveries.exists():
-        for line in deliveries.read_text().splitlines():
-            record = json.loads(line)
-            ids.setdefault(record["body"], set()).add(record["id"])
-    return ids
 
 
 async def _setup(tmp_path: Path, nursery: trio.Nursery) -> tuple[PushService, Path, Path, int]:
@@ -85,7 +46,7 @@ async def _setup(tmp_path: Path, nursery: trio.Nursery) -> tuple[PushService, Pa
         service.subscribe_url,
         tmp_path / "state",
         status_port=status_port,
-        body=ROUTES.format(deliveries=deliveries),
+        body=LOG_ROUTE.format(deliveries=deliveries),
     )
     return service, config, deliveries, status_port
 
@@ -95,12 +56,12 @@ async def test_killed_between_journal_commit_and_ack(tmp_path, stack):
         service, config, deliveries, port = await _setup(tmp_path, nursery)
         gateway = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
         await gateway.start()
-        info = await _subscription(gateway, config)
+        info = await subscription_of(gateway, config)
         # The service refuses the DELETEs: every message is journalled, none acknowledged.
         service.faults.fail_requests(500, count=5, methods=("DELETE",), paths="message")
         bodies = [b"msg-%d" % i for i in range(5)]
-        await _send(info, bodies)
-        await wait_until(lambda: len(_journalled(deliveries)) == 5, "five journalled")
+        await send_all(info, bodies)
+        await wait_until(lambda: len(journalled_ids(deliveries)) == 5, "five journalled")
         await wait_until(
             lambda: gateway.metric("fieldgate_ack_failures_total") >= 5, "five refused acks"
         )
@@ -111,8 +72,8 @@ async def test_killed_between_journal_commit_and_ack(tmp_path, stack):
         await restarted.start()
         await wait_until(lambda: service.pending_messages() == 0, "every message acknowledged")
         # Stored policy: delivery follows the ack, so wait for the device side too.
-        await wait_until(lambda: len(_journalled(deliveries)) == len(bodies), "every delivery")
-        journal = _journalled(deliveries)
+        await wait_until(lambda: len(journalled_ids(deliveries)) == len(bodies), "every delivery")
+        journal = journalled_ids(deliveries)
         assert sorted(journal) == sorted(b.decode() for b in bodies)
         assert all(len(ids) == 1 for ids in journal.values()), journal
         assert restarted.metric("fieldgate_messages_journalled_total") == 0  # all duplicates
@@ -125,27 +86,27 @@ async def test_killed_between_receipt_and_commit(tmp_path, stack):
         service, config, deliveries, port = await _setup(tmp_path, nursery)
         gateway = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
         await gateway.start()
-        info = await _subscription(gateway, config)
+        info = await subscription_of(gateway, config)
         # Hold the journal's write lock: messages arrive but cannot be committed.
         blocker = sqlite3.connect(tmp_path / "state" / "journal.sqlite3", isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
         bodies = [b"late-%d" % i for i in range(3)]
-        await _send(info, bodies)
+        await send_all(info, bodies)
         await wait_until(
             lambda: gateway.metric("fieldgate_messages_received_total") == 3, "three received"
         )
         gateway.kill()
         blocker.rollback()
         blocker.close()
-        assert _journalled(deliveries) == {}
+        assert journalled_ids(deliveries) == {}
         assert service.pending_messages() == 3  # never acknowledged
 
         restarted = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
         await restarted.start()
         await wait_until(lambda: service.pending_messages() == 0, "every message acknowledged")
         # Stored policy: delivery follows the ack, so wait for the device side too.
-        await wait_until(lambda: len(_journalled(deliveries)) == len(bodies), "every delivery")
-        journal = _journalled(deliveries)
+        await wait_until(lambda: len(journalled_ids(deliveries)) == len(bodies), "every delivery")
+        journal = journalled_ids(deliveries)
         assert sorted(journal) == sorted(b.decode() for b in bodies)
         assert all(len(ids) == 1 for ids in journal.values()), journal
         assert restarted.terminate() == 0

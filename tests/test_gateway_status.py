@@ -15,7 +15,7 @@ from pywebpush import webpush
 
 from adapters.log_config import LogAdapterConfig, LogTarget
 from adapters.mqtt_config import MqttAdapterConfig, MqttTarget
-from gateway.status_schema import status_errors
+from gateway.status_schema import capability_id, status_errors
 from gateway.webpush.crypto import PushSubscriptionInfo, SubscriptionKeys
 from tests.agent_harness import wait_until
 from tests.pipeline import Pipeline, route, running_gateway
@@ -69,7 +69,13 @@ async def test_every_metric_moves_with_its_event_and_health_flips(tmp_path):
         status, body = await trio.to_thread.run_sync(_get, run, "/status")
         document = json.loads(body)
         assert status == 200 and status_errors(document) == []
-        assert document["routes"][0]["push_resource"]
+        # Capabilities stay out: the push resource and the set appear as identifiers only.
+        [record] = run.gateway.store.subscriptions()
+        assert document["routes"][0]["push_resource_id"] == capability_id(record.push_url)
+        assert [s["id"] for s in document["sets"]] == [capability_id(str(record.set_url))]
+        page = (await trio.to_thread.run_sync(_get, run, "/"))[1]
+        for capability in (record.push_url, record.set_url, record.subscription_url):
+            assert str(capability).encode() not in body + page
 
         before = run.gateway.metrics()
         await run.send("valves", b"one")

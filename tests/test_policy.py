@@ -43,6 +43,21 @@ def test_deadline_counts_from_last_modified_and_a_ttl_header_can_only_shorten_it
     assert deadline((("last-modified", future),), received_at=1010.0, max_age=60) == 1070.0
 
 
+def test_the_ttl_counts_from_when_the_service_pushed_the_message():
+    # The chaos run's "expired but arrived" (seed 12345, ttl 2): after a reconnect the service
+    # pushed a backlog, each message with the TTL it had left then; the gateway received this
+    # one 3 s later and counted its TTL from receipt, so it lived 3 s longer than it should.
+    pushed = "Thu, 01 Jan 1970 00:16:40 GMT"  # 1000 s after the epoch
+    headers = (("ttl", "2"), ("date", pushed))
+    assert policy.deadline(headers, received_at=1003.0, max_age=3600) == 1002.0
+    late = incoming(headers=headers, received_at=1003.0)
+    assert policy.dispose(late, ROUTES, 1003.0) == policy.Expired("stored")
+    # A Date ahead of our clock (ours is slow) never extends it either; garbage is ignored.
+    ahead = (("ttl", "2"), ("date", "Thu, 01 Jan 1970 00:20:00 GMT"))
+    assert policy.deadline(ahead, received_at=1003.0, max_age=3600) == 1005.0
+    assert policy.deadline((("ttl", "2"), ("date", "x")), received_at=1003.0, max_age=60) == 1005.0
+
+
 def test_the_ttl_header_is_parsed_in_one_place():
     assert policy.ttl_seconds((("ttl", " 30 "),)) == 30
     for bad in ("-1", "1.5", "", "٣", "1e3"):

@@ -34,23 +34,13 @@ from gateway.store import Store
 from pushservice.service import PushService
 from pushservice.settings import ServiceSettings
 from tests.agent_harness import wait_until
-from tests.gateway_process import GatewayProcess, free_port, write_config
+from tests.gateway_process import LOG_ROUTE, GatewayProcess, free_port, write_config
 
 SEED = 20261125
 KILLS = 8
 # Kill between these many seconds after messages start flowing (a few to a few dozen commits).
 KILL_AFTER = (0.05, 1.0)
 SQLITE_SYNCHRONOUS_FULL = 2
-
-ROUTES = """
-[adapters.out]
-type = "log"
-path = "{deliveries}"
-
-[[routes]]
-name = "valves"
-deliver = [ {{ adapter = "out" }} ]
-"""
 
 
 @pytest.fixture
@@ -128,7 +118,7 @@ async def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path, stack: Ex
             service.subscribe_url,
             tmp_path / "state",
             status_port=status_port,
-            body=ROUTES.format(deliveries=deliveries),
+            body=LOG_ROUTE.format(deliveries=deliveries),
         )
         log_path = tmp_path / "gateway.log"
         sender: Sender | None = None

@@ -21,7 +21,13 @@ from pywebpush import WebPushException, webpush
 
 from pushservice.service import PushService
 from pushservice.settings import ServiceSettings
-from tests.gateway_process import GatewayProcess, write_config
+from tests.gateway_process import (
+    LOG_ROUTE,
+    GatewayProcess,
+    journalled_ids,
+    subscription_of,
+    write_config,
+)
 from tests.postgres import Postgres, pg_url_fixture, postgres_fixture  # noqa: F401
 from tests.pushservice_client import (
     REL_PUSH,
@@ -36,7 +42,6 @@ from tests.pushservice_client import (
     sync,
 )
 from tests.pushservice_nodes import HAProxy, NodeProcess, free_port, wait_for
-from tests.test_gateway_crash import ROUTES, _journalled, _subscription
 
 REDELIVERY = 1.0
 
@@ -272,11 +277,11 @@ async def test_two_nodes_lose_nothing_when_a_node_dies_and_postgres_restarts(
             f"{proxy.url}/subscribe",
             gw_dir / "state",
             status_port=status_port,
-            body=ROUTES.format(deliveries=delivered),
+            body=LOG_ROUTE.format(deliveries=delivered),
         )
         gateway = stack.enter_context(GatewayProcess(config, status_port, gw_dir / "gateway.log"))
         await gateway.start()
-        infos.append(await _subscription(gateway, config))
+        infos.append(await subscription_of(gateway, config))
         gateways.append(gateway)
         deliveries.append(delivered)
     senders = Senders(infos, MESSAGES)
@@ -306,7 +311,7 @@ async def test_two_nodes_lose_nothing_when_a_node_dies_and_postgres_restarts(
     def all_delivered() -> bool:
         bodies = set()
         for path in deliveries:
-            bodies |= set(_journalled(path))
+            bodies |= set(journalled_ids(path))
         return set(senders.accepted.values()) <= bodies
 
     await wait_for(all_delivered, "every accepted message on a device side", 120)

@@ -102,7 +102,7 @@ async def test_sighup_reloads_and_a_broken_file_keeps_the_running_configuration(
 
     def route_names(gateway: GatewayProcess) -> set[str]:
         routes = gateway.status()["routes"]
-        return {r["name"] for r in routes if r["push_resource"]}  # type: ignore[index, union-attr]
+        return {r["name"] for r in routes if r["push_resource_id"]}  # type: ignore[index, union-attr]
 
     async with trio.open_nursery() as nursery:
         await nursery.start(partial(service.serve, "127.0.0.1", 0))

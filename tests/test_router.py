@@ -281,7 +281,8 @@ async def test_queue_full_policies_are_counted(tmp_path):
         for name in ("drop", "refuse"):
             h.ingest(*(push(f"{name}{i}", b"%d" % i, route_name=name) for i in range(5)))
         assert h.count("fieldgate_messages_dropped_total", route="drop", reason="queue_full") == 3
-        assert h.count("fieldgate_messages_dropped_total", route="refuse", reason="queue_full") == 3
+        assert h.count("fieldgate_messages_refused_total", route="refuse", reason="queue_full") == 3
+        assert h.count("fieldgate_messages_dropped_total", route="refuse", reason="queue_full") == 0
         h.router.publish_gauges()  # as a scrape does
         depth = h.metrics.get("fieldgate_queue_depth")
         assert depth.get(route="drop") == depth.get(route="refuse") == 2  # type: ignore[union-attr]

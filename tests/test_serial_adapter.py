@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -10,7 +15,7 @@ import msgpack
 import pytest
 import trio
 
-from adapters.base import Delivered, Message, Rejected, RetryLater
+from adapters.base import Delivered, Expired, Message, Rejected, RetryLater
 from adapters.serial import SerialAdapter
 from adapters.serial_config import SerialAdapterConfig, SerialTarget
 from adapters.seriallink import message_id
@@ -208,3 +213,61 @@ async def test_silent_device_means_link_down(tmp_path, sims):
             assert isinstance(outcome, RetryLater)
     finally:
         sim.proc.send_signal(18)
+
+
+async def test_no_frame_of_a_message_goes_out_after_its_deadline(tmp_path, sims):
+    # A device that answers each frame 300 ms late and takes 28-byte fragments: a 100-byte
+    # message needs four round trips, 1.2 s, and its deadline is 0.5 s away. The device acts on
+    # the last fragment only, which must then never be sent.
+    sim = start_simulator(tmp_path / "record", ["--max-payload", "32", "--delay", "300"])
+    sims.append(sim)
+    async with running(SerialAdapter(config(Path(sim.pty), ack_timeout=1.0))) as adapter:
+        assert isinstance(await adapter.deliver(message(1), RAW), Delivered)  # the link is up
+        late = Message("msg-2", "door", bytes(100), time.time(), time.time() + 0.5)
+        outcome = await adapter.deliver(late, RAW)
+        assert isinstance(outcome, Expired), outcome
+        assert "deadline passed" in outcome.detail
+        assert time.time() >= late.expires_at  # type: ignore[operator]
+        assert isinstance(await adapter.deliver(message(3), RAW), Delivered)  # link still fine
+        assert adapter.health().counters.get("tx_expired") == 1
+    assert [body for _, body in sim.processed()] == [b"m00001", b"m00003"]
+
+
+async def test_a_missing_port_is_logged_once_and_its_return_once(tmp_path, sims, caplog):
+    caplog.set_level(logging.INFO, logger="fieldgate.serial")
+    by_id = tmp_path / "usb-fieldgate-sim-if00"
+    adapter = SerialAdapter(config(by_id, reopen_base=0.02, reopen_cap=0.05))
+    async with running(adapter):
+        await trio.sleep(0.5)  # a dozen attempts to open it
+        missing = [r for r in caplog.records if "cannot be opened" in r.getMessage()]
+        assert len(missing) == 1 and missing[0].levelno == logging.WARNING
+        assert f"{by_id} cannot be opened (No such file or directory)" in missing[0].getMessage()
+        sim = start_simulator(tmp_path / "record")
+        sims.append(sim)
+        point_symlink(by_id, sim.pty)
+        assert isinstance(await adapter.deliver(message(1), RAW), Delivered)
+    back = [r for r in caplog.records if r.getMessage().endswith(" is back")]
+    assert len(back) == 1
+    assert len([r for r in caplog.records if "cannot be opened" in r.getMessage()]) == 1
+
+
+async def test_a_port_that_takes_no_bytes_does_not_hold_a_delivery(tmp_path, sims):
+    # The device stops reading and its buffer fills: a delivery waits for room (so that its
+    # deadline is checked when the bytes can go), but not for ever.
+    sim = start_simulator(tmp_path / "record")
+    sims.append(sim)
+    cfg = config(Path(sim.pty), ping_interval=30.0, ack_timeout=0.1, max_tries=3)
+    async with running(SerialAdapter(cfg)) as adapter:
+        assert isinstance(await adapter.deliver(message(1), RAW), Delivered)
+        sim.proc.send_signal(signal.SIGSTOP)
+        filler = os.open(sim.pty, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    os.write(filler, b"\x00" * 4096)
+            with trio.fail_after(5):
+                outcome = await adapter.deliver(message(2), RAW)
+        finally:
+            os.close(filler)
+            sim.proc.send_signal(signal.SIGCONT)
+        assert isinstance(outcome, RetryLater) and "takes no bytes" in outcome.reason

@@ -273,3 +273,51 @@ def test_idle_ping_and_down_after_missed_pongs():
 
 def test_message_id_is_crc32_of_the_journal_id():
     assert sl.message_id("123456789") == 0xCBF43926
+
+
+# ---- a message's deadline: no frame of it goes out after it ----------------------------------
+
+
+def test_no_retransmission_after_the_deadline():
+    ep = connected()
+    assert ep.send_message(5, b"x", 1.0, deadline=1.15) == []
+    first = ep.data_to_send()
+    assert ep.timer_expired(1.11) == [] and ep.data_to_send() == first  # before it: resent
+    assert ep.timer_expired(1.22) == [sl.MessageExpired(5, 1)]
+    assert ep.data_to_send() == b"" and not ep.busy
+    assert ep.state is sl.State.READY  # the link is fine; only the message is over
+    ep.send_message(6, b"y", 1.3)  # the next message goes out as usual
+    assert frames_of(ep.data_to_send())[0].payload[:4] == (6).to_bytes(4, "big")
+
+
+def test_no_further_fragment_after_the_deadline():
+    ep = connected()
+    ep.send_message(9, bytes(70), 0.0, deadline=0.5)  # three fragments
+    ep.data_to_send()
+    ep.receive_data(sl.encode_frame(sl.FrameType.ACK, 0), 0.2)
+    (second,) = frames_of(ep.data_to_send())
+    assert second.type == sl.FrameType.DATA_MORE
+    assert ep.receive_data(sl.encode_frame(sl.FrameType.ACK, 1), 0.5) == [sl.MessageExpired(9, 2)]
+    assert ep.data_to_send() == b""  # the last fragment (the one the device acts on) never goes
+
+
+def test_no_resend_after_a_device_reboot_past_the_deadline():
+    ep = connected()
+    ep.send_message(4, b"x", 0.0, deadline=1.0)
+    ep.data_to_send()
+    ep.receive_data(sl.encode_frame(sl.FrameType.HELLO, 0, msgpack.packb(DEVICE)), 0.5)
+    ep.data_to_send()
+    ack = sl.encode_frame(sl.FrameType.HELLO_ACK, 0, msgpack.packb(DEVICE))
+    events = ep.receive_data(ack, 1.2)
+    assert isinstance(events[0], sl.LinkUp) and events[1:] == [sl.MessageExpired(4, 1)]
+    assert ep.data_to_send() == b""
+
+
+def test_no_nak_resend_after_the_deadline_and_none_sent_when_already_past():
+    ep = connected()
+    ep.send_message(5, b"x", 0.0, deadline=0.05)
+    ep.data_to_send()
+    assert ep.receive_data(sl.encode_frame(sl.FrameType.NAK, 0), 0.06) == [sl.MessageExpired(5, 1)]
+    assert ep.data_to_send() == b""
+    assert ep.send_message(6, b"y", 1.0, deadline=1.0) == [sl.MessageExpired(6, 0)]
+    assert ep.data_to_send() == b"" and not ep.busy

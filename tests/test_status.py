@@ -3,6 +3,7 @@ socket, hostile clients, ``fieldgate status`` and the page in headless Chromium.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import stat
@@ -25,6 +26,7 @@ from fieldgate_common.status_http import (
     MAX_CONNECTIONS,
     MAX_REQUEST_HEAD_BYTES,
     REQUEST_READ_TIMEOUT,
+    ListenError,
     TcpAddress,
     UnixAddress,
     client_allowed,
@@ -37,13 +39,22 @@ from fieldgate_common.status_http import (
 from gateway.commands.status import listen_from_config, render_status
 from gateway.status_client import FetchError, endpoint_from_url, fetch
 from gateway.status_format import format_ago, format_duration
+from gateway.status_model import (
+    RouteDelivery,
+    RouteSnapshot,
+    StatusSnapshot,
+    SubscriptionSnapshot,
+    UpstreamSnapshot,
+)
 from gateway.status_page import render_status_page
 from gateway.status_schema import (
     STATUS_SCHEMA,
     STATUS_SCHEMA_VERSION,
+    capability_id,
     provider_errors,
     status_errors,
 )
+from gateway.status_schema import status_document as build_status_document
 
 # ---------------------------------------------------------------- helpers
 
@@ -56,11 +67,11 @@ def sample_document(now: float) -> dict[str, object]:
             "since": now - 330.0,
             "service": "https://push.example/subscribe",
         },
-        "sets": [{"url": "https://push.example/set/abc", "routes": ["thermostats", "doors"]}],
+        "sets": [{"id": "5e0d3f1a", "routes": ["thermostats", "doors"]}],
         "routes": [
             {
                 "name": "thermostats",
-                "push_resource": "https://push.example/p/thermo",
+                "push_resource_id": "c0ffee12",
                 "subscription_age": 7200.0,
                 "queue_depth": 3,
                 "last_message": now - 12.0,
@@ -69,7 +80,7 @@ def sample_document(now: float) -> dict[str, object]:
             },
             {
                 "name": "doors",
-                "push_resource": None,
+                "push_resource_id": None,
                 "subscription_age": None,
                 "queue_depth": 0,
                 "last_message": None,
@@ -232,7 +243,7 @@ def test_status_document_follows_the_schema():
     document = status_document(provider)
     assert status_errors(document) == []
     assert document["health"] == {"ok": False, "reason": "push service unreachable"}
-    assert document["schema"] == 1
+    assert document["schema"] == STATUS_SCHEMA_VERSION
     # The served document survives JSON round trip unchanged (no Python-only types).
     assert json.loads(json.dumps(document)) == document
 
@@ -441,10 +452,21 @@ async def test_foreign_host_header_is_refused(nursery):
 
 
 async def test_non_loopback_bind_needs_allow_remote():
-    with pytest.raises(ValueError, match="not a loopback address"):
+    with pytest.raises(ListenError, match="not a loopback address"):
         await serve_status("0.0.0.0:0", FakeGateway())
-    with pytest.raises(ValueError):
+    with pytest.raises(ListenError):
         await serve_status("nonsense", FakeGateway())
+
+
+async def test_a_port_in_use_is_one_clear_error(nursery):
+    address = await start(nursery, FakeGateway())
+    with pytest.raises(ListenError, match=f"cannot listen on {address}: Address already in use"):
+        await serve_status(address, FakeGateway())
+
+
+async def test_a_socket_in_a_missing_directory_is_one_clear_error(tmp_path):
+    with pytest.raises(ListenError, match="No such file or directory"):
+        await serve_status(f"unix:{tmp_path}/missing/status.sock", FakeGateway())
 
 
 async def test_slowloris_is_cut_off_and_the_server_carries_on(nursery, autojump_clock):
@@ -477,7 +499,7 @@ async def test_connections_beyond_the_cap_get_503(nursery, autojump_clock):
 async def test_unix_socket_is_private_and_removed_on_exit(tmp_path):
     path = tmp_path / "status.sock"
     path.write_text("")  # a regular file is never replaced
-    with pytest.raises(FileExistsError):
+    with pytest.raises(ListenError, match="exists and is not a socket"):
         await serve_status(f"unix:{path}", FakeGateway())
     path.unlink()
     async with trio.open_nursery() as nursery:
@@ -623,3 +645,36 @@ async def test_page_renders_in_headless_chromium(nursery, tmp_path):
     assert len(colours) > 10, "the screenshot is (almost) one flat colour"
     # The green "Working" banner is at the top of the page.
     assert bytes((0x1E, 0x7D, 0x3A)) in {rows[5][i : i + 3] for i in range(0, len(rows[5]), bpp)}
+
+
+# ---------------------------------------------------------------- no capabilities
+
+
+def test_the_document_names_capabilities_by_identifier_only():
+    push_url = "https://push.example/p/3f9a-secret-push-resource"
+    set_url = "https://push.example/s/77aa-secret-set"
+    snapshot = StatusSnapshot(
+        now=1000.0,
+        version="0.1.0",
+        uptime=5.0,
+        upstream=UpstreamSnapshot(
+            "connected",
+            990.0,
+            "https://user:pw@push.example/subscribe?token=t0ken",
+            f"DELETE {push_url}/m/1 answered 500",
+            None,
+        ),
+        routes=(RouteSnapshot("r", "stored", ("log",), RouteDelivery(0, 0, None, None, None)),),
+        subscriptions=(SubscriptionSnapshot("r", push_url, set_url, 900.0),),
+        adapters=(),
+    )
+    document = build_status_document(snapshot)
+    assert provider_errors(document) == []
+    text = json.dumps(document)
+    for secret in ("secret", "t0ken", "user:pw"):
+        assert secret not in text
+    assert document["routes"][0]["push_resource_id"] == capability_id(push_url)  # type: ignore[index]
+    assert document["sets"] == [{"id": capability_id(set_url), "routes": ["r"]}]
+    assert document["upstream"]["service"] == "https://push.example/subscribe"  # type: ignore[index]
+    assert capability_id(push_url) == hashlib.sha256(push_url.encode()).hexdigest()[:8]
+    assert STATUS_SCHEMA_VERSION == 2

@@ -260,15 +260,20 @@ def test_already_expired_message_is_not_journalled(tmp_path):
 # -- bounded queue ----------------------------------------------------------------------------
 
 
-def test_refuse_newest_acks_and_counts(tmp_path):
+def test_refuse_newest_neither_acknowledges_nor_remembers_the_refused(tmp_path):
     store = open_store(tmp_path, route(queue_max_messages=2, queue_full="refuse-newest"))
     results = store.admit([incoming(f"u{i}", body=bytes([i])) for i in range(4)])
     assert [r.status for r in results] == ["journalled", "journalled", "refused", "refused"]
-    assert all(r.ack_now for r in results)
-    assert sorted(store.pending_acks()) == ["u0", "u1", "u2", "u3"]
+    assert [r.ack_now for r in results] == [True, True, False, False]
+    assert sorted(store.pending_acks()) == ["u0", "u1"]  # the refused are owed nothing
     pending = store.pending_deliveries("r", "0:a")
     assert [p.message.body for p in pending] == [b"\x00", b"\x01"]
-    assert store.take_counts().dropped == {("r", "queue_full"): 2}
+    counts = store.take_counts()
+    assert counts.refused == {("r", "queue_full"): 2} and counts.dropped == {}
+    # Room again: the redelivery of a refused message is journalled, not taken for a duplicate.
+    store.resolve([Resolution(pending[0].message.id, "r", "0:a", "delivered")])
+    [again] = store.admit([incoming("u2", body=b"\x02")])
+    assert (again.status, again.ack_now) == ("journalled", True)
     store.close()
 
 
@@ -282,31 +287,26 @@ def test_drop_oldest_by_count_and_bytes(tmp_path):
     store.close()
 
 
-def test_drop_oldest_releases_held_acks(tmp_path):
+def test_a_full_delivered_queue_refuses_the_newest_even_with_drop_oldest(tmp_path):
+    # Dropping the oldest would acknowledge a message no device has.
     store = open_store(tmp_path, route(ack="delivered", queue_max_messages=1))
     store.admit([incoming("u0")])
-    store.admit([incoming("u1")])
-    assert store.take_counts().released_acks == ["u0"]
-    assert store.pending_acks() == ["u0"]
+    [newest] = store.admit([incoming("u1")])
+    assert (newest.status, newest.ack_now) == ("refused", False)
+    counts = store.take_counts()
+    assert counts.released_acks == [] and counts.dropped == {}
+    assert counts.refused == {("r", "queue_full"): 1}
+    assert store.pending_acks() == []  # u0's ack is still held for its delivery
+    assert [p.push_message_url for p in store.pending_deliveries("r", "0:a")] == ["u0"]
     store.close()
 
 
-def test_global_journal_limit(tmp_path):
-    store = open_store(tmp_path, route("a"), route("b", queue_full="refuse-newest"), max_bytes=300)
-    store.admit([incoming("a1", route_name="a", body=b"a" * 200)])
-    [refused] = store.admit([incoming("b1", route_name="b", body=b"b" * 200)])
-    assert refused.status == "refused"
-    [dropping] = store.admit([incoming("a2", route_name="a", body=b"A" * 200)])
-    assert dropping.status == "journalled"
-    assert store.queue_usage()["a"].messages == 1
-    store.close()
-
-
-def test_a_message_larger_than_the_queue_is_refused_even_with_drop_oldest(tmp_path):
+def test_a_message_larger_than_the_queue_can_ever_hold_is_a_dead_letter(tmp_path):
     store = open_store(tmp_path, route(queue_max_bytes=50))
     store.admit([incoming("small", body=b"s")])
     [big] = store.admit([incoming("big", body=b"b" * 51)])
-    assert big.status == "refused"
+    assert (big.status, big.ack_now) == ("dead_lettered", True)  # poison, not a redelivery loop
+    assert [d.reason for d in store.dead_letters()] == ["too_large_for_queue"]
     assert store.queue_usage()["r"].messages == 1  # nothing dropped for a hopeless case
     store.close()
 

@@ -1,24 +1,45 @@
-"""``fieldgate check-config``: validate a configuration file, optionally show what it means."""
+"""``fieldgate check-config``: validate a configuration file, optionally show what it means.
+
+Besides the file itself it checks what it can know of this machine (:func:`gateway.config.
+preflight`): the state directory can be written, the CA, certificate and key files are there
+and are what their keys say, the log adapter's file can be appended to, a Unix socket's
+directory exists. ``FILE`` or ``--config FILE`` (as every other command takes it).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from adapters.base import AdapterConfig, TargetConfig
 from adapters.registry import KINDS
 from fieldgate_common.units import format_duration, format_size
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, ConfigError, ConfigProblem, load_config, preflight
 
 EXIT_OK = 0
 EXIT_INVALID = 2  # as the issue asks; also argparse's usage-error status
 MASK = "***"  # stands in for every secret in --show output
 
 
+DEFAULT_CONFIG = Path("/etc/fieldgate/config.toml")
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    """``FILE`` and ``--show``."""
-    parser.add_argument("file", type=Path, metavar="FILE", help="the TOML configuration file")
+    """``[FILE | --config FILE]`` and ``--show``."""
+    parser.add_argument(
+        "file",
+        type=Path,
+        nargs="?",
+        metavar="FILE",
+        help=f"the TOML configuration file (default {DEFAULT_CONFIG})",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="the same, as every other command takes it",
+    )
     parser.add_argument(
         "--show",
         action="store_true",
@@ -27,22 +48,45 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def config_path(args: argparse.Namespace) -> Path | None:
+    """The file to check: FILE or --config (the same one when both are given)."""
+    given = [path for path in (args.file, args.config) if path is not None]
+    if len(given) == 2 and given[0] != given[1]:
+        return None
+    return given[0] if given else DEFAULT_CONFIG
+
+
 def run(args: argparse.Namespace) -> int:
     """Print ``ok`` (after any warnings) and return 0, or print every problem and return 2."""
-    try:
-        config = load_config(args.file)
-    except ConfigError as error:
-        for problem in error.problems:
-            print(problem)
-        count = len(error.problems)
-        print(f"{args.file}: {count} problem{'s' if count != 1 else ''}, not valid")
+    path = config_path(args)
+    if path is None:
+        print(
+            f"fieldgate: check-config got two files ({args.file} and --config {args.config}): "
+            "give one",
+            file=sys.stderr,
+        )
         return EXIT_INVALID
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        return _report(path, error.problems)
     for warning in config.warnings:
         print(warning)
+    problems = preflight(config)
+    if problems:
+        return _report(path, problems)
     print("ok")
     if args.show:
         print(describe_config(config))
     return EXIT_OK
+
+
+def _report(path: Path, problems: list[ConfigProblem]) -> int:
+    for problem in problems:
+        print(problem)
+    count = len(problems)
+    print(f"{path}: {count} problem{'s' if count != 1 else ''}, not valid")
+    return EXIT_INVALID
 
 
 def describe_config(config: Config) -> str:

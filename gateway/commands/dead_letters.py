@@ -1,8 +1,11 @@
 """``fieldgate dead-letters``: list, show, replay or purge dead letters.
 
 Opens the journal in the configuration's ``push.state_dir`` (beside a running gateway is fine:
-SQLite WAL lets both in). A replay made while the gateway runs is delivered at its next ingest
-(or restart), since the running router only rereads the journal when woken.
+SQLite WAL lets both in; the command never takes the gateway's run lock and never creates a
+journal). After a replay it wakes the running gateway (:func:`gateway.statedir.nudge_gateway`),
+which then reads its journal again and delivers the message at once, and says so; with no
+gateway running the message goes out when it starts. ``purge`` without ids deletes nothing
+unless told ``--all`` (or confirmed at a terminal).
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from pathlib import Path
 
 from gateway.config import ConfigError, load_config
 from gateway.routes import RouteTable
-from gateway.store import DeadLetter, Store, StoreError
+from gateway.statedir import nudge_gateway
+from gateway.store import DeadLetter, JournalMissing, Store, StoreError
 
 DEFAULT_CONFIG = Path("/etc/fieldgate/config.toml")
 EXIT_OK = 0
 EXIT_FAILED = 1  # no such dead letter, cannot replay, journal unusable
 EXIT_CONFIG = 2  # the configuration is invalid (as check-config)
+EXIT_USAGE = 2  # as argparse: the command line does not say what to do
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -43,8 +48,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "replay", parents=[common], help="put one back into its route's journal"
     )
     replay.add_argument("id", type=int, metavar="ID")
-    purge = actions.add_parser("purge", parents=[common], help="delete the given ones, or all")
-    purge.add_argument("ids", type=int, nargs="*", metavar="ID", help="default: every one")
+    purge = actions.add_parser(
+        "purge", parents=[common], help="delete the given ones, or all with --all"
+    )
+    purge.add_argument("ids", type=int, nargs="*", metavar="ID")
+    purge.add_argument(
+        "--all", action="store_true", help="delete every dead letter (asked at a terminal)"
+    )
+    purge.add_argument("--yes", action="store_true", help="do not ask before deleting all")
 
 
 def _when(timestamp: float) -> str:
@@ -111,11 +122,60 @@ def _act(store: Store, routes: RouteTable, args: argparse.Namespace) -> int:
     if args.action == "replay":
         message_id = store.replay_dead_letter(args.id, routes)
         print(f"dead letter {args.id} replayed as message {message_id}")
+        print(_when_it_goes_out(store.path.parent))
         return EXIT_OK
+    return _purge(store, args)
+
+
+def _when_it_goes_out(state_dir: Path) -> str:
+    nudge = nudge_gateway(state_dir)
+    if nudge.pid is None:
+        return f"no gateway is running on {state_dir}: it is delivered when the gateway starts"
+    if nudge.woken:
+        return f"woke the running gateway (pid {nudge.pid}): it is being delivered now"
+    who = f"pid {nudge.pid}" if nudge.pid else "pid unknown"
+    return (
+        f"the running gateway ({who}) could not be woken (another user's process?): it is "
+        "delivered when the next pushed message arrives or the gateway restarts"
+    )
+
+
+def _purge(store: Store, args: argparse.Namespace) -> int:
+    if args.ids and args.all:
+        print("fieldgate: give dead letter ids or --all, not both", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.ids:
+        if not args.all:
+            print(
+                "fieldgate: purge needs the ids of the dead letters to delete, or --all "
+                "(`fieldgate dead-letters list` shows them)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        count = len(store.dead_letters())
+        if count and not args.yes and not _confirmed(count):
+            print("nothing purged")
+            return EXIT_FAILED
     ids = args.ids or None
     removed = store.purge_dead_letters(ids)
     print(f"purged {removed} dead letter{'s' if removed != 1 else ''}")
     return EXIT_OK if ids is None or removed == len(ids) else EXIT_FAILED
+
+
+def _confirmed(count: int) -> bool:
+    """Ask at a terminal; without one (a script), --yes is required."""
+    if not sys.stdin.isatty():
+        print(
+            f"fieldgate: purge --all would delete {count} dead letters; add --yes to confirm "
+            "(stdin is not a terminal to ask)",
+            file=sys.stderr,
+        )
+        return False
+    try:
+        answer = input(f"delete all {count} dead letters? [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,11 +188,11 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"fieldgate: cannot read {args.config}: {error.strerror}", file=sys.stderr)
         return EXIT_CONFIG
-    if not config.push.state_dir.exists():
+    try:
+        store = Store.open(config.push.state_dir, journal=config.journal, create=False)
+    except JournalMissing:
         print(f"fieldgate: no journal in {config.push.state_dir}: nothing dead yet")
         return EXIT_OK if args.action == "list" else EXIT_FAILED
-    try:
-        store = Store.open(config.push.state_dir, journal=config.journal)
     except StoreError as error:
         print(f"fieldgate: {error}", file=sys.stderr)
         return EXIT_FAILED

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.config import StatusConfig
+from gateway.config import PushConfig, StatusConfig
+from gateway.statedir import STATUS_ADDRESS, read_status_address
 from gateway.status_client import FetchError, endpoint_from_url, fetch
 from gateway.status_format import format_ago, format_duration, format_since, format_value
 
@@ -43,10 +45,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def listen_from_config(path: Path, explicit: bool) -> str:
-    """The ``[status] listen`` value of a configuration file (the default when it has none).
+    """Where the status endpoint of a configuration file listens (the default when unset).
 
-    Only the ``[status]`` table is read, so a configuration with problems elsewhere still
-    tells us where to look. A missing default file means the default address.
+    Only ``[status]`` (and, for a port chosen at start, ``[push] state_dir``) is read, so a
+    configuration with problems elsewhere still tells us where to look. A missing default file
+    means the default address. ``listen = "HOST:0"`` is only known once bound: the running
+    gateway writes it to its state directory (:func:`gateway.statedir.write_status_address`).
     """
     try:
         with path.open("rb") as file:
@@ -59,7 +63,31 @@ def listen_from_config(path: Path, explicit: bool) -> str:
     listen = status.get("listen", StatusConfig().listen) if isinstance(status, dict) else None
     if not isinstance(listen, str):
         raise ValueError(f"{path}: status.listen must be a string")
+    if listen and not listen.startswith("unix:") and listen.rpartition(":")[2] == "0":
+        state_dir = _state_dir(path, data)
+        bound = read_status_address(state_dir)
+        if bound is None:
+            raise ValueError(
+                f"{path}: status.listen {listen!r} picks its port when the gateway starts, and "
+                f"no running gateway has written it to {state_dir / STATUS_ADDRESS} (is it "
+                "running? can this user read its state directory?)"
+            )
+        return bound
     return listen
+
+
+def _state_dir(path: Path, data: dict[str, object]) -> Path:
+    """``[push] state_dir`` as the gateway resolves it (relative to the file, else systemd's
+    STATE_DIRECTORY, else the default)."""
+    push = data.get("push", {})
+    value = push.get("state_dir") if isinstance(push, dict) else None
+    if isinstance(value, str) and value:
+        state = Path(value)
+        return state if state.is_absolute() else (path.parent / state).absolute()
+    state_directory = os.environ.get("STATE_DIRECTORY", "")
+    if state_directory:
+        return Path(state_directory.split(":")[0])
+    return PushConfig.state_dir
 
 
 def _cut(text: str) -> str:

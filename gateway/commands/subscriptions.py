@@ -1,4 +1,9 @@
-"""``fieldgate subscriptions``: print each route's W3C PushSubscription JSON."""
+"""``fieldgate subscriptions``: print each route's W3C PushSubscription JSON.
+
+Read only: on a state directory where the gateway has not run yet it says so and creates
+nothing. Each route's heading carries its push resource's identifier, the one ``/status`` and
+``fieldgate status`` show instead of the URL (:func:`gateway.status_schema.capability_id`).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ import sys
 from pathlib import Path
 
 from gateway.config import ConfigError, load_config
-from gateway.store import Store, StoreError
+from gateway.status_schema import capability_id
+from gateway.store import JournalMissing, Store, StoreError
 from gateway.webpush.crypto import PushSubscriptionInfo, SubscriptionKeys
 
 EXIT_CONFIG = 2
@@ -30,7 +36,11 @@ def run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
     try:
-        store = Store.open(config.push.state_dir, journal=config.journal)
+        store = Store.open(config.push.state_dir, journal=config.journal, create=False)
+    except JournalMissing:
+        names = ", ".join(route.name for route in config.routes) or "no routes"
+        print(f"fieldgate: not subscribed yet (start the gateway first): {names}", file=sys.stderr)
+        return EXIT_NOT_YET
     except StoreError as exc:
         print(f"fieldgate: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -58,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(infos, indent=2))
     else:
         for name, info in infos.items():
-            print(f"# route {name}")
+            print(f"# route {name} (push resource id {capability_id(records[name].push_url)})")
             print(json.dumps(info, indent=2))
     if missing:
         print(

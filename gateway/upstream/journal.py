@@ -73,7 +73,7 @@ class JournalWriter:
         self._m = instruments
         self._on_journalled = on_journalled
         self._on_counted = on_counted
-        self._observer = observer
+        self.observer = observer
         self._rng = rng or random.Random()
         self._batch: list[policy.Admission] = []
         self._wanted = trio.Event()
@@ -109,8 +109,8 @@ class JournalWriter:
             )
         elif not isinstance(disposition, policy.Redelivered):
             self._m.received.inc(route=incoming.route or "")
-        if self._observer is not None:
-            self._observer("received", message.key, None)
+        if self.observer is not None:
+            self.observer("received", message.key, None)
         if len(self._batch) >= MAX_UNCOMMITTED:
             # The journal cannot keep up (or the disk is failing): leave the message with the
             # push service, which redelivers what we did not acknowledge.
@@ -169,12 +169,13 @@ class JournalWriter:
     def _committed(self, batch: list[policy.Admission], results: list[IngestResult]) -> None:
         self._m.batch.observe(len(batch))
         for result in results:
-            self._recent[result.push_message_url] = None
+            if result.status != "refused":  # a refused one comes back and is decided again
+                self._recent[result.push_message_url] = None
         while len(self._recent) > RECENT_MESSAGES:
             self._recent.popitem(last=False)
-        if self._observer is not None:
+        if self.observer is not None:
             for result in results:
-                self._observer(result.status, result.push_message_url, result.message_id)
+                self.observer(result.status, result.push_message_url, result.message_id)
         self._acks.owe(
             Ack(result.push_message_url, policy.ack_code(admission.disposition))
             for admission, result in zip(batch, results, strict=True)

@@ -95,7 +95,6 @@ class Upstream:
     ) -> None:
         self.push = config.push
         self.store = store
-        self.observer = observer
         self._rng = rng or random.Random()
         self.status = UpstreamStatus(self.push.service)
         self.m = UpstreamInstruments.register(metrics)
@@ -127,6 +126,15 @@ class Upstream:
         self.autopush_stats = AutopushStats()
 
     # ------------------------------------------------------------------------- public API
+
+    @property
+    def observer(self) -> Observer | None:
+        """Told as messages move (the demo, tests); see :data:`~.journal.Observer`."""
+        return self.journal.observer
+
+    @observer.setter
+    def observer(self, observer: Observer | None) -> None:
+        self.journal.observer = observer
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled: the supervisor, the journal writer, the subscriptions."""
@@ -243,8 +251,8 @@ class Upstream:
         self.acks.done(key, ok)
         if ok:
             self.m.acked.inc()
-            if self.observer is not None:
-                self.observer("acknowledged", key, None)
+            if self.journal.observer is not None:
+                self.journal.observer("acknowledged", key, None)
             self.journal.acks_finished()
         self.m.acks_owed.set(self.acks.owed)
 
