@@ -25,12 +25,14 @@ import trio
 
 from adapters.base import (
     Adapter,
+    Confirmation,
     Delivered,
     Expired,
     Message,
     Outcome,
     Rejected,
     RetryLater,
+    Settled,
     TargetConfig,
 )
 from fieldgate_common.backoff import Backoff, full_jitter
@@ -271,38 +273,44 @@ class Router:
                 await self._flush()
 
     async def _worker(self, route: RouteConfig, key: str, target: TargetConfig) -> None:
-        adapter = self._adapters[target.adapter]
-        state = self._targets[(route.name, key)]
-        cursor = 0  # the id of the last message handed to this target (ids only grow)
-        while True:
-            if state.caught_up and state.inbox:
-                pending = state.inbox.popleft()
-                if int(pending.message.id) > cursor:  # else the journal read had it already
-                    await self._deliver(route, key, target, adapter, state, pending)
-                    cursor = int(pending.message.id)
-                continue
-            state.wake = trio.Event()  # before reading: a hand-over during the read is not lost
-            if state.caught_up:
-                await state.wake.wait()
-                continue
-            # Marked before the read: a commit during it lands in the inbox, and what the read
-            # also returned is skipped there by its id.
-            state.caught_up = True
-            batch = await trio.to_thread.run_sync(
-                functools.partial(
-                    self._store.pending_deliveries,
-                    route.name,
-                    key,
-                    after_id=str(cursor) if cursor else None,
-                    limit=FETCH_BATCH,
-                )
-            )
-            if len(batch) == FETCH_BATCH:
-                state.caught_up = False  # more where these came from
-                state.inbox.clear()
-            for pending in batch:
-                await self._deliver(route, key, target, adapter, state, pending)
-                cursor = int(pending.message.id)
+        worker = _Worker(self, route, key, target, self._adapters[target.adapter])
+        await worker.run()
+
+    def _settled(
+        self,
+        route: RouteConfig,
+        key: str,
+        target: TargetConfig,
+        state: _TargetState,
+        message: Message,
+        outcome: Outcome,
+    ) -> bool:
+        """Record a final outcome (True); False for RetryLater (the caller schedules it)."""
+        r, a = route.name, target.adapter
+        if isinstance(outcome, Delivered):
+            now = self._clock()
+            self._m_deliveries.inc(route=r, adapter=a, outcome="delivered")
+            self._m_latency.observe(max(now - message.received_at, 0.0), route=r, adapter=a)
+            self._resolve(Resolution(message.id, route.name, key, "delivered"))
+            state.last_delivery_at = now
+            state.retrying = 0
+            return True
+        if isinstance(outcome, Expired):
+            self._m_deliveries.inc(route=r, adapter=a, outcome="expired")
+            self._resolve(Resolution(message.id, route.name, key, "expired"))
+            state.retrying = 0
+            return True
+        if isinstance(outcome, Rejected):
+            self._m_deliveries.inc(route=r, adapter=a, outcome="rejected")
+            log.warning(
+                "route %s target %s rejected message %s: %s",
+                route.name, key, message.id, outcome.reason,
+            )  # fmt: skip
+            self._resolve(Resolution(message.id, route.name, key, "rejected", outcome.reason))
+            state.last_error = f"rejected: {outcome.reason}"
+            state.retrying = 0
+            return True
+        return False
 
     async def _deliver(
         self,
@@ -312,58 +320,41 @@ class Router:
         adapter: Adapter,
         state: _TargetState,
         pending: PendingDelivery,
+        first: RetryLater | None = None,
     ) -> None:
-        """Deliver one message to one target until delivered, rejected or expired."""
+        """Deliver one message to one target until delivered, rejected or expired (``first``:
+        the outcome of an attempt already made, when it asked for a retry)."""
         message = pending.message
         attempts = pending.attempts
         next_at = pending.next_attempt_at
         r, a = route.name, target.adapter
+        outcome: Outcome | None = first
         while True:
-            now = self._clock()
-            if message.expired(now):
-                self._resolve(Resolution(message.id, route.name, key, "expired"))
-                state.retrying = 0
-                return
-            if next_at > now:
-                if message.expires_at is not None and message.expires_at <= next_at:
-                    # It expires before the next attempt is due: wait for that, then drop it
-                    # (re-reading the clock could land a float ulp short and spin).
-                    await trio.sleep(message.expires_at - now)
+            if outcome is None:
+                now = self._clock()
+                if message.expired(now):
                     self._resolve(Resolution(message.id, route.name, key, "expired"))
                     state.retrying = 0
                     return
-                await trio.sleep(next_at - now)
-                next_at = 0.0  # due now, whatever a re-read clock says about the last ulp
-                continue
-            if state.unrecorded >= MAX_UNRECORDED:
-                state.last_error = "paused: the journal cannot record confirmed deliveries"
-                await self._wait_recorded(state)
-                state.last_error = None
-                continue  # the clock moved: look at the deadline again
-            outcome = await self._attempt(adapter, message, target)
+                if next_at > now:
+                    if message.expires_at is not None and message.expires_at <= next_at:
+                        # It expires before the next attempt is due: wait for that, then drop
+                        # it (re-reading the clock could land a float ulp short and spin).
+                        await trio.sleep(message.expires_at - now)
+                        self._resolve(Resolution(message.id, route.name, key, "expired"))
+                        state.retrying = 0
+                        return
+                    await trio.sleep(next_at - now)
+                    next_at = 0.0  # due now, whatever a re-read clock says about the last ulp
+                    continue
+                if state.unrecorded >= MAX_UNRECORDED:
+                    await self._wait_recorded(state)
+                    continue  # the clock moved: look at the deadline again
+                outcome = await self._attempt(adapter, message, target)
+            if self._settled(route, key, target, state, message, outcome):
+                return
+            assert isinstance(outcome, RetryLater)
             now = self._clock()
-            if isinstance(outcome, Delivered):
-                self._m_deliveries.inc(route=r, adapter=a, outcome="delivered")
-                self._m_latency.observe(max(now - message.received_at, 0.0), route=r, adapter=a)
-                self._resolve(Resolution(message.id, route.name, key, "delivered"))
-                state.last_delivery_at = now
-                state.retrying = 0
-                return
-            if isinstance(outcome, Expired):
-                self._m_deliveries.inc(route=r, adapter=a, outcome="expired")
-                self._resolve(Resolution(message.id, route.name, key, "expired"))
-                state.retrying = 0
-                return
-            if isinstance(outcome, Rejected):
-                self._m_deliveries.inc(route=r, adapter=a, outcome="rejected")
-                log.warning(
-                    "route %s target %s rejected message %s: %s",
-                    route.name, key, message.id, outcome.reason,
-                )  # fmt: skip
-                self._resolve(Resolution(message.id, route.name, key, "rejected", outcome.reason))
-                state.last_error = f"rejected: {outcome.reason}"
-                state.retrying = 0
-                return
             attempts += 1
             delay = retry_delay(
                 attempts, route.retry_base, route.retry_cap, self._retry_floor, self._rng.random
@@ -387,12 +378,27 @@ class Router:
             except (sqlite3.Error, OSError) as exc:
                 # The retry still happens; only its schedule is not durable this time.
                 log.error("journal: recording a retry failed: %s", exc)
+            outcome = None
 
     async def _attempt(self, adapter: Adapter, message: Message, target: TargetConfig) -> Outcome:
         try:
             return await adapter.deliver(message, target)
         except Exception as exc:  # an adapter bug must not stop the route: retry it
             log.exception("adapter %s raised on delivery of message %s", adapter.name, message.id)
+            return RetryLater(f"adapter error: {type(exc).__name__}")
+
+    async def _send(self, adapter: Adapter, message: Message, target: TargetConfig) -> Confirmation:
+        try:
+            return await adapter.send(message, target)
+        except Exception as exc:  # an adapter bug must not stop the route: retry it
+            log.exception("adapter %s raised on delivery of message %s", adapter.name, message.id)
+            return Settled(RetryLater(f"adapter error: {type(exc).__name__}"))
+
+    async def _confirmed(self, adapter: Adapter, confirmation: Confirmation) -> Outcome:
+        try:
+            return await confirmation.outcome()
+        except Exception as exc:  # an adapter bug must not stop the route: retry it
+            log.exception("adapter %s raised awaiting a confirmation", adapter.name)
             return RetryLater(f"adapter error: {type(exc).__name__}")
 
     # -- committing ------------------------------------------------------------------------
@@ -405,9 +411,13 @@ class Router:
 
     async def _wait_recorded(self, state: _TargetState) -> None:
         """Pause ``state``'s target while too many of its confirmations wait to be recorded."""
+        if state.unrecorded < MAX_UNRECORDED:
+            return
+        state.last_error = "paused: the journal cannot record confirmed deliveries"
         while state.unrecorded >= MAX_UNRECORDED:
             recorded = self._recorded
             await recorded.wait()
+        state.last_error = None
 
     async def _committer(self) -> None:
         backoff = Backoff(COMMIT_RETRY_BASE, COMMIT_RETRY_CAP, rng=self._rng)
@@ -537,3 +547,110 @@ class Router:
             self._housekeeping_wake = trio.Event()
             with trio.move_on_at(wake_at):
                 await self._housekeeping_wake.wait()
+
+
+class _Worker:
+    """One target's deliveries, in journal order.
+
+    The queue is the journal (read in batches through a thread) until the worker has read all
+    of it; from then on, messages committed since come in memory (:meth:`Router.journalled`).
+    An adapter whose ``window`` is larger than one gets messages sent in order without waiting
+    for each confirmation (at most ``window`` awaiting); a message the transport asks to retry
+    makes the worker settle what is on its way and retry it alone, with the usual backoff,
+    before it pipelines again.
+    """
+
+    def __init__(
+        self, router: Router, route: RouteConfig, key: str, target: TargetConfig, adapter: Adapter
+    ) -> None:
+        self.router, self.route, self.key, self.target, self.adapter = (
+            router,
+            route,
+            key,
+            target,
+            adapter,
+        )
+        self.state = router._targets[(route.name, key)]
+        self.cursor = 0  # the id of the last message handed to this target (ids only grow)
+        self.in_flight: deque[tuple[PendingDelivery, Confirmation]] = deque()
+
+    async def run(self) -> None:
+        state = self.state
+        while True:
+            if state.caught_up and state.inbox:
+                pending = state.inbox.popleft()
+                if int(pending.message.id) > self.cursor:  # else the journal read had it
+                    await self.handle(pending)
+                continue
+            if self.in_flight:  # nothing more to send now: take in what is on its way
+                await self.settle(0)
+                continue
+            state.wake = trio.Event()  # before reading: a hand-over during the read is not lost
+            if state.caught_up:
+                await state.wake.wait()
+                continue
+            # Marked before the read: a commit during it lands in the inbox, and what the read
+            # also returned is skipped there by its id.
+            state.caught_up = True
+            batch = await trio.to_thread.run_sync(
+                functools.partial(
+                    self.router._store.pending_deliveries,
+                    self.route.name,
+                    self.key,
+                    after_id=str(self.cursor) if self.cursor else None,
+                    limit=FETCH_BATCH,
+                )
+            )
+            if len(batch) == FETCH_BATCH:
+                state.caught_up = False  # more where these came from
+                state.inbox.clear()
+            for pending in batch:
+                await self.handle(pending)
+
+    async def handle(self, pending: PendingDelivery) -> None:
+        """One message, in order."""
+        self.cursor = int(pending.message.id)
+        router, state = self.router, self.state
+        window = self.adapter.window(self.target)
+        if window <= 1 or pending.attempts or pending.next_attempt_at:
+            await self.settle(0)
+            await router._deliver(self.route, self.key, self.target, self.adapter, state, pending)
+            return
+        await self.settle(window - 1)
+        message = pending.message
+        if message.expired(router._clock()):
+            router._resolve(Resolution(message.id, self.route.name, self.key, "expired"))
+            return
+        # What is on its way counts too: confirmed and then lost in a crash, it is repeated.
+        if state.unrecorded + len(self.in_flight) >= MAX_UNRECORDED:
+            await self.settle(0)
+            await router._wait_recorded(state)
+        confirmation = await router._send(self.adapter, message, self.target)
+        self.in_flight.append((pending, confirmation))
+
+    async def settle(self, keep: int) -> None:
+        """Take in confirmations, oldest first, until at most ``keep`` are on their way; the
+        ones that ask for a retry are retried one by one, in order, once all are in."""
+        retry: list[tuple[PendingDelivery, RetryLater]] = []
+        router = self.router
+        while len(self.in_flight) > (0 if retry else keep):
+            pending, confirmation = self.in_flight.popleft()
+            outcome = await router._confirmed(self.adapter, confirmation)
+            done = router._settled(
+                self.route, self.key, self.target, self.state, pending.message, outcome
+            )
+            if not done:
+                assert isinstance(outcome, RetryLater)
+                retry.append((pending, outcome))
+        # The first asked for a retry with its backoff; the others are tried at once after it
+        # (what failed the first, a lost connection, is then mended or they fail on their own).
+        for index, (pending, outcome) in enumerate(retry):
+            await router._deliver(
+                self.route,
+                self.key,
+                self.target,
+                self.adapter,
+                self.state,
+                pending,
+                outcome if index == 0 else None,
+            )

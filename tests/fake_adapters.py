@@ -12,6 +12,7 @@ import trio
 
 from adapters.base import (
     Adapter,
+    Confirmation,
     Delivered,
     Health,
     Message,
@@ -86,3 +87,49 @@ class FakeAdapter(Adapter):
     def _poke(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+
+
+class _HeldConfirmation(Confirmation):
+    def __init__(self, adapter: PipelinedAdapter, message: Message) -> None:
+        self.adapter, self.message = adapter, message
+        self.answered = trio.Event()
+        self.answer: Outcome = Delivered()
+
+    async def outcome(self) -> Outcome:
+        await self.answered.wait()
+        if isinstance(self.answer, Delivered):
+            self.adapter.delivered.append(self.message)
+        self.adapter._poke()
+        return self.answer
+
+
+class PipelinedAdapter(FakeAdapter):
+    """A transport with a window (as MQTT's Receive Maximum): ``send`` returns at once, each
+    confirmation waits until the test answers it (``answer``, in any order)."""
+
+    def __init__(self, name: str, window: int) -> None:
+        super().__init__(name)
+        self._window = window
+        self.sent: list[Message] = []
+        self.waiting: list[_HeldConfirmation] = []  # not answered yet, in sending order
+        self.max_waiting = 0
+
+    def window(self, target: TargetConfig) -> int:
+        return self._window
+
+    async def send(self, message: Message, target: TargetConfig) -> Confirmation:
+        self.sent.append(message)
+        held = _HeldConfirmation(self, message)
+        self.waiting.append(held)
+        self.max_waiting = max(self.max_waiting, len(self.waiting))
+        self._poke()
+        return held
+
+    async def deliver(self, message: Message, target: TargetConfig) -> Outcome:
+        return await (await self.send(message, target)).outcome()
+
+    def answer(self, index: int = 0, outcome: Outcome | None = None) -> None:
+        """Answer the ``index``-th confirmation still waiting (0: the oldest)."""
+        held = self.waiting.pop(index)
+        held.answer = outcome or Delivered()
+        held.answered.set()

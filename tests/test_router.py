@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
-from adapters.base import Adapter
+from adapters.base import Adapter, RetryLater
 from adapters.log import LogAdapter
 from adapters.log_config import LogAdapterConfig, LogTarget
 from fieldgate_common.metrics import Counter, Metrics
@@ -29,7 +30,7 @@ from gateway.config import JournalConfig, RouteConfig
 from gateway.router import Router, retry_delay
 from gateway.routes import RouteTable
 from gateway.store import Incoming, IngestResult, Store
-from tests.fake_adapters import FakeAdapter
+from tests.fake_adapters import FakeAdapter, PipelinedAdapter
 
 EPOCH = 1_700_000_000.0
 
@@ -384,4 +385,46 @@ async def test_a_target_pauses_while_its_confirmations_cannot_be_recorded(
         await device.wait_until(lambda: len(device.delivered) == 20)
     assert [m.body for m in device.delivered] == [b"%d" % i for i in range(20)]
     assert store.pending_deliveries("r", "0:a") == []
+    store.close()
+
+
+async def test_a_pipelined_target_sends_in_order_without_waiting_for_each_confirmation(tmp_path):
+    r = route()
+    store = open_store(tmp_path, [r])
+    device = PipelinedAdapter("a", window=4)
+    async with running(store, [r], [device]) as h:
+        h.ingest(*(push(f"u{i}", b"%d" % i) for i in range(6)))
+        await device.wait_until(lambda: len(device.sent) == 4)  # the window, none confirmed
+        assert [m.body for m in device.sent] == [b"0", b"1", b"2", b"3"]
+        device.answer(2)  # confirmations come in any order; they are taken in oldest first
+        device.answer(0)
+        await device.wait_until(lambda: len(device.sent) == 5)  # 0 settled: 4 is sent
+        assert [m.body for m in device.delivered] == [b"0"]  # 2's waits behind 1's
+        while len(device.delivered) < 6:
+            await device.wait_until(lambda: device.waiting or len(device.delivered) == 6)
+            if device.waiting:
+                device.answer()
+        assert [m.body for m in device.sent] == [b"%d" % i for i in range(6)]
+    assert device.max_waiting == 4  # never more than the window on its way
+    assert store.pending_deliveries("r", "0:a") == []
+    store.close()
+
+
+async def test_a_pipelined_retry_settles_the_window_then_retries_in_order(tmp_path, autojump_clock):
+    r = route()
+    store = open_store(tmp_path, [r])
+    device = PipelinedAdapter("a", window=3)
+    async with running(store, [r], [device]) as h:
+        h.ingest(*(push(f"u{i}", b"%d" % i) for i in range(5)))
+        await device.wait_until(lambda: len(device.sent) == 3)
+        device.answer(0, RetryLater("connection lost"))  # 0 fails, then 1 and 2 too
+        device.answer(0, RetryLater("connection lost"))
+        device.answer(0, RetryLater("connection lost"))
+        # Retried one by one, in order (each waits for its own answer).
+        for expected in (b"0", b"1", b"2", b"3", b"4"):
+            await device.wait_until(lambda: device.waiting)
+            assert device.waiting[0].message.body == expected
+            device.answer()
+        await device.wait_until(lambda: len(device.delivered) == 5)
+    assert [m.body for m in device.delivered] == [b"0", b"1", b"2", b"3", b"4"]
     store.close()
