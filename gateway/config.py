@@ -84,7 +84,7 @@ class JournalConfig:
     """``[journal]``: the durable store's global limits."""
 
     max_bytes: int = 256 * 1024 * 1024
-    dedupe_retention: float = 28 * 86400.0  # how long a push message URI is remembered
+    dedupe_retention: float = 28 * 86400.0  # at most: a URI whose ack is never confirmed, salts
 
 
 @dataclass(frozen=True)

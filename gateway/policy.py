@@ -23,18 +23,24 @@ Headers = tuple[tuple[str, str], ...]
 
 # The only content coding RFC 8291 defines; legacy "aesgcm" drafts are not accepted.
 SUPPORTED_ENCODING = "aes128gcm"
-# After a message's TTL has run out at the push service it cannot be redelivered; this much
-# later its dedupe record goes (clock differences, a redelivery already on the wire).
-DEDUPE_TTL_SLACK = 600.0
+# A push message URL is remembered until the service confirmed its acknowledgement (then it
+# has forgotten the message and cannot deliver it again) and this much longer: a redelivery
+# already on the wire, another node of the service that had not heard of the acknowledgement.
+# Memory and disk then follow the backlog and the rate, not the rate times a TTL (issue 20).
+DEDUPE_GRACE = 60.0
+# A device recognises a repeated delivery by its message id among the last few it took
+# (firmware-bridge keeps 8): never more confirmed deliveries than this wait for a durable
+# commit (the router pauses a target; the store fsyncs a resolution that reaches it), so a power
+# loss repeats only deliveries a device can still recognise.
+REPEAT_WINDOW = 8
 # RFC 8188 §2.1: an aes128gcm body starts with salt (16 octets), rs (4), idlen (1), keyid.
 RECORD_SALT_BYTES = 16
 AES128GCM_HEADER_MIN = RECORD_SALT_BYTES + 4 + 1
-# What one more journalled message costs on disk beyond its payload: its rows in messages,
-# deliveries, dedupe_log, acks and salts with their b-tree cells. Measured: ~420 bytes a message
-# with a 100-byte push message URL and its ack still owed (pages in use after 2,000 messages of
-# 300 bytes), ~300 once the ack went; rounded up. Only an estimate: the store measures the pages
-# again before it refuses.
-MESSAGE_DISK_OVERHEAD = 512
+# What one more journalled message costs on disk beyond its payload: its journal row (push
+# message URL, targets, times) and b-tree cell, in 1 KiB pages. Measured: ~217 bytes a message
+# with a 100-byte push message URL (pages in use after 2,000 messages of 300 bytes); rounded up.
+# Only an estimate: the store measures the pages again before it refuses.
+MESSAGE_DISK_OVERHEAD = 320
 
 
 def header(headers: Headers, name: str) -> str | None:
@@ -105,11 +111,9 @@ def replay_deadline(route: RouteConfig, now: float) -> float:
     return now + route.max_age
 
 
-def dedupe_horizon(headers: Headers, now: float) -> float | None:
-    """When a push message URL may be forgotten: the service's remaining TTL plus slack; None
-    means ``journal.dedupe_retention`` (the service sent no TTL)."""
-    ttl = ttl_seconds(headers)
-    return None if ttl is None else now + ttl + DEDUPE_TTL_SLACK
+def dedupe_forget_at(ack_confirmed_at: float) -> float:
+    """When a push message URL whose acknowledgement the service confirmed may be forgotten."""
+    return ack_confirmed_at + DEDUPE_GRACE
 
 
 def record_salt(body: bytes) -> bytes | None:

@@ -38,6 +38,7 @@ from adapters.base import (
 from fieldgate_common.backoff import Backoff, full_jitter
 from fieldgate_common.logs import get_logger
 from fieldgate_common.metrics import Metrics
+from gateway import policy
 from gateway.config import RouteConfig
 from gateway.routes import RouteTable
 from gateway.status_model import RouteDelivery, TargetDelivery
@@ -65,14 +66,18 @@ INBOX_MAX = 256
 # Drops closer together than this belong to one burst, logged once at its start and summed at
 # its end.
 DROP_BURST_GAP = 10.0
-# Dedupe records are pruned this often at most (and ten times per retention period at least).
-PRUNE_INTERVAL = 3600.0
+# While the journal holds dedupe records that may be forgotten soon, it is pruned this often
+# (memory follows the rate times the grace period, not the rate times this); an idle journal is
+# looked at this seldom (salts, the integrity check), and woken when messages come again.
+PRUNE_BUSY_INTERVAL = policy.DEDUPE_GRACE / 2
+PRUNE_IDLE_INTERVAL = 3600.0
 # Confirmed deliveries of one target that may wait to be recorded in the journal. A delivery the
 # device confirmed but the journal did not record yet is repeated after a crash; the device
 # suppresses a repeat by its message id, but remembers only its last few ids (the C library:
 # FB_DEDUPE_SLOTS, 8). So a target whose confirmations cannot be recorded (disk full) pauses
-# once this many wait, and a crash never repeats more than a device can recognise.
-MAX_UNRECORDED = 8
+# once this many wait, and a crash never repeats more than a device can recognise. (The store
+# fsyncs resolutions by the same bound: a power loss repeats no more either.)
+MAX_UNRECORDED = policy.REPEAT_WINDOW
 # How long finished deliveries are gathered before they are recorded in one transaction. It
 # delays the upstream ack of `delivered`-policy messages by as much; the other policies do not
 # wait for it.
@@ -148,6 +153,7 @@ class Router:
         self._resolved_event = trio.Event()
         self._recorded = trio.Event()  # set (and replaced) after each successful record
         self._housekeeping_wake = trio.Event()
+        self._pruning_idle = False  # housekeeping sleeps PRUNE_IDLE_INTERVAL
         self._bursts: dict[tuple[str, str, str], _DropBurst] = {}  # (route, reason, action)
         self._targets = {
             (route.name, key): _TargetState(route.name, key, target.adapter)
@@ -214,6 +220,9 @@ class Router:
         """Messages just committed (call from the trio thread): handed to their route's
         targets in memory, and only those targets' workers wake."""
         self._take_counts()
+        if self._pruning_idle and messages:
+            self._pruning_idle = False
+            self._housekeeping_wake.set()
         for message in messages:
             route = self._routes.get(message.route)
             if route is None:
@@ -529,10 +538,11 @@ class Router:
     async def _housekeeping(self) -> None:
         """Prune dedupe records now and then; close drop bursts. Sleeps otherwise."""
         # Scheduled on trio's monotonic clock: intervals, not dates.
-        interval = min(PRUNE_INTERVAL, max(self._store.dedupe_retention / 10, 1.0))
         next_prune = trio.current_time()
         while True:
             now = trio.current_time()
+            if not self._pruning_idle:
+                next_prune = min(next_prune, now + PRUNE_BUSY_INTERVAL)
             if now >= next_prune:
                 try:
                     pruned = await trio.to_thread.run_sync(self._store.prune)
@@ -540,8 +550,11 @@ class Router:
                     log.error("journal: pruning failed: %s", exc)
                     pruned = 0
                 if pruned:
-                    log.info("pruned %d dedupe records", pruned)
-                next_prune = now + interval
+                    log.debug("pruned %d dedupe records", pruned)
+                # The newest record always stays (it carries the id high-water mark).
+                self._pruning_idle = self._store.dedupe_records() <= 1
+                interval = PRUNE_IDLE_INTERVAL if self._pruning_idle else PRUNE_BUSY_INTERVAL
+                next_prune = now + min(interval, max(self._store.dedupe_retention / 10, 1.0))
             burst_end = self._end_bursts(now)
             wake_at = next_prune if burst_end is None else min(next_prune, burst_end)
             self._housekeeping_wake = trio.Event()

@@ -1,16 +1,20 @@
 """The durable store: subscriptions, the message journal, dedupe records, acks owed, dead letters.
 
-One SQLite file in the state directory (WAL, ``synchronous=FULL``, mode 0600). Every method is
+One SQLite file in the state directory (WAL, 1 KiB pages, mode 0600). Every method is
 synchronous and thread-safe (one connection behind a lock); async callers use
 ``trio.to_thread.run_sync``. The store carries out what :mod:`gateway.policy` decides; policy
 about *when* to deliver or retry lives in the router.
 
-Lifecycle of a message: :meth:`Store.ingest` journals it with one pending delivery per target of
-its route (one transaction per batch: group commit); the router reads a target's queue with
+Lifecycle of a message, one row of ``journal``: :meth:`Store.ingest` writes it with its route's
+targets and the state of its acknowledgement (one transaction per batch: group commit, fsynced
+— the one durable write a message costs); the router reads a target's queue with
 :meth:`Store.pending_deliveries`, reports retries with :meth:`Store.schedule_retry` and finished
-deliveries with :meth:`Store.resolve`; the message row is deleted when no delivery is left
-(flash wear: the journal holds only what is undelivered). The dedupe record of its push message
-URL stays for ``journal.dedupe_retention`` (:meth:`Store.prune`).
+deliveries with :meth:`Store.resolve`; once no target is left its body goes and the row stays as
+the dedupe record until the service confirmed the acknowledgement (:meth:`Store.mark_acked`) and
+:func:`gateway.policy.dedupe_forget_at` passed (:meth:`Store.prune`). Everything after the
+ingest is written without an fsync of its own (``synchronous=NORMAL`` for that commit): a power
+loss can only make it happen again, and :meth:`Store.resolve` fsyncs before more than
+:data:`gateway.policy.REPEAT_WINDOW` confirmed deliveries would be at stake.
 
 The journal's files are watched (:mod:`gateway.journal_files`): deleted, replaced or truncated
 under the running gateway, or failing ``PRAGMA quick_check``, the store refuses every further
@@ -94,14 +98,19 @@ COMMIT_RETRY_CAP = 5.0
 WAL_SHARE = 8
 WAL_BUDGET_MIN = 64 * 1024
 WAL_BUDGET_MAX = 8 * 1024 * 1024
+# A commit at a field rate writes the pages it dirtied, whole, to the WAL (and a checkpoint writes
+# them again): the newest journal row's leaf, sometimes its parent. A message's row is a few
+# hundred bytes, so 1 KiB pages write a quarter of SQLite's default 4 KiB for the same commit;
+# a larger body spills into overflow pages of its own either way. Measured in bench e2e.
+PAGE_SIZE = 1024
+# Dedupe records a full journal forgets at a time before it drops or refuses messages: enough to
+# free a few pages at once.
+FORGET_FOR_ROOM_BATCH = 256
 # PRAGMA quick_check reads every page (milliseconds for a journal of undelivered messages, seconds
 # for a full 256 MiB one on an SD card, holding the store's lock): at most this often.
 QUICK_CHECK_INTERVAL = 6 * 3600.0
 
 log = get_logger("store")
-
-# How a journalled message's upstream acknowledgement is timed (the messages.ack_policy column).
-_ACK_POLICY = {False: "stored", True: "delivered"}
 
 
 @dataclass
@@ -202,14 +211,20 @@ class Store:
         self._upstream_state: dict[str, str] = dict(
             conn.execute("SELECT key, value FROM upstream_state").fetchall()
         )
-        # The dedupe index: 64-bit digests of every remembered push message URL (~60 bytes of
-        # RAM each; 100,000 messages a day for the default 28 days would be ~170 MB, so size
-        # dedupe_retention to the message rate). Two URLs share a digest with probability
-        # ~n^2 / 2^65: about 1e-8 for a million remembered URLs.
-        self._seen: set[int] = {
-            _url_key(row[0]) for row in conn.execute("SELECT url FROM dedupe_log")
+        # The dedupe index: the 64-bit digest of each remembered key -> its journal row. The
+        # journal holds what is undelivered and, for DEDUPE_GRACE after each confirmed
+        # acknowledgement, what was delivered: memory follows the backlog and the rate, not
+        # the rate times a TTL. Two keys share a digest with probability ~n^2 / 2^65.
+        self._index: dict[int, int] = {
+            _url_key(row[1]): int(row[0])
+            for row in conn.execute("SELECT id, key FROM journal WHERE key != ''")
         }
-        self._remembered: list[int] = []
+        self._remembered: list[int] = []  # digests an ingest added (undone by a rollback)
+        self._forgotten: list[tuple[int, int]] = []  # and removed
+        self._next_id = int(conn.execute("SELECT coalesce(max(id), 0) FROM journal").fetchone()[0])
+        # Confirmed deliveries written since the last commit that was made durable (see
+        # resolve): a power loss may repeat at most these.
+        self._unsynced = 0
         newest = conn.execute(
             "SELECT digest FROM salts ORDER BY id DESC LIMIT ?", (MAX_SALTS,)
         ).fetchall()
@@ -251,6 +266,9 @@ class Store:
                     raise _lost_journal(db, marker, "is empty")
                 if not create:
                     raise JournalMissing(f"the journal {db} is empty (the gateway has not run)")
+                # Before the first write: a new journal gets small pages (an existing one keeps
+                # its own).
+                conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(f"journal {db}: the filesystem does not support WAL ({mode})")
@@ -302,7 +320,25 @@ class Store:
     # -- plumbing --------------------------------------------------------------------------
 
     @contextmanager
-    def _transaction(self) -> Iterator[None]:
+    def _transaction(self, *, durable: bool = True) -> Iterator[None]:
+        """One write transaction. ``durable``: fsynced at its commit (with everything written
+        before it); otherwise written to the WAL only, and made durable by the next durable
+        commit (what a power loss in between may cost is the caller's to bound)."""
+        if not durable:
+            # Set outside the transaction (SQLite ignores it inside one); no I/O of its own.
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            with self._write():
+                yield
+        finally:
+            if not durable:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("PRAGMA synchronous = FULL")
+        if durable:
+            self._unsynced = 0
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -323,7 +359,7 @@ class Store:
     def _load_usage(self) -> None:
         rows = self._conn.execute(
             "SELECT route, count(*), coalesce(sum(length(body)), 0), max(received_at) "
-            "FROM messages GROUP BY route"
+            "FROM journal WHERE body IS NOT NULL GROUP BY route"
         ).fetchall()
         with self._stats_lock:
             self._usage = {r: _Usage(int(n), int(b), t) for r, n, b, t in rows}
@@ -489,11 +525,12 @@ class Store:
     def ingest(
         self, batch: Sequence[policy.Admission], *, acked: Sequence[str] = ()
     ) -> list[IngestResult]:
-        """Carry out a batch of admissions in ONE transaction (group commit); say which may be
+        """Carry out a batch of admissions in ONE transaction (group commit, the one durable
+        write per message: fsynced before anything is acknowledged); say which may be
         acknowledged now.
 
-        ``acked`` are push message URLs whose DELETE succeeded since the last call: recorded in
-        the same transaction (as :meth:`mark_acked` would), so one fsync covers both. Raises
+        ``acked`` are keys whose acknowledgement the service confirmed since the last call:
+        recorded in the same transaction (as :meth:`mark_acked` would). Raises
         :class:`StoreError` (nothing journalled, nothing to acknowledge) once the journal's files
         have a problem (see :meth:`check_integrity`).
         """
@@ -503,41 +540,66 @@ class Store:
             if problem is not None:
                 raise StoreError(str(problem))
             now = self._clock()
-            self._remembered = []
-            self._salted = []
             space = _BatchSpace(self._pages_bytes())
-            try:
-                with self._transaction():
-                    self._delete_owed(acked)
-                    results = [
-                        self._ingest_one(admission, now, counts, space) for admission in batch
-                    ]
-            except BaseException:
-                # Rolled back: forget what it remembered too.
-                self._seen.difference_update(self._remembered)
-                self._salts.forget_newest(self._salted)
-                raise
+            with self._undone_by_rollback(), self._transaction():
+                self._confirm_acks(acked, now)
+                results = [self._ingest_one(admission, now, counts, space) for admission in batch]
         self._publish(counts)
         return results
 
-    def _remember(self, incoming: Incoming, now: float) -> None:
-        """Record a push message URL: appended on disk, indexed in memory."""
-        url = incoming.push_message_url
+    @contextmanager
+    def _undone_by_rollback(self) -> Iterator[None]:
+        """What a write transaction changed in memory (the dedupe index, the salts, the next
+        id) is put back when it rolls back."""
+        self._remembered, self._forgotten, self._salted = [], [], []
+        next_id = self._next_id
+        try:
+            yield
+        except BaseException:
+            for key in self._remembered:
+                self._index.pop(key, None)
+            self._index.update(self._forgotten)
+            self._salts.forget_newest(self._salted)
+            self._next_id = next_id
+            raise
+
+    def _record(
+        self,
+        incoming: Incoming,
+        *,
+        route: str | None = None,
+        body: bytes | None = None,
+        expires_at: float | None = None,
+        targets: Sequence[str] = (),
+        held: bool = False,
+    ) -> int:
+        """One journal row: the dedupe record of ``incoming`` (and, with a body, the message
+        for ``targets``), its acknowledgement owed (or held until every target confirmed)."""
+        self._next_id += 1
+        row_id = self._next_id
         self._conn.execute(
-            "INSERT INTO dedupe_log (url, seen_at, forget_at) VALUES (?, ?, ?)",
-            (url, now, policy.dedupe_horizon(incoming.headers, now)),
+            "INSERT INTO journal (id, key, route, body, received_at, expires_at, targets, ack)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row_id,
+                incoming.push_message_url,
+                route,
+                body,
+                incoming.received_at,
+                expires_at,
+                " ".join(targets),
+                "held" if held else "owed",
+            ),
         )
-        key = _url_key(url)
-        self._seen.add(key)
+        key = _url_key(incoming.push_message_url)
+        self._index[key] = row_id
         self._remembered.append(key)
+        return row_id
 
     def _remember_salt(self, key: int, now: float) -> None:
         self._conn.execute("INSERT INTO salts (digest, seen_at) VALUES (?, ?)", (key, now))
         self._salts.add(key)
         self._salted.append(key)
-
-    def _owe_ack(self, url: str) -> None:
-        self._conn.execute("INSERT OR IGNORE INTO acks VALUES (?, 'owed')", (url,))
 
     def _dead_letter(self, incoming: Incoming, reason: str, route: str | None, now: float) -> None:
         self._conn.execute(
@@ -560,12 +622,10 @@ class Store:
         self, incoming: Incoming, reason: str, route: str | None, now: float, counts: StoreCounts
     ) -> IngestResult:
         """A dead letter: kept for inspection, remembered, acknowledged."""
-        url = incoming.push_message_url
         self._dead_letter(incoming, reason, route, now)
-        self._remember(incoming, now)
-        self._owe_ack(url)
+        self._record(incoming, route=route)
         counts.dead_letters[reason] = counts.dead_letters.get(reason, 0) + 1
-        return IngestResult(url, "dead_lettered", None, ack_now=True)
+        return IngestResult(incoming.push_message_url, "dead_lettered", None, ack_now=True)
 
     def _ingest_one(
         self,
@@ -576,12 +636,18 @@ class Store:
     ) -> IngestResult:
         incoming, disposition = admission.incoming, admission.disposition
         url = incoming.push_message_url
-        if _url_key(url) in self._seen:
+        known = self._index.get(_url_key(url))
+        if known is not None:
             counts.duplicates += 1
-            row = self._conn.execute("SELECT state FROM acks WHERE url = ?", (url,)).fetchone()
+            row = self._conn.execute("SELECT ack FROM journal WHERE id = ?", (known,)).fetchone()
             if row and row[0] == "held":
                 return IngestResult(url, "duplicate", None, ack_now=False)
-            self._owe_ack(url)  # the service did not see our DELETE: owe it again
+            if row and row[0] is None:
+                # The service did not see our acknowledgement after all: owe it again (and
+                # remember the message until that one is confirmed).
+                self._conn.execute(
+                    "UPDATE journal SET ack = 'owed', forget_at = NULL WHERE id = ?", (known,)
+                )
             return IngestResult(url, "duplicate", None, ack_now=True)
         if isinstance(disposition, policy.Redelivered):
             # The agent believed it committed, but nothing here remembers it (refused by a full
@@ -592,8 +658,7 @@ class Store:
             return self._poison(incoming, disposition.reason, disposition.route, now, counts)
 
         if isinstance(disposition, policy.Expired):
-            self._remember(incoming, now)
-            self._owe_ack(url)
+            self._record(incoming, route=disposition.route)
             counts.expired[disposition.route] = counts.expired.get(disposition.route, 0) + 1
             return IngestResult(url, "expired", None, ack_now=True)
 
@@ -604,8 +669,7 @@ class Store:
         if salt_digest is not None and salt_digest in self._salts:
             # The same ciphertext again under a new push message URL: a replay. A duplicate,
             # not poison: acknowledged, remembered, counted, never delivered.
-            self._remember(incoming, now)
-            self._owe_ack(url)
+            self._record(incoming, route=route.name)
             counts.replays[route.name] = counts.replays.get(route.name, 0) + 1
             return IngestResult(url, "replayed", None, ack_now=True)
 
@@ -620,58 +684,32 @@ class Store:
             counts.refused[key] = counts.refused.get(key, 0) + 1
             return IngestResult(url, "refused", None, ack_now=False)
 
-        message_id = self._insert_message(
-            route,
-            url,
-            incoming.plaintext,
-            incoming.received_at,
-            disposition.deadline,
-            None,
-            ack_after_delivery=disposition.ack_after_delivery,
+        targets = [target_key(i, t) for i, t in enumerate(route.deliver)]
+        if not targets:  # a route that delivers nowhere: only the dedupe record is kept
+            self._record(incoming, route=route.name)
+            return IngestResult(url, "journalled", "", ack_now=True)
+        held = disposition.ack_after_delivery
+        message_id = self._record(
+            incoming,
+            route=route.name,
+            body=incoming.plaintext,
+            expires_at=disposition.deadline,
+            targets=targets,
+            held=held,
         )
+        self._count_in(route.name, size, incoming.received_at)
         space.add(policy.disk_cost(size))
-        self._remember(incoming, now)
         if salt_digest is not None:
             self._remember_salt(salt_digest, now)
         counts.journalled[route.name] = counts.journalled.get(route.name, 0) + 1
-        if disposition.ack_after_delivery:
-            self._conn.execute("INSERT OR REPLACE INTO acks VALUES (?, 'held')", (url,))
-            return IngestResult(url, "journalled", message_id, ack_now=False)
-        self._owe_ack(url)
-        return IngestResult(url, "journalled", message_id, ack_now=True)
+        return IngestResult(url, "journalled", str(message_id), ack_now=not held)
 
-    def _insert_message(
-        self,
-        route: RouteConfig,
-        url: str,
-        body: bytes,
-        received_at: float,
-        expires_at: float | None,
-        only_target: str | None,
-        *,
-        ack_after_delivery: bool,
-    ) -> str:
-        targets = [target_key(i, t) for i, t in enumerate(route.deliver)]
-        if only_target is not None and only_target in targets:
-            targets = [only_target]
-        if not targets:
-            return ""  # a route that delivers nowhere: nothing to keep
-        cursor = self._conn.execute(
-            "INSERT INTO messages (route, push_message_url, body, received_at, expires_at,"
-            " ack_policy) VALUES (?, ?, ?, ?, ?, ?)",
-            (route.name, url, body, received_at, expires_at, _ACK_POLICY[ack_after_delivery]),
-        )
-        message_id = cursor.lastrowid
-        self._conn.executemany(
-            "INSERT INTO deliveries (route, target, message_id) VALUES (?, ?, ?)",
-            [(route.name, key, message_id) for key in targets],
-        )
+    def _count_in(self, route: str, size: int, received_at: float) -> None:
         with self._stats_lock:
-            usage = self._usage_of(route.name)
+            usage = self._usage_of(route)
             usage.messages += 1
-            usage.bytes += len(body)
+            usage.bytes += size
             usage.last_received_at = received_at
-        return str(message_id)
 
     def _make_room(
         self, route: RouteConfig, size: int, counts: StoreCounts, space: _BatchSpace
@@ -692,62 +730,107 @@ class Store:
                 # Full by the estimate: measure what the pages really take before deciding.
                 space.measured, space.added = self._pages_bytes(), 0
                 continue
+            if decision.reason == "journal_full" and self._forget_for_room():
+                space.measured = self._pages_bytes()
+                continue
             if isinstance(decision, policy.Refuse):
                 return decision
             row = self._conn.execute(
-                "SELECT id FROM messages WHERE route = ? ORDER BY id LIMIT 1", (route.name,)
+                "SELECT id, ack, length(body) FROM journal WHERE route = ? AND body IS NOT NULL"
+                " ORDER BY id LIMIT 1",
+                (route.name,),
             ).fetchone()
             if row is None:
                 return policy.Refuse(decision.reason)
-            self._remove_message(int(row[0]), counts)
-            # Deleting rows frees whole pages only now and then: measure again.
+            if (
+                decision.reason == "journal_full"
+                and row[1] is not None
+                and row[2] < self._page_size
+            ):
+                # Its acknowledgement is not confirmed, so its row stays (the dedupe record) and
+                # a body this small frees no page: dropping it would make no room.
+                return policy.Refuse(decision.reason)
+            self._remove_message(int(row[0]), counts, dropped=True)
+            # Removing rows frees whole pages only now and then: measure again.
             space.measured = self._pages_bytes()
             key = (route.name, decision.reason)
             counts.dropped[key] = counts.dropped.get(key, 0) + 1
 
-    def _remove_message(self, message_id: int, counts: StoreCounts) -> None:
-        """Delete a message and what is left of its deliveries; release a held ack."""
+    def _forget_for_room(self) -> bool:
+        """A full journal first forgets the oldest dedupe records whose acknowledgement the
+        service confirmed, grace period or not (it has forgotten those messages: only a
+        redelivery already on its way could still come); True if there were any."""
+        rows = self._conn.execute(
+            "SELECT id, key FROM journal WHERE body IS NULL AND ack IS NULL AND id < ?"
+            " ORDER BY id LIMIT ?",
+            (self._next_id, FORGET_FOR_ROOM_BATCH),
+        ).fetchall()
+        self._forget(rows)
+        return bool(rows)
+
+    def _forget(self, rows: Sequence[tuple[int, str]]) -> None:
+        """Delete these journal rows (id, key) and their dedupe index entries."""
+        self._conn.executemany("DELETE FROM journal WHERE id = ?", [(r[0],) for r in rows])
+        for row_id, key in rows:
+            digest = _url_key(key)
+            if self._index.get(digest) == row_id:
+                del self._index[digest]
+                self._forgotten.append((digest, row_id))
+
+    def _remove_message(
+        self, message_id: int, counts: StoreCounts, *, dropped: bool = False
+    ) -> None:
+        """Drop a message's body and what is left of its deliveries (its row stays, the dedupe
+        record); release a held acknowledgement. A message ``dropped`` for room whose
+        acknowledgement is confirmed goes whole: a body set to NULL leaves its row in its page,
+        which frees no page until the row is pruned (a redelivery of it would be journalled
+        again, and delivered: it was never delivered)."""
         row = self._conn.execute(
-            "SELECT route, push_message_url, length(body), ack_policy FROM messages WHERE id = ?",
+            "SELECT route, key, length(body), ack FROM journal WHERE id = ? AND body IS NOT NULL",
             (message_id,),
         ).fetchone()
         if row is None:
             return
-        route, url, size, policy = row
-        self._conn.execute("DELETE FROM deliveries WHERE message_id = ?", (message_id,))
-        self._conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+        route, key, size, ack = row
+        if dropped and ack is None and message_id != self._next_id:  # the newest keeps the ids
+            self._forget([(message_id, key)])
+        self._conn.execute(
+            "UPDATE journal SET body = NULL, targets = '', ack = CASE ack WHEN 'held' THEN 'owed'"
+            " ELSE ack END WHERE id = ?",
+            (message_id,),
+        )
+        self._conn.execute("DELETE FROM retries WHERE message_id = ?", (message_id,))
         with self._stats_lock:
             usage = self._usage_of(route)
             usage.messages -= 1
             usage.bytes -= int(size)
-        if policy == "delivered":
-            cursor = self._conn.execute(
-                "UPDATE acks SET state = 'owed' WHERE url = ? AND state = 'held'", (url,)
-            )
-            if cursor.rowcount:
-                counts.released_acks.append(url)
+        if ack == "held":
+            counts.released_acks.append(key)
 
     # -- acknowledgements ------------------------------------------------------------------
 
     def mark_acked(self, push_message_urls: Sequence[str]) -> None:
-        """The upstream DELETE of these succeeded (404/410 included): they are owed no more."""
+        """The service confirmed these acknowledgements (404/410 included): owed no more."""
         if not push_message_urls:
             return
-        with self._lock, self._transaction():
-            self._delete_owed(push_message_urls)
+        with self._lock, self._transaction(durable=False):
+            self._confirm_acks(push_message_urls, self._clock())
 
-    def _delete_owed(self, push_message_urls: Sequence[str]) -> None:
-        if push_message_urls:
+    def _confirm_acks(self, keys: Sequence[str], now: float) -> None:
+        # Not worth an fsync of its own: one lost in a power loss is an acknowledgement sent
+        # again after the restart, which the service answers 404.
+        forget_at = policy.dedupe_forget_at(now)
+        rows = [(forget_at, self._index[k]) for k in map(_url_key, keys) if k in self._index]
+        if rows:
             self._conn.executemany(
-                "DELETE FROM acks WHERE url = ? AND state = 'owed'",
-                [(u,) for u in push_message_urls],
+                "UPDATE journal SET ack = NULL, forget_at = ? WHERE id = ? AND ack = 'owed'", rows
             )
 
     def pending_acks(self) -> list[str]:
-        """Acks owed but not yet sent (after a restart the agent sends them)."""
+        """Acknowledgements owed but not confirmed (after a restart they are sent again)."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT url FROM acks WHERE state = 'owed' ORDER BY url"
+                "SELECT key FROM journal WHERE ack = 'owed' ORDER BY id"
             ).fetchall()
         return [r[0] for r in rows]
 
@@ -760,11 +843,13 @@ class Store:
         after = int(after_id) if after_id else 0
         with self._lock:
             rows = self._conn.execute(
-                "SELECT m.id, m.route, m.body, m.received_at, m.expires_at, m.push_message_url,"
-                " d.attempts, d.next_attempt_at FROM deliveries d JOIN messages m"
-                " ON m.id = d.message_id WHERE d.route = ? AND d.target = ? AND d.message_id > ?"
-                " ORDER BY d.message_id LIMIT ?",
-                (route, target, after, limit),
+                "SELECT j.id, j.route, j.body, j.received_at, j.expires_at, j.key,"
+                " coalesce(r.attempts, 0), coalesce(r.next_attempt_at, 0) FROM journal j"
+                " LEFT JOIN retries r ON r.message_id = j.id AND r.target = ?1"
+                " WHERE j.id > ?2 AND j.route = ?3 AND j.body IS NOT NULL"
+                " AND instr(' ' || j.targets || ' ', ' ' || ?1 || ' ') > 0"
+                " ORDER BY j.id LIMIT ?4",
+                (target, after, route, limit),
             ).fetchall()
         return [
             PendingDelivery(
@@ -782,48 +867,68 @@ class Store:
         next_attempt_at: float,
         error: str,
     ) -> None:
-        """Persist a failed attempt so the retry schedule survives a restart."""
-        with self._lock, self._transaction():
+        """Keep a failed attempt so the retry schedule survives a restart (not fsynced of its
+        own: lost in a power loss, the retry simply comes sooner)."""
+        with self._lock, self._transaction(durable=False):
             self._conn.execute(
-                "UPDATE deliveries SET attempts = ?, next_attempt_at = ?, last_error = ?"
-                " WHERE route = ? AND target = ? AND message_id = ?",
-                (attempts, next_attempt_at, error, route, target, int(message_id)),
+                "INSERT OR REPLACE INTO retries VALUES (?, ?, ?, ?, ?)",
+                (int(message_id), target, attempts, next_attempt_at, error),
             )
 
     def resolve(self, resolutions: Sequence[Resolution]) -> list[str]:
-        """Finish deliveries in one transaction; prune messages with none left.
+        """Finish deliveries in one transaction; a message with none left keeps only its
+        dedupe record.
 
-        Rejected deliveries become dead letters. Returns the push message URLs of
-        ``delivered``-policy messages whose every target is now done: their ack is owed.
+        Rejected deliveries become dead letters. Returns the keys of ``delivered``-policy
+        messages whose every target is now done: their acknowledgement is owed.
+
+        Not fsynced (the next ingest's commit is, and takes these with it), unless
+        :data:`gateway.policy.REPEAT_WINDOW` confirmed deliveries would otherwise wait: a power
+        loss then repeats no more deliveries than a device recognises by their message ids.
         """
         counts = StoreCounts()
+        delivered = sum(1 for r in resolutions if r.end == "delivered")
         with self._lock:
             now = self._clock()
-            with self._transaction():
-                touched: dict[int, bool] = {}  # message id -> expired for some target
+            durable = self._unsynced + delivered >= policy.REPEAT_WINDOW
+            with self._transaction(durable=durable):
+                left: dict[int, tuple[set[str], bool]] = {}  # id -> targets left, expired
                 for r in resolutions:
                     mid = int(r.message_id)
+                    if mid not in left:
+                        row = self._conn.execute(
+                            "SELECT targets FROM journal WHERE id = ? AND body IS NOT NULL",
+                            (mid,),
+                        ).fetchone()
+                        if row is None:
+                            continue
+                        left[mid] = (set(str(row[0]).split()), False)
+                    targets, expired = left[mid]
+                    if r.target not in targets:
+                        continue
                     if r.end == "rejected":
                         self._dead_letter_delivery(mid, r, now, counts)
-                    cursor = self._conn.execute(
-                        "DELETE FROM deliveries WHERE route = ? AND target = ? AND message_id = ?",
-                        (r.route, r.target, mid),
+                    targets.discard(r.target)
+                    left[mid] = (targets, expired or r.end == "expired")
+                    self._conn.execute(
+                        "DELETE FROM retries WHERE message_id = ? AND target = ?", (mid, r.target)
                     )
-                    if cursor.rowcount:
-                        touched[mid] = touched.get(mid, False) or r.end == "expired"
-                for mid, expired in touched.items():
-                    left = self._conn.execute(
-                        "SELECT 1 FROM deliveries WHERE message_id = ? LIMIT 1", (mid,)
-                    ).fetchone()
-                    if left:
+                for mid, (targets, expired) in left.items():
+                    if targets:
+                        self._conn.execute(
+                            "UPDATE journal SET targets = ? WHERE id = ?",
+                            (" ".join(sorted(targets)), mid),
+                        )
                         continue
                     if expired:
                         route = self._conn.execute(
-                            "SELECT route FROM messages WHERE id = ?", (mid,)
+                            "SELECT route FROM journal WHERE id = ?", (mid,)
                         ).fetchone()
                         if route:
                             counts.expired[route[0]] = counts.expired.get(route[0], 0) + 1
                     self._remove_message(mid, counts)
+            if not durable:
+                self._unsynced += delivered
         released = counts.released_acks
         counts.released_acks = []
         self._publish(counts)
@@ -833,8 +938,7 @@ class Store:
         self, message_id: int, r: Resolution, now: float, counts: StoreCounts
     ) -> None:
         row = self._conn.execute(
-            "SELECT push_message_url, body, received_at, expires_at FROM messages WHERE id = ?",
-            (message_id,),
+            "SELECT key, body, received_at, expires_at FROM journal WHERE id = ?", (message_id,)
         ).fetchone()
         if row is None:
             return
@@ -843,7 +947,7 @@ class Store:
             "INSERT INTO dead_letters (reason, route, target, push_message_url, headers, raw_body,"
             " plaintext, received_at, dead_at, expires_at) VALUES (?, ?, ?, ?, '[]', x'', ?, ?,"
             " ?, ?)",
-            (reason, r.route, r.target, row[0], row[1], row[2], now, row[3]),
+            (reason, r.route, r.target, row[0] or None, row[1], row[2], now, row[3]),
         )
         counts.dead_letters[reason] = counts.dead_letters.get(reason, 0) + 1
 
@@ -864,51 +968,52 @@ class Store:
             }
 
     def prune(self) -> int:
-        """Housekeeping: forget dedupe records past their horizon (at the latest
+        """Housekeeping: forget dedupe records (:func:`gateway.policy.dedupe_forget_at` after
+        their acknowledgement was confirmed; one never confirmed after
         ``journal.dedupe_retention``) and record salts past the retention or the newest
         :data:`~gateway.salt_memory.MAX_SALTS`; check the journal (``quick_check`` at most every
         :data:`QUICK_CHECK_INTERVAL`). Returns how many dedupe records went."""
         with self._lock:
             now = self._clock()
             self._check_integrity_locked(deep=now >= self._next_quick_check)
-            # A record whose ack is still owed stays (its message can still come back).
+            retention = self._journal.dedupe_retention
+            # The newest row stays whatever it says: it carries the id high-water mark.
             old = self._conn.execute(
-                "SELECT id, url FROM dedupe_log WHERE coalesce(forget_at, seen_at + ?) < ?"
-                " AND url NOT IN (SELECT url FROM acks) ORDER BY id",
-                (self._journal.dedupe_retention, now),
+                "SELECT id, key FROM journal WHERE body IS NULL AND ack IS NOT 'held'"
+                " AND (CASE WHEN ack IS NULL THEN coalesce(forget_at, received_at + ?1)"
+                " ELSE received_at + ?1 END) < ?2"
+                " AND id < (SELECT max(id) FROM journal)",
+                (retention, now),
             ).fetchall()
             newest = self._conn.execute("SELECT max(id) FROM salts").fetchone()[0]
             stale_salts = (
                 newest is not None
                 and self._conn.execute(
                     "SELECT 1 FROM salts WHERE id <= ? OR seen_at < ? LIMIT 1",
-                    (int(newest) - MAX_SALTS, now - self._journal.dedupe_retention),
+                    (int(newest) - MAX_SALTS, now - retention),
                 ).fetchone()
             )
             if not old and not stale_salts:
                 return 0
-            with self._transaction():
-                self._conn.executemany(
-                    "DELETE FROM dedupe_log WHERE id = ?", [(row[0],) for row in old]
-                )
+            # Not fsynced: a record that comes back after a power loss is forgotten again.
+            with self._undone_by_rollback(), self._transaction(durable=False):
+                self._forget(old)
                 if stale_salts:
                     # Rowid order is arrival order: the stale ones are a prefix.
                     self._conn.execute(
                         "DELETE FROM salts WHERE id <= ? OR seen_at < ?",
-                        (int(newest) - MAX_SALTS, now - self._journal.dedupe_retention),
+                        (int(newest) - MAX_SALTS, now - retention),
                     )
-            self._seen.difference_update(_url_key(row[1]) for row in old)
         return len(old)
 
     @property
     def dedupe_retention(self) -> float:
-        """Seconds a push message URL is remembered (``journal.dedupe_retention``)."""
+        """Seconds at most a push message URL is remembered (``journal.dedupe_retention``)."""
         return self._journal.dedupe_retention
 
     def dedupe_records(self) -> int:
-        """How many push message URLs are remembered."""
-        with self._lock:
-            return int(self._conn.execute("SELECT count(*) FROM dedupe_log").fetchone()[0])
+        """How many push message URLs are remembered (from memory: never waits for a commit)."""
+        return len(self._index)
 
     # -- dead letters ----------------------------------------------------------------------
 
@@ -963,7 +1068,7 @@ class Store:
         with self._lock:
             now = self._clock()
             space = _BatchSpace(self._pages_bytes())
-            with self._transaction():
+            with self._undone_by_rollback(), self._transaction():
                 row = self._conn.execute(
                     f"SELECT {self._DEAD_COLUMNS} FROM dead_letters WHERE id = ?", (dead_id,)
                 ).fetchone()
@@ -991,19 +1096,34 @@ class Store:
                         f"route {route.name}: the {what} is full, not replayed (try again once "
                         "the gateway has delivered some)"
                     )
-                message_id = self._insert_message(
-                    route,
-                    dead.push_message_url or f"dead-letter:{dead_id}",
-                    dead.plaintext,
-                    now,
-                    policy.replay_deadline(route, now),
-                    dead.target,
-                    ack_after_delivery=False,
-                )
+                targets = [target_key(i, t) for i, t in enumerate(route.deliver)]
+                if dead.target in targets:
+                    targets = [dead.target]
                 self._conn.execute("DELETE FROM dead_letters WHERE id = ?", (dead_id,))
+                if not targets:
+                    return ""  # a route that delivers nowhere: nothing to keep
+                # No key of its own (the dedupe record of its push message URL may still be
+                # there) and no acknowledgement (it was sent when it died): forgotten as soon as
+                # it is delivered.
+                self._next_id += 1
+                message_id = self._next_id
+                self._conn.execute(
+                    "INSERT INTO journal (id, key, route, body, received_at, expires_at, targets,"
+                    " ack, forget_at) VALUES (?, '', ?, ?, ?, ?, ?, NULL, ?)",
+                    (
+                        message_id,
+                        route.name,
+                        dead.plaintext,
+                        now,
+                        policy.replay_deadline(route, now),
+                        " ".join(targets),
+                        now,
+                    ),
+                )
+                self._count_in(route.name, len(dead.plaintext), now)
                 counts.journalled[route.name] = counts.journalled.get(route.name, 0) + 1
         self._publish(counts)
-        return message_id
+        return str(message_id)
 
     def purge_dead_letters(self, ids: Sequence[int] | None = None) -> int:
         """Delete the given dead letters (all when ``ids`` is None); return how many."""

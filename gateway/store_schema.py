@@ -112,7 +112,63 @@ CREATE TABLE salts (
 )
 """
 
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5)
+# v6: one row per message (issue 20: one durable write per message). The message, its pending
+# targets, the state of its upstream acknowledgement and its dedupe record are one row of
+# `journal`, so a commit at a field rate dirties one leaf (the newest rows share it) instead of
+# a page in each of messages, deliveries, its index, dedupe_log and acks. A row stays after
+# delivery (body NULL) as the dedupe record until its acknowledgement is confirmed and a grace
+# period passed (forget_at). Ids are explicit and never reused: the row with the largest id is
+# never pruned (the migration keeps AUTOINCREMENT's high-water mark as such a row). Retry
+# schedules, rare, have their own table.
+SCHEMA_V6 = """
+CREATE TABLE journal (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL,
+    route TEXT,
+    body BLOB,
+    received_at REAL NOT NULL,
+    expires_at REAL,
+    targets TEXT NOT NULL DEFAULT '',
+    ack TEXT CHECK (ack IN ('held', 'owed')),
+    forget_at REAL
+);
+CREATE TABLE retries (
+    message_id INTEGER NOT NULL,
+    target TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    PRIMARY KEY (message_id, target)
+) WITHOUT ROWID;
+INSERT INTO journal (id, key, route, body, received_at, expires_at, targets, ack)
+    SELECT m.id, m.push_message_url, m.route, m.body, m.received_at, m.expires_at,
+           coalesce((SELECT group_concat(d.target, ' ') FROM deliveries d
+                     WHERE d.message_id = m.id), ''),
+           (SELECT a.state FROM acks a WHERE a.url = m.push_message_url)
+    FROM messages m;
+INSERT INTO retries (message_id, target, attempts, next_attempt_at, last_error)
+    SELECT message_id, target, attempts, next_attempt_at, last_error FROM deliveries
+    WHERE attempts > 0;
+INSERT INTO journal (key, received_at, ack, forget_at)
+    SELECT l.url, l.seen_at, (SELECT a.state FROM acks a WHERE a.url = l.url), l.forget_at
+    FROM dedupe_log l WHERE l.url NOT IN (SELECT push_message_url FROM messages);
+INSERT INTO journal (id, key, received_at)
+    SELECT seq, '', 0 FROM sqlite_sequence
+    WHERE name = 'messages' AND seq > (SELECT coalesce(max(id), 0) FROM journal);
+DROP TABLE deliveries;
+DROP TABLE messages;
+DROP TABLE dedupe_log;
+DROP TABLE acks
+"""
+
+MIGRATIONS: tuple[str, ...] = (
+    SCHEMA_V1,
+    SCHEMA_V2,
+    SCHEMA_V3,
+    SCHEMA_V4,
+    SCHEMA_V5,
+    SCHEMA_V6,
+)
 CURRENT_VERSION = len(MIGRATIONS)
 
 

@@ -62,8 +62,7 @@ def test_the_ttl_header_is_parsed_in_one_place():
     assert policy.ttl_seconds((("ttl", " 30 "),)) == 30
     for bad in ("-1", "1.5", "", "٣", "1e3"):
         assert policy.ttl_seconds((("ttl", bad),)) is None
-    assert policy.dedupe_horizon((("ttl", "30"),), NOW) == NOW + 30 + policy.DEDUPE_TTL_SLACK
-    assert policy.dedupe_horizon((), NOW) is None
+    assert policy.dedupe_forget_at(NOW) == NOW + policy.DEDUPE_GRACE
 
 
 def test_a_decrypted_message_is_journalled_with_its_deadline_and_ack_policy():

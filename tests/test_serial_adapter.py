@@ -44,6 +44,18 @@ def message(i: int, body: bytes | None = None) -> Message:
     return Message(f"msg-{i}", "door", body if body is not None else b"m%05d" % i, 1.0e9, None)
 
 
+def stop(sim: Simulator) -> None:
+    """SIGSTOP the simulator and wait until it is stopped: the signal is asynchronous, and a
+    simulator still running reads bytes that were meant to fill its buffer."""
+    sim.proc.send_signal(signal.SIGSTOP)
+    stat = Path(f"/proc/{sim.proc.pid}/stat")
+    deadline = time.monotonic() + 5
+    # The state field follows the parenthesised command name.
+    while stat.read_text().rpartition(")")[2].split()[0] != "T":
+        assert time.monotonic() < deadline, "the simulator did not stop"
+        time.sleep(0.001)
+
+
 @pytest.fixture
 def sims() -> Iterator[list[Simulator]]:
     started: list[Simulator] = []
@@ -205,7 +217,7 @@ async def test_silent_device_means_link_down(tmp_path, sims):
     # a pty nobody answers on: HELLO is never acknowledged
     sim = start_simulator(tmp_path / "record")
     sims.append(sim)
-    sim.proc.send_signal(19)  # SIGSTOP: the device hangs, the port stays
+    stop(sim)  # the device hangs, the port stays
     try:
         adapter = SerialAdapter(config(Path(sim.pty), max_tries=2, ack_timeout=0.05))
         async with running(adapter):
@@ -259,7 +271,7 @@ async def test_a_port_that_takes_no_bytes_does_not_hold_a_delivery(tmp_path, sim
     cfg = config(Path(sim.pty), ping_interval=30.0, ack_timeout=0.1, max_tries=3)
     async with running(SerialAdapter(cfg)) as adapter:
         assert isinstance(await adapter.deliver(message(1), RAW), Delivered)
-        sim.proc.send_signal(signal.SIGSTOP)
+        stop(sim)
         filler = os.open(sim.pty, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
         try:
             with contextlib.suppress(BlockingIOError):

@@ -326,8 +326,9 @@ def test_retry_state_survives_reopen_and_resolve_prunes(tmp_path):
     assert store.pending_deliveries("r", "0:a", after_id=r.message_id) == []
     store.resolve([Resolution(r.message_id, "r", "0:a", "delivered")])
     conn = sqlite3.connect(tmp_path / "state" / DB_NAME)
-    assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
-    assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 0
+    # The row stays as the dedupe record: no body, no targets, no retry state.
+    assert conn.execute("SELECT body, targets FROM journal").fetchall() == [(None, "")]
+    assert conn.execute("SELECT count(*) FROM retries").fetchone()[0] == 0
     store.close()
 
 
@@ -357,35 +358,149 @@ def test_expired_resolution_counts_once_per_message(tmp_path):
     store.close()
 
 
-def test_dedupe_records_pruned_after_retention(tmp_path):
+def delivered(store: JournalUnderTest, url: str) -> None:
+    [r] = store.admit([incoming(url)])
+    assert r.message_id is not None
+    store.resolve([Resolution(r.message_id, "r", "0:a", "delivered")])
+
+
+def test_a_dedupe_record_goes_a_grace_period_after_its_ack_was_confirmed(tmp_path):
     clock = Clock()
-    store = open_store(tmp_path, clock=clock, dedupe_retention=100.0)
-    store.admit([incoming("old")])
-    store.mark_acked(["old"])
-    clock.now += 50
-    store.admit([incoming("owed")])
-    clock.now += 60
+    store = open_store(tmp_path, clock=clock, dedupe_retention=86400.0)
+    delivered(store, "acked")
+    delivered(store, "owed")
+    delivered(store, "newest")
+    store.mark_acked(["acked", "newest"])
+    clock.now += policy.DEDUPE_GRACE - 1
+    assert store.prune() == 0  # a redelivery may still be on its way
+    clock.now += 2
+    # "owed": the service has not confirmed its ack; "newest" keeps the id high-water mark.
     assert store.prune() == 1
-    assert store.dedupe_records() == 1
-    clock.now += 1000
-    assert store.prune() == 0  # "owed" still has an ack owed: remembered until it is sent
-    store.mark_acked(["owed"])
-    assert store.prune() == 1
+    assert store.dedupe_records() == 2
+    assert [r.status for r in store.admit([incoming("owed"), incoming("acked")])] == [
+        "duplicate",
+        "journalled",
+    ]
+    store.close()
+    store = open_store(tmp_path, clock=clock, dedupe_retention=86400.0)
+    assert store.dedupe_records() == 3  # the index is rebuilt from the journal
     store.close()
 
 
-def test_a_message_with_a_known_ttl_is_forgotten_once_it_cannot_come_back(tmp_path):
-    from gateway.policy import DEDUPE_TTL_SLACK
-
+def test_a_record_whose_ack_is_never_confirmed_goes_after_the_retention(tmp_path):
     clock = Clock()
-    store = open_store(tmp_path, clock=clock, dedupe_retention=86400.0)
-    store.admit([incoming("short", headers=(("ttl", "60"),)), incoming("unknown")])
-    store.mark_acked(["short", "unknown"])
-    clock.now += 60 + DEDUPE_TTL_SLACK - 1
-    assert store.prune() == 0  # the service could still redeliver it
-    clock.now += 2
-    assert store.prune() == 1  # "short" is past its TTL; "unknown" keeps the retention
-    assert [r.status for r in store.admit([incoming("unknown")])] == ["duplicate"]
+    store = open_store(tmp_path, clock=clock, dedupe_retention=100.0)
+    delivered(store, "owed")
+    [held] = store.admit([incoming("newest")])
+    clock.now = 1_700_000_000.0 + 101
+    assert store.prune() == 1
+    assert store.pending_acks() == ["newest"]  # "owed"'s went with its record
+    # An undelivered message stays whatever its age.
+    assert [p.message.id for p in store.pending_deliveries("r", "0:a")] == [held.message_id]
+    store.close()
+
+
+def test_a_duplicate_after_a_confirmed_ack_owes_it_again(tmp_path):
+    clock = Clock()
+    store = open_store(tmp_path, clock=clock)
+    delivered(store, "u1")
+    delivered(store, "u2")
+    store.mark_acked(["u1"])
+    assert store.pending_acks() == ["u2"]
+    [again] = store.admit([incoming("u1")])
+    assert (again.status, again.ack_now) == ("duplicate", True)
+    assert store.pending_acks() == ["u1", "u2"]
+    clock.now += policy.DEDUPE_GRACE + 1
+    assert store.prune() == 0  # both owed: remembered until confirmed
+    store.close()
+
+
+def commit_modes(statements: list[str]) -> list[str]:
+    """The ``synchronous`` mode each traced COMMIT ran under (FULL: fsynced)."""
+    mode, modes = "FULL", []
+    for statement in statements:
+        if statement.startswith("PRAGMA synchronous = "):
+            mode = statement.rsplit(" ", 1)[1]
+        elif statement == "COMMIT":
+            modes.append(mode)
+    return modes
+
+
+def test_one_fsync_per_ingest_and_at_most_8_deliveries_wait_for_one(tmp_path):
+    store = open_store(tmp_path)
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+    results = store.admit([incoming(f"u{i}") for i in range(20)])
+    assert commit_modes(statements) == ["FULL"]
+    ids = [r.message_id for r in results]
+    statements.clear()
+    for message_id in ids[:5]:
+        assert message_id is not None
+        store.resolve([Resolution(message_id, "r", "0:a", "delivered")])
+    store.mark_acked(["u0"])
+    store.schedule_retry(str(ids[5]), "r", "0:a", 1, 0.0, "busy")
+    assert commit_modes(statements) == ["NORMAL"] * 7
+    statements.clear()
+    [new] = store.admit([incoming("new")])  # durable: takes the five with it
+    assert new.message_id is not None
+    for message_id in ids[5:13]:
+        assert message_id is not None
+        store.resolve([Resolution(message_id, "r", "0:a", "delivered")])
+    assert commit_modes(statements) == ["FULL"] + ["NORMAL"] * 7 + ["FULL"]
+    statements.clear()
+    store.resolve([Resolution(str(i), "r", "0:a", "delivered") for i in ids[13:]])  # 7 at once
+    store.resolve([Resolution(new.message_id, "r", "0:a", "expired")])  # not a delivery
+    assert commit_modes(statements) == ["NORMAL", "NORMAL"]
+    store._conn.set_trace_callback(None)
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL between commits
+    store.close()
+
+
+def journal_at_version(tmp_path: Path, old: int) -> tuple[Path, sqlite3.Connection]:
+    """A journal as schema version ``old`` made it (the caller fills it and closes it)."""
+    from gateway.store_schema import MIGRATIONS
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    db = state / DB_NAME
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    conn.execute(f"INSERT INTO schema_version VALUES ({old})")
+    for script in MIGRATIONS[:old]:
+        conn.executescript(script)
+    return db, conn
+
+
+def test_migrates_a_version_5_journal_into_one_row_per_message(tmp_path):
+    db, conn = journal_at_version(tmp_path, 5)
+    t = 1_700_000_000.0
+    conn.executescript(
+        f"""
+        INSERT INTO messages (id, route, push_message_url, body, received_at, expires_at,
+            ack_policy) VALUES (7, 'r', 'pending', x'68656c6c6f', {t}, NULL, 'delivered');
+        INSERT INTO deliveries (route, target, message_id, attempts, next_attempt_at,
+            last_error) VALUES ('r', '0:a', 7, 2, {t + 30}, 'broker down');
+        INSERT INTO acks VALUES ('pending', 'held'), ('sent', 'owed');
+        INSERT INTO dedupe_log (url, seen_at, forget_at) VALUES ('pending', {t}, NULL),
+            ('sent', {t}, NULL), ('confirmed', {t}, {t + 10});
+        UPDATE sqlite_sequence SET seq = 41 WHERE name = 'messages';
+        """
+    )
+    conn.close()
+    db.chmod(0o600)
+    store = open_store(tmp_path)
+    [pending] = store.pending_deliveries("r", "0:a")
+    assert (pending.message.id, pending.message.body) == ("7", b"hello")
+    assert (pending.attempts, pending.next_attempt_at) == (2, t + 30)
+    assert store.pending_acks() == ["sent"]
+    assert [r.status for r in store.admit([incoming(u) for u in ("pending", "sent")])] == [
+        "duplicate",
+        "duplicate",
+    ]
+    assert store.admit([incoming("confirmed")])[0].status == "duplicate"
+    [new] = store.admit([incoming("new")])
+    assert new.message_id is not None and int(new.message_id) > 41
+    assert store.resolve([Resolution("7", "r", "0:a", "delivered")]) == ["pending"]
     store.close()
 
 
@@ -422,15 +537,7 @@ def test_replay_refuses_what_cannot_be_delivered(tmp_path):
 def test_migrates_a_version_1_journal_keeping_its_dedupe_records(tmp_path):
     from gateway.store_schema import MIGRATIONS
 
-    state = tmp_path / "state"
-    state.mkdir(mode=0o700)
-    db = state / DB_NAME
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-    conn.execute("INSERT INTO schema_version VALUES (1)")
-    for statement in MIGRATIONS[0].split(";"):
-        if statement.strip():
-            conn.execute(statement)
+    db, conn = journal_at_version(tmp_path, 1)
     conn.execute("INSERT INTO dedupe VALUES ('https://p/m/old', 1.0)")
     conn.close()
     db.chmod(0o600)

@@ -82,8 +82,11 @@ def test_a_full_journal_refuses_without_acknowledging(
     # Every journalled message is still there for its device.
     pending = store.pending_deliveries("r", "0:a", limit=MESSAGES)
     assert [p.push_message_url for p in pending] == journalled
-    # Deliveries make room; the service's redelivery of a refused message is then journalled.
-    store.resolve([Resolution(p.message.id, "r", "0:a", "delivered") for p in pending])
+    # Deliveries make room once their acknowledgements are confirmed (the rows stay as dedupe
+    # records until then); the service's redelivery of a refused message is then journalled.
+    released = store.resolve([Resolution(p.message.id, "r", "0:a", "delivered") for p in pending])
+    assert sorted(released) == (sorted(journalled) if ack == "delivered" else [])
+    store.mark_acked(released)
     [again] = store.admit([incoming(refused[0], body=b"redelivered")])
     assert again.status == "journalled"
     store.close()
@@ -100,8 +103,21 @@ def test_drop_oldest_under_stored_drops_and_counts_the_oldest(tmp_path: Path) ->
     journalled = by_status["journalled"]
     assert pending and pending[-1].push_message_url == journalled[-1]  # the newest are kept
     assert len(journalled) == len(pending) + dropped
-    # Once the dedupe records alone fill the journal, dropping could not make room: it refuses
-    # instead of dropping what it holds for nothing.
+    # The dedupe records of dropped messages whose acknowledgements were confirmed go first.
+    assert "refused" not in by_status
+    store.close()
+
+
+def test_drop_oldest_refuses_once_unconfirmed_dedupe_records_fill_the_journal(
+    tmp_path: Path,
+) -> None:
+    # Acknowledgements never confirmed: each row must stay as the dedupe record (the service
+    # may deliver its message again), and a small body frees no page, so dropping could not
+    # make room: it refuses instead of dropping what it holds for nothing.
+    store = open_store(tmp_path, route(queue_full="drop-oldest"), max_bytes=LIMIT)
+    by_status = push_all(store, acked_upstream=False)
+    counts = store.take_counts()
+    assert counts.dropped == {}
     assert by_status.get("refused") and not set(by_status["refused"]) & set(store.pending_acks())
     store.close()
 
@@ -139,4 +155,7 @@ def test_the_room_decision() -> None:
     other = policy.JournalSpace(used=9_990, limit=10_000)
     assert policy.room_for(r, QueueUsage(1, 10, None), 600, other) == policy.Refuse("journal_full")
     assert policy.room_for(r, empty, 1001, space) == policy.NeverFits()
-    assert policy.room_for(r, empty, 100, policy.JournalSpace(0, 500)) == policy.NeverFits()
+    assert (
+        policy.room_for(r, empty, 100, policy.JournalSpace(0, policy.disk_cost(100) - 1))
+        == policy.NeverFits()
+    )

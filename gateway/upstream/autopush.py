@@ -11,8 +11,10 @@ resource the ``pushEndpoint``.
 
 What differs from RFC 8030 is said to the hub in its terms: a notification is a
 :class:`~gateway.upstream.contract.Pushed` whose key is ``ap:<channel id>:<version>`` (the
-dedupe key and what ``ack`` needs), an acknowledgement is done once it is written (autopush does
-not answer acks), and a new uaid means every channel is lost.
+dedupe key and what ``ack`` needs), an acknowledgement is done once the service answered a
+WebSocket ping sent after it (autopush answers no ack, but reads a connection's frames in order:
+the pong shows it has taken the acks before it, so the journal may start forgetting them), and a
+new uaid means every channel is lost.
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ class WebSocketConnection:
         self._do_not_reconnect = False
         self._wake_writer = trio.Event()
         self._written_acks: list[str] = []  # acks in data not yet on the wire
+        self._acks_awaiting_pong: dict[bytes, list[str]] = {}  # ping payload -> acks before it
         self._last_received = time.monotonic()
         self._pong = trio.Event()
         self._connected = trio.Event()
@@ -251,13 +254,19 @@ class WebSocketConnection:
             await self._wake_writer.wait()
             self._wake_writer = trio.Event()
             written, self._written_acks = self._written_acks, []
+            if written:
+                # autopush answers no ack: a ping right behind them is answered once they are
+                # read (if the connection dies first, they are owed again and sent on the next).
+                token = os.urandom(8)
+                try:
+                    self.proto.ping(token)
+                except ap.ConnectionGone:
+                    pass  # the connection is going: Acknowledgements.ended owes them again
+                else:
+                    self._acks_awaiting_pong[token] = written
             data = self.proto.data_to_send()
             if data:
                 await stream.send_all(data)
-            # autopush answers no ack: one that is on the wire is done (if the connection dies
-            # first, the service sends the message again and the dedupe record answers it).
-            for key in written:
-                self.hub.acked(key, True)
 
     async def _reader(self, stream: trio.abc.Stream) -> None:
         while True:
@@ -335,6 +344,8 @@ class WebSocketConnection:
                 done.set()
         elif isinstance(event, ap.PongReceived):
             self._pong.set()
+            for key in self._acks_awaiting_pong.pop(event.payload, ()):
+                self.hub.acked(key, True)
         elif isinstance(event, ap.ServerClosed):
             if event.do_not_reconnect:
                 self._do_not_reconnect = True
