@@ -95,6 +95,8 @@ from bench.e2e_procs import (
     write_config,
 )
 from bench.e2e_report import Progress, render_markdown, write_chart
+from gateway.policy import DEDUPE_GRACE
+from gateway.upstream.journal import ACK_RECORD_DELAY
 
 DEFAULT_MESSAGES = 3000  # ~4-5 s of gateway drain at the ~700 msg/s seen here
 DEFAULT_ROUNDS = 2  # floor/gateway drains alternate; medians (the VM drifts 20-30%)
@@ -108,6 +110,10 @@ LATENCY_MIN_MESSAGES = 200  # ... with at least this many samples for a p99
 SERIAL_MESSAGES = 600  # ~1 s over the pty
 MQTT_FLOOR_MESSAGES = 10_000  # perf-limits.md §3a burst size (~1 s)
 DEFAULT_IDLE = 60.0  # one whole keepalive period
+# After the last message the gateway still records its acknowledgements (ACK_RECORD_DELAY after
+# they finished) and forgets the dedupe records a grace period after that: the "settling" window
+# covers both, the idle window follows it.
+SETTLING_SECONDS = ACK_RECORD_DELAY + DEDUPE_GRACE + 10.0
 IDLE_SETTLE = 3.0  # after the last message: let deferred work (commits, thread exits) finish
 LONG_MESSAGES = 1_000_000
 LONG_STEP = 100_000  # RSS is read every this many delivered messages
@@ -453,9 +459,15 @@ class Bench:
         }
 
     def idle(self, seconds: float) -> Report:
-        """The connected gateway with no traffic: CPU and wake-ups per thread."""
-        pid = self.gateway.pid
+        """The connected gateway with no traffic: CPU and wake-ups per thread, over the window
+        right after the last message (``settling``: deferred work such as the acknowledgement
+        record and the dedupe records' grace period) and over the one after it (idle)."""
         time.sleep(IDLE_SETTLE)
+        settling = self._quiet_window(SETTLING_SECONDS)
+        return {**self._quiet_window(seconds), "settling": settling}
+
+    def _quiet_window(self, seconds: float) -> Report:
+        pid = self.gateway.pid
         cpu0, ctx0 = sample(pid).cpu, context_switches(pid)
         end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0:
@@ -579,7 +591,9 @@ def run(
         half_live = bench.latency(0.5 * live[0]["rate"], bench.gateway.pid, scrape=True)
         progress.next("serial route (fbsim on a pty)")
         serial = bench.serial()
-        progress.next(f"idle {idle_seconds:.0f} s")
+        progress.next(
+            f"after the last message {SETTLING_SECONDS:.0f} s, then idle {idle_seconds:.0f} s"
+        )
         idle = bench.idle(idle_seconds)
         rss_after = sample(bench.gateway.pid).rss_kib
         long_report = None

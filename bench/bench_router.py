@@ -68,7 +68,10 @@ class NoopAdapter(Adapter):
         return Health(ok=True, state="noop")
 
 
-ROUTES = RouteTable((RouteConfig(name="bench", deliver=(LogTarget("noop"),)),))
+# Room for every message: this measures delivery, not what a full queue drops.
+ROUTES = RouteTable(
+    (RouteConfig(name="bench", deliver=(LogTarget("noop"),), queue_max_messages=10 * MESSAGES),)
+)
 
 
 def incoming(batch_size: int) -> list[policy.Admission]:

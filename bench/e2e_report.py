@@ -212,7 +212,12 @@ def render_markdown(res: Report) -> str:
         f"{serial['line_capacity_115200']:,.1f} (115200 baud, {serial['data_frame_bytes']} + "
         f"{serial['ack_frame_bytes']} B frames) | "
         f"{serial['rate'] / serial['line_capacity_115200']:.1f} | - |",
-        f"| idle CPU s/minute | {idle['cpu_seconds_per_minute']:.4f} | - | - | - |",
+        f"| the {idle['settling']['seconds']:.0f} s after the last message (acknowledgement "
+        f"record, dedupe records' grace): CPU s, wake-ups, per minute | "
+        f"{idle['settling']['cpu_seconds_per_minute']:.4f} s, "
+        f"{idle['settling']['wakeups_per_minute']:.1f} | - | - | - |",
+        f"| idle CPU s/minute (the window after that) | "
+        f"{idle['cpu_seconds_per_minute']:.4f} | - | - | - |",
         f"| idle wake-ups/minute (voluntary switches, {idle['seconds']:.0f} s window, all "
         f"threads) | {idle['wakeups_per_minute']:.1f} | keepalives (push, MQTT, serial at "
         f"{res['keepalive_s']:g} s; MQTT ticks 4x per interval) allow "

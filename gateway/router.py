@@ -71,6 +71,7 @@ DROP_BURST_GAP = 10.0
 # looked at this seldom (salts, the integrity check), and woken when messages come again.
 PRUNE_BUSY_INTERVAL = policy.DEDUPE_GRACE / 2
 PRUNE_IDLE_INTERVAL = 3600.0
+PRUNE_DUE_SLACK = 1.0  # past a record's forget_at, so that the prune finds it due
 # Confirmed deliveries of one target that may wait to be recorded in the journal. A delivery the
 # device confirmed but the journal did not record yet is repeated after a crash; the device
 # suppresses a repeat by its message id, but remembers only its last few ids (the C library:
@@ -78,6 +79,7 @@ PRUNE_IDLE_INTERVAL = 3600.0
 # once this many wait, and a crash never repeats more than a device can recognise. (The store
 # fsyncs resolutions by the same bound: a power loss repeats no more either.)
 MAX_UNRECORDED = policy.REPEAT_WINDOW
+PAUSED_UNRECORDED = "paused: the journal cannot record confirmed deliveries"
 # How long finished deliveries are gathered before they are recorded in one transaction. It
 # delays the upstream ack of `delivered`-policy messages by as much; the other policies do not
 # wait for it.
@@ -93,6 +95,23 @@ def retry_delay(
     failed together (AWS Architecture Blog, "Exponential Backoff And Jitter").
     """
     return max(floor, full_jitter(attempt - 1, base, cap, rand))
+
+
+def prune_interval(records: int, due: float | None, now: float, retention: float) -> float:
+    """Seconds until the journal is pruned again, given the dedupe records it holds and when
+    the earliest confirmed one may go (``due``, on the same clock as ``now``; None: none is).
+
+    Not before that one is due: after the last message of a while one more prune forgets the
+    rest, and then the journal sleeps (PRUNE_IDLE_INTERVAL) instead of looking every
+    PRUNE_BUSY_INTERVAL. At least ten times per retention period either way.
+    """
+    if records <= 1:  # the newest row always stays (it carries the id high-water mark)
+        interval = PRUNE_IDLE_INTERVAL
+    elif due is None:  # undelivered, or acknowledgements not yet confirmed
+        interval = PRUNE_BUSY_INTERVAL
+    else:
+        interval = max(PRUNE_BUSY_INTERVAL, due - now + PRUNE_DUE_SLACK)
+    return min(interval, max(retention / 10, 1.0))
 
 
 @dataclass
@@ -152,6 +171,10 @@ class Router:
         self._resolved: list[Resolution] = []
         self._resolved_event = trio.Event()
         self._recorded = trio.Event()  # set (and replaced) after each successful record
+        # Set when a target waits for its confirmations to be recorded: the committer stops
+        # gathering and commits at once (the gather saves writes, not while a target waits).
+        self._record_now = trio.Event()
+        self._record_failing = False  # the last attempt to record deliveries failed
         self._housekeeping_wake = trio.Event()
         self._pruning_idle = False  # housekeeping sleeps PRUNE_IDLE_INTERVAL
         self._bursts: dict[tuple[str, str, str], _DropBurst] = {}  # (route, reason, action)
@@ -422,9 +445,11 @@ class Router:
         """Pause ``state``'s target while too many of its confirmations wait to be recorded."""
         if state.unrecorded < MAX_UNRECORDED:
             return
-        state.last_error = "paused: the journal cannot record confirmed deliveries"
         while state.unrecorded >= MAX_UNRECORDED:
+            if self._record_failing:
+                state.last_error = PAUSED_UNRECORDED
             recorded = self._recorded
+            self._record_now.set()
             await recorded.wait()
         state.last_error = None
 
@@ -435,7 +460,9 @@ class Router:
             # Gather: at moderate rates deliveries finish one at a time, and a transaction per
             # delivery costs an fsync and ~14 KB of page writes each (bench e2e) — flash wear on
             # an SD card. A few milliseconds of waiting let several share one commit.
-            await trio.sleep(RESOLVE_GATHER)
+            with trio.move_on_after(RESOLVE_GATHER):
+                await self._record_now.wait()
+            self._record_now = trio.Event()
             self._resolved_event = trio.Event()
             if await self._flush():
                 backoff.reset()
@@ -457,10 +484,15 @@ class Router:
             except (sqlite3.Error, OSError) as exc:
                 self._resolved[:0] = batch
                 log.error("journal: recording %d deliveries failed: %s", len(batch), exc)
+                self._record_failing = True
+                for state in self._targets.values():
+                    if state.unrecorded >= MAX_UNRECORDED:
+                        state.last_error = PAUSED_UNRECORDED
                 return False
         for resolution in batch:
             if resolution.end == "delivered":
                 self._targets[(resolution.route, resolution.target)].unrecorded -= 1
+        self._record_failing = False
         self._recorded.set()
         self._recorded = trio.Event()
         self._take_counts(released)
@@ -535,6 +567,10 @@ class Router:
                 next_end = end if next_end is None else min(next_end, end)
         return next_end
 
+    def _prune(self) -> tuple[int, float | None]:
+        """In a worker thread: prune, then when the next confirmed record may go."""
+        return self._store.prune(), self._store.next_forget_at()
+
     async def _housekeeping(self) -> None:
         """Prune dedupe records now and then; close drop bursts. Sleeps otherwise."""
         # Scheduled on trio's monotonic clock: intervals, not dates.
@@ -545,16 +581,18 @@ class Router:
                 next_prune = min(next_prune, now + PRUNE_BUSY_INTERVAL)
             if now >= next_prune:
                 try:
-                    pruned = await trio.to_thread.run_sync(self._store.prune)
+                    pruned, due = await trio.to_thread.run_sync(self._prune)
                 except (sqlite3.Error, OSError) as exc:
                     log.error("journal: pruning failed: %s", exc)
-                    pruned = 0
+                    pruned, due = 0, None
                 if pruned:
                     log.debug("pruned %d dedupe records", pruned)
+                records = self._store.dedupe_records()
                 # The newest record always stays (it carries the id high-water mark).
-                self._pruning_idle = self._store.dedupe_records() <= 1
-                interval = PRUNE_IDLE_INTERVAL if self._pruning_idle else PRUNE_BUSY_INTERVAL
-                next_prune = now + min(interval, max(self._store.dedupe_retention / 10, 1.0))
+                self._pruning_idle = records <= 1
+                next_prune = now + prune_interval(
+                    records, due, self._clock(), self._store.dedupe_retention
+                )
             burst_end = self._end_bursts(now)
             wake_at = next_prune if burst_end is None else min(next_prune, burst_end)
             self._housekeeping_wake = trio.Event()

@@ -222,6 +222,10 @@ class Store:
         self._remembered: list[int] = []  # digests an ingest added (undone by a rollback)
         self._forgotten: list[tuple[int, int]] = []  # and removed
         self._next_id = int(conn.execute("SELECT coalesce(max(id), 0) FROM journal").fetchone()[0])
+        # Per route, an id below which the route queues nothing (a row's body never comes back
+        # and new rows get larger ids): where drop-oldest starts looking, instead of walking
+        # past every dedupe record from the start of the journal for each message it drops.
+        self._queued_from: dict[str, int] = {}
         # Confirmed deliveries written since the last commit that was made durable (see
         # resolve): a power loss may repeat at most these.
         self._unsynced = 0
@@ -552,7 +556,7 @@ class Store:
         """What a write transaction changed in memory (the dedupe index, the salts, the next
         id) is put back when it rolls back."""
         self._remembered, self._forgotten, self._salted = [], [], []
-        next_id = self._next_id
+        next_id, queued_from = self._next_id, dict(self._queued_from)
         try:
             yield
         except BaseException:
@@ -560,7 +564,7 @@ class Store:
                 self._index.pop(key, None)
             self._index.update(self._forgotten)
             self._salts.forget_newest(self._salted)
-            self._next_id = next_id
+            self._next_id, self._queued_from = next_id, queued_from
             raise
 
     def _record(
@@ -736,12 +740,13 @@ class Store:
             if isinstance(decision, policy.Refuse):
                 return decision
             row = self._conn.execute(
-                "SELECT id, ack, length(body) FROM journal WHERE route = ? AND body IS NOT NULL"
-                " ORDER BY id LIMIT 1",
-                (route.name,),
+                "SELECT id, ack, length(body) FROM journal WHERE id >= ? AND route = ?"
+                " AND body IS NOT NULL ORDER BY id LIMIT 1",
+                (self._queued_from.get(route.name, 0), route.name),
             ).fetchone()
             if row is None:
                 return policy.Refuse(decision.reason)
+            self._queued_from[route.name] = int(row[0])
             if (
                 decision.reason == "journal_full"
                 and row[1] is not None
@@ -1005,6 +1010,16 @@ class Store:
                         (int(newest) - MAX_SALTS, now - retention),
                     )
         return len(old)
+
+    def next_forget_at(self) -> float | None:
+        """When the earliest dedupe record whose acknowledgement the service confirmed may be
+        forgotten (None: no such record; the others wait for a delivery or a confirmation)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT min(forget_at) FROM journal WHERE body IS NULL AND ack IS NULL"
+                " AND id < (SELECT max(id) FROM journal)"
+            ).fetchone()
+        return None if row[0] is None else float(row[0])
 
     @property
     def dedupe_retention(self) -> float:

@@ -30,6 +30,7 @@ from gateway.config import JournalConfig, RouteConfig
 from gateway.router import Router, retry_delay
 from gateway.routes import RouteTable
 from gateway.store import Incoming, IngestResult, Store
+from tests.agent_harness import wait_until
 from tests.fake_adapters import FakeAdapter, PipelinedAdapter
 
 EPOCH = 1_700_000_000.0
@@ -378,9 +379,13 @@ async def test_a_target_pauses_while_its_confirmations_cannot_be_recorded(
         h.ingest(*(push(f"u{i}", b"%d" % i) for i in range(20)))
         await device.wait_until(lambda: len(device.delivered) == MAX_UNRECORDED)
         await trio.sleep(60)  # retries of the record come and go: the target stays paused
+
+        def paused_error() -> str:
+            [target] = h.router.snapshot()["r"].targets
+            return target.last_error or ""
+
+        await wait_until(lambda: "cannot record" in paused_error(), "the target reports its pause")
         assert len(device.delivered) == MAX_UNRECORDED
-        [target] = h.router.snapshot()["r"].targets
-        assert target.last_error is not None and "cannot record" in target.last_error
         disk_full["on"] = False
         await device.wait_until(lambda: len(device.delivered) == 20)
     assert [m.body for m in device.delivered] == [b"%d" % i for i in range(20)]
@@ -428,3 +433,21 @@ async def test_a_pipelined_retry_settles_the_window_then_retries_in_order(tmp_pa
         await device.wait_until(lambda: len(device.delivered) == 5)
     assert [m.body for m in device.delivered] == [b"0", b"1", b"2", b"3", b"4"]
     store.close()
+
+
+def test_prune_waits_for_the_earliest_confirmed_record_then_sleeps():
+    """After the last message of a while one prune forgets the rest (when the earliest
+    confirmed record is due, not on a fixed beat), then the journal sleeps."""
+    from gateway.router import PRUNE_BUSY_INTERVAL, PRUNE_DUE_SLACK, PRUNE_IDLE_INTERVAL
+    from gateway.router import prune_interval as interval
+
+    day = 86400.0
+    assert interval(1, None, 0.0, 28 * day) == PRUNE_IDLE_INTERVAL  # only the newest row
+    assert interval(1, 50.0, 0.0, 28 * day) == PRUNE_IDLE_INTERVAL
+    assert interval(5, None, 0.0, 28 * day) == PRUNE_BUSY_INTERVAL  # nothing confirmed yet
+    assert interval(5, 1000.0 + 60, 1000.0, 28 * day) == 60 + PRUNE_DUE_SLACK  # due in 60 s
+    assert interval(5, 1000.0 + 1, 1000.0, 28 * day) == PRUNE_BUSY_INTERVAL  # never closer
+    assert interval(5, 900.0, 1000.0, 28 * day) == PRUNE_BUSY_INTERVAL  # overdue: soon
+    assert interval(5, 1000.0 + day, 1000.0, 28 * day) == day + PRUNE_DUE_SLACK
+    assert interval(5, 1000.0 + day, 1000.0, 600.0) == 60.0  # ten times per retention
+    assert interval(1, None, 0.0, 5.0) == 1.0  # and never a busy loop

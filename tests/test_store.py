@@ -370,13 +370,17 @@ def test_a_dedupe_record_goes_a_grace_period_after_its_ack_was_confirmed(tmp_pat
     delivered(store, "acked")
     delivered(store, "owed")
     delivered(store, "newest")
+    assert store.next_forget_at() is None  # none confirmed: nothing is due
     store.mark_acked(["acked", "newest"])
+    # When the router's housekeeping comes (the newest row never goes, whatever it says).
+    assert store.next_forget_at() == clock.now + policy.DEDUPE_GRACE
     clock.now += policy.DEDUPE_GRACE - 1
     assert store.prune() == 0  # a redelivery may still be on its way
     clock.now += 2
     # "owed": the service has not confirmed its ack; "newest" keeps the id high-water mark.
     assert store.prune() == 1
     assert store.dedupe_records() == 2
+    assert store.next_forget_at() is None
     assert [r.status for r in store.admit([incoming("owed"), incoming("acked")])] == [
         "duplicate",
         "journalled",
