@@ -25,6 +25,12 @@ import trio
 PayloadForm = Literal["raw", "envelope"]
 
 
+# The message ids a device running firmware-bridge remembers for duplicate suppression
+# (FB_DEDUPE_SLOTS in firmware-bridge/src/fieldgate_bridge.h): the repeats a crash may cause
+# per target.
+DEVICE_REPEAT_WINDOW = 8
+
+
 @dataclass(frozen=True)
 class AdapterConfig:
     """The settings of one ``[adapters.NAME]`` table; each kind subclasses it (``type`` set)."""
@@ -145,6 +151,15 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     async def deliver(self, message: Message, target: TargetConfig) -> Outcome:
         """Deliver ``message`` to ``target`` and wait for the transport's confirmation."""
+
+    def repeat_window(self, target: TargetConfig) -> int:
+        """How many confirmed deliveries to ``target`` a crash may repeat: the router never
+        lets more wait to be recorded in the journal, so a receiver that suppresses repeats by
+        message id and remembers this many ids sees none.
+
+        :data:`DEVICE_REPEAT_WINDOW` (the default): what the C library's devices remember.
+        """
+        return DEVICE_REPEAT_WINDOW
 
     def window(self, target: TargetConfig) -> int:
         """How many messages to ``target`` may be sent before the first is confirmed.

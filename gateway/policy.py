@@ -13,6 +13,7 @@ import functools
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
+from adapters.base import DEVICE_REPEAT_WINDOW
 from gateway.config import RouteConfig
 from gateway.routes import RouteTable
 from gateway.store_types import Incoming, QueueUsage
@@ -32,7 +33,7 @@ DEDUPE_GRACE = 60.0
 # (firmware-bridge keeps 8): never more confirmed deliveries than this wait for a durable
 # commit (the router pauses a target; the store fsyncs a resolution that reaches it), so a power
 # loss repeats only deliveries a device can still recognise.
-REPEAT_WINDOW = 8
+REPEAT_WINDOW = DEVICE_REPEAT_WINDOW
 # RFC 8188 §2.1: an aes128gcm body starts with salt (16 octets), rs (4), idlen (1), keyid.
 RECORD_SALT_BYTES = 16
 AES128GCM_HEADER_MIN = RECORD_SALT_BYTES + 4 + 1

@@ -72,12 +72,13 @@ DROP_BURST_GAP = 10.0
 PRUNE_BUSY_INTERVAL = policy.DEDUPE_GRACE / 2
 PRUNE_IDLE_INTERVAL = 3600.0
 PRUNE_DUE_SLACK = 1.0  # past a record's forget_at, so that the prune finds it due
-# Confirmed deliveries of one target that may wait to be recorded in the journal. A delivery the
-# device confirmed but the journal did not record yet is repeated after a crash; the device
-# suppresses a repeat by its message id, but remembers only its last few ids (the C library:
-# FB_DEDUPE_SLOTS, 8). So a target whose confirmations cannot be recorded (disk full) pauses
-# once this many wait, and a crash never repeats more than a device can recognise. (The store
-# fsyncs resolutions by the same bound: a power loss repeats no more either.)
+# Confirmed deliveries of one target that may wait to be recorded in the journal: a delivery
+# the receiver confirmed but the journal did not record yet is repeated after a crash. The
+# receiver suppresses a repeat by its message id but remembers only its last few ids (a
+# firmware-bridge device: FB_DEDUPE_SLOTS, 8), so a target pauses once its adapter's
+# repeat_window wait (a full disk), and a crash never repeats more than its receiver can
+# recognise. The store fsyncs resolutions by the smallest bound (policy.REPEAT_WINDOW): a
+# power loss repeats no more either. This is the default and the serial bound.
 MAX_UNRECORDED = policy.REPEAT_WINDOW
 PAUSED_UNRECORDED = "paused: the journal cannot record confirmed deliveries"
 # How long finished deliveries are gathered before they are recorded in one transaction. It
@@ -123,6 +124,8 @@ class _TargetState:
     last_error: str | None = None
     retrying: int = 0  # attempts on the message at the head of the queue
     unrecorded: int = 0  # confirmed deliveries not yet recorded in the journal
+    # At most this many of those (the adapter's repeat_window): see MAX_UNRECORDED.
+    repeat_window: int = MAX_UNRECORDED
     # Messages journalled since the worker last read the journal, handed over in memory: once
     # the worker has read everything the journal held (caught_up), it takes the next ones from
     # here instead of reading them back through a thread.
@@ -179,7 +182,12 @@ class Router:
         self._pruning_idle = False  # housekeeping sleeps PRUNE_IDLE_INTERVAL
         self._bursts: dict[tuple[str, str, str], _DropBurst] = {}  # (route, reason, action)
         self._targets = {
-            (route.name, key): _TargetState(route.name, key, target.adapter)
+            (route.name, key): _TargetState(
+                route.name,
+                key,
+                target.adapter,
+                repeat_window=max(1, self._adapters[target.adapter].repeat_window(target)),
+            )
             for route, key, target in routes.targets()
         }
         self._m_journalled = metrics.counter(
@@ -379,7 +387,7 @@ class Router:
                     await trio.sleep(next_at - now)
                     next_at = 0.0  # due now, whatever a re-read clock says about the last ulp
                     continue
-                if state.unrecorded >= MAX_UNRECORDED:
+                if state.unrecorded >= state.repeat_window:
                     await self._wait_recorded(state)
                     continue  # the clock moved: look at the deadline again
                 outcome = await self._attempt(adapter, message, target)
@@ -443,9 +451,9 @@ class Router:
 
     async def _wait_recorded(self, state: _TargetState) -> None:
         """Pause ``state``'s target while too many of its confirmations wait to be recorded."""
-        if state.unrecorded < MAX_UNRECORDED:
+        if state.unrecorded < state.repeat_window:
             return
-        while state.unrecorded >= MAX_UNRECORDED:
+        while state.unrecorded >= state.repeat_window:
             if self._record_failing:
                 state.last_error = PAUSED_UNRECORDED
             recorded = self._recorded
@@ -486,7 +494,7 @@ class Router:
                 log.error("journal: recording %d deliveries failed: %s", len(batch), exc)
                 self._record_failing = True
                 for state in self._targets.values():
-                    if state.unrecorded >= MAX_UNRECORDED:
+                    if state.unrecorded >= state.repeat_window:
                         state.last_error = PAUSED_UNRECORDED
                 return False
         for resolution in batch:
@@ -673,7 +681,7 @@ class _Worker:
             router._resolve(Resolution(message.id, self.route.name, self.key, "expired"))
             return
         # What is on its way counts too: confirmed and then lost in a crash, it is repeated.
-        if state.unrecorded + len(self.in_flight) >= MAX_UNRECORDED:
+        if state.unrecorded + len(self.in_flight) >= state.repeat_window:
             await self.settle(0)
             await router._wait_recorded(state)
         confirmation = await router._send(self.adapter, message, self.target)

@@ -109,3 +109,17 @@ def test_encodings_and_the_replay_deadline():
     assert not policy.encoding_supported("aesgcm")
     route = ROUTES.get("stored")
     assert route is not None and policy.replay_deadline(route, NOW) == NOW + 60.0
+
+
+def test_the_repeat_window_is_what_the_devices_remember():
+    """The router's bound on unrecorded deliveries for a serial target is the C library's
+    duplicate window: read from its header, so neither side changes alone."""
+    import re
+    from pathlib import Path
+
+    from adapters.base import DEVICE_REPEAT_WINDOW
+
+    header = Path(__file__).parents[1] / "firmware-bridge" / "src" / "fieldgate_bridge.h"
+    found = re.search(r"#define FB_DEDUPE_SLOTS (\d+)u?", header.read_text())
+    assert found is not None
+    assert DEVICE_REPEAT_WINDOW == int(found.group(1)) == policy.REPEAT_WINDOW
