@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -57,6 +57,31 @@ def client_ssl_context(
     if alpn:
         context.set_alpn_protocols(alpn)
     return context
+
+
+async def open_service_stream(
+    url: str,
+    ca_file: Path | None,
+    *,
+    secure: str,
+    plain: str,
+    alpn: list[str],
+    refuse: Callable[[str], Exception],
+) -> trio.abc.Stream:
+    """A connection to the push service at ``url``: TLS (verified, SNI, ``alpn``) for the
+    ``secure`` scheme; cleartext only for the ``plain`` scheme to a loopback host (tests), any
+    other is refused with ``refuse(reason)``. Never a downgrade."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme == secure:
+        context = client_ssl_context(ca_file, alpn=alpn)
+        tcp = await trio.open_tcp_stream(host, parts.port or 443)
+        stream = trio.SSLStream(tcp, context, server_hostname=host, https_compatible=True)
+        await stream.do_handshake()
+        return stream
+    if parts.scheme == plain and is_loopback_host(host):
+        return await trio.open_tcp_stream(host, parts.port or 80)
+    raise refuse(f"refusing {parts.scheme}:// to {host}: only {secure}, or {plain} on loopback")
 
 
 async def post_json(

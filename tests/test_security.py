@@ -261,3 +261,21 @@ async def test_no_key_material_or_plaintext_in_a_debug_log(
         forbidden[location.rstrip("/").rsplit("/", 1)[-1]] = "push message id"
     leaks = sorted({what for text, what in forbidden.items() if text in log_text})
     assert not leaks, f"the debug log contains: {leaks}"
+
+
+@pytest.mark.parametrize(
+    ("url", "secure", "plain"),
+    [
+        ("http://push.example.com/", "https", "http"),
+        ("ws://push.example.com/", "wss", "ws"),
+        ("ftp://127.0.0.1/", "https", "http"),
+    ],
+)
+async def test_cleartext_to_the_push_service_only_on_loopback(url, secure, plain):
+    """Both upstreams open their connection through one rule: TLS, or cleartext to loopback."""
+    from gateway.http1 import open_service_stream
+
+    with pytest.raises(ValueError, match=f"only {secure}, or {plain} on loopback"):
+        await open_service_stream(
+            url, None, secure=secure, plain=plain, alpn=["h2"], refuse=ValueError
+        )

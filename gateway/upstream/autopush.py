@@ -32,7 +32,7 @@ import trio
 
 from fieldgate_common.logs import get_logger
 from gateway.config import PushConfig, RouteConfig
-from gateway.http1 import client_ssl_context, is_loopback_host
+from gateway.http1 import open_service_stream
 from gateway.store import Store, SubscriptionRecord
 from gateway.upstream.contract import (
     UAID_KEY,
@@ -216,17 +216,10 @@ class WebSocketConnection:
         self._wake_writer.set()
 
     async def _open(self) -> trio.abc.Stream:
-        parts = urlsplit(self.push.service)
-        host = parts.hostname or ""
-        if parts.scheme == "wss":
-            context = client_ssl_context(self.push.ca_file, alpn=["http/1.1"])
-            tcp = await trio.open_tcp_stream(host, parts.port or 443)
-            stream = trio.SSLStream(tcp, context, server_hostname=host, https_compatible=True)
-            await stream.do_handshake()
-            return stream
-        if parts.scheme == "ws" and is_loopback_host(host):
-            return await trio.open_tcp_stream(host, parts.port or 80)
-        raise OSError(f"refusing {parts.scheme}:// to {host}: only wss, or ws on loopback")
+        return await open_service_stream(
+            self.push.service, self.push.ca_file, secure="wss", plain="ws", alpn=["http/1.1"],
+            refuse=OSError,
+        )  # fmt: skip
 
     async def _guarded(self, task: Callable[[], Awaitable[None]]) -> None:
         try:

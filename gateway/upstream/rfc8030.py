@@ -24,7 +24,7 @@ import trio
 from fieldgate_common.backoff import Backoff
 from fieldgate_common.logs import get_logger, redact_url
 from gateway.config import PushConfig, RouteConfig
-from gateway.http1 import client_ssl_context, is_loopback_host
+from gateway.http1 import open_service_stream
 from gateway.store import SubscriptionRecord
 from gateway.upstream.contract import (
     Ack,
@@ -213,20 +213,15 @@ class Http2Connection:
         self._wake_writer.set()
 
     async def _open(self) -> trio.abc.Stream:
-        parts = urlsplit(self.push.service)
-        host = parts.hostname or ""
-        if parts.scheme == "https":
-            context = client_ssl_context(self.push.ca_file, alpn=["h2"])
-            tcp = await trio.open_tcp_stream(host, parts.port or 443)
-            stream = trio.SSLStream(tcp, context, server_hostname=host, https_compatible=True)
-            await stream.do_handshake()
-            if stream.selected_alpn_protocol() != "h2":
-                await stream.aclose()
-                raise SessionEnded(f"{host} did not agree to HTTP/2 (ALPN)")
-            return stream
-        if parts.scheme == "http" and is_loopback_host(host):
-            return await trio.open_tcp_stream(host, parts.port or 80)
-        raise SessionEnded(f"refusing {parts.scheme}:// to {host}: only https, or http on loopback")
+        stream = await open_service_stream(
+            self.push.service, self.push.ca_file, secure="https", plain="http", alpn=["h2"],
+            refuse=SessionEnded,
+        )  # fmt: skip
+        if isinstance(stream, trio.SSLStream) and stream.selected_alpn_protocol() != "h2":
+            await stream.aclose()
+            host = urlsplit(self.push.service).hostname or ""
+            raise SessionEnded(f"{host} did not agree to HTTP/2 (ALPN)")
+        return stream
 
     async def _guarded(self, task: Callable[[], Awaitable[None]]) -> None:
         # Every failure of a connection's task ends the connection with a reason, never the
