@@ -161,6 +161,16 @@ class Adapter(abc.ABC):
         """
         return DEVICE_REPEAT_WINDOW
 
+    def repeat_scope(self, target: TargetConfig) -> str | None:
+        """Which targets share one receiver's memory of message ids, and so one
+        :meth:`repeat_window`: targets of this adapter with the same scope count their
+        unrecorded confirmations together; None, the target's own.
+
+        The default, one scope for the whole adapter: a serial port is one device, which
+        remembers its last ids whichever route they came by.
+        """
+        return ""
+
     def window(self, target: TargetConfig) -> int:
         """How many messages to ``target`` may be sent before the first is confirmed.
 

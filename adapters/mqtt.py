@@ -76,11 +76,11 @@ HEALTHY_AFTER = 10.0
 # Receive Maximum): enough to keep a loopback or LAN broker busy while the gateway publishes
 # the next (20 in flight took the drain from 0.36 to 0.61 of its floor, issue 20), few enough
 # that a broker going away leaves little to resend.
+MAX_WINDOW = 32
 # Confirmed publishes per target that a crash may repeat (see Adapter.repeat_window): twice
 # the pipelining window, so that a drain records every 64 and not every 8 (bench e2e). What a
 # subscriber that suppresses repeats by message-id must remember; the README says so.
 REPEAT_WINDOW = 64
-MAX_WINDOW = 32
 # Fixed header (1) + Remaining Length (up to 4) + Packet Identifier (2): the bytes of a PUBLISH
 # besides topic, properties and payload (MQTT 5 §3.3), counted against Maximum Packet Size.
 PUBLISH_OVERHEAD = 7
@@ -428,6 +428,10 @@ class MqttAdapter(Adapter):
         """A subscriber suppresses repeats by the ``message-id`` user property with a window
         it chooses (MQTT QoS 1 repeats on its own too): :data:`REPEAT_WINDOW`."""
         return REPEAT_WINDOW
+
+    def repeat_scope(self, target: TargetConfig) -> str | None:
+        """Each target its own: a topic's subscribers keep their own memory of message ids."""
+        return None
 
     def window(self, target: TargetConfig) -> int:
         """QoS 1 and 2: as many as the broker takes in flight (its Receive Maximum), bounded."""

@@ -234,6 +234,11 @@ class Gateway:
         journal = self.store.problem  # found by the store's own checks; never waits for a commit
         if journal is not None:
             return False, f"journal: {journal}"
+        if self.store.disk_full:
+            return (
+                False,
+                "journal: the disk is full: new messages are refused (left with the push service)",
+            )
         problem = self.upstream.problem()
         if problem is not None:
             return False, problem

@@ -65,6 +65,23 @@ class JournalFiles:
             return 0
         return 0 if found is None else found[1]
 
+    def db_bytes(self) -> int:
+        """The database file's size on disk now (0 when it cannot be looked at)."""
+        try:
+            found = _identity(self.db)
+        except OSError:
+            return 0
+        return 0 if found is None else found[1]
+
+    def disk_free(self) -> int | None:
+        """Bytes the filesystem holding the journal can still give an unprivileged writer
+        (None when ``statvfs`` fails)."""
+        try:
+            st = os.statvfs(self.db.parent)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
     def problem(self) -> JournalProblem | None:
         """What happened to the files since they were opened, or None (also when ``stat``
         itself fails: that says nothing about the files)."""

@@ -229,6 +229,9 @@ class JournalSpace:
 
     used: int
     limit: int
+    # What the filesystem can still give the journal beyond the room it keeps for its own
+    # progress (the WAL's budget, a checkpoint's growth, DISK_RESERVE); None: not known.
+    disk_room: int | None = None
 
 
 @dataclass(frozen=True)
@@ -249,7 +252,7 @@ class Refuse:
     """No room: do not journal, remember or acknowledge it. The push service keeps it and
     redelivers it later (backpressure)."""
 
-    reason: str  # "queue_full" or "journal_full"
+    reason: str  # "queue_full", "journal_full" or "disk_full"
 
 
 @dataclass(frozen=True)
@@ -278,10 +281,16 @@ def room_for(
     says (dropping the oldest would acknowledge a message no device has), as ``refuse-newest``
     does; ``drop-oldest`` on a ``stored`` route drops its oldest (ours already) until the newest
     fits, and refuses when dropping all of its own would not make room (the journal is full of
-    other routes' messages, dedupe records or dead letters).
+    other routes' messages, dedupe records or dead letters). A disk without room refuses.
     """
     if size > route.queue_max_bytes or disk_cost(size) > journal.limit:
         return NeverFits()
+    if journal.disk_room is not None and disk_cost(size) > journal.disk_room:
+        # The disk is smaller than the journal's limit, or something else filled it: refused
+        # whatever the route's queue_full says (the space may come back; dropping our oldest
+        # for it would lose messages to another program's files), and before the journal
+        # fills the disk so far that it cannot record deliveries, prune or checkpoint.
+        return Refuse("disk_full")
     route_full = (
         usage.messages + 1 > route.queue_max_messages or usage.bytes + size > route.queue_max_bytes
     )

@@ -116,16 +116,30 @@ def prune_interval(records: int, due: float | None, now: float, retention: float
 
 
 @dataclass
+class _RepeatBudget:
+    """Confirmed deliveries to one receiver not yet recorded in the journal (``unrecorded``)
+    and sent to it but not yet confirmed (``in_flight``): at most ``window`` together (the
+    adapter's repeat_window; see MAX_UNRECORDED). Targets that share a receiver (two routes to
+    one serial device, Adapter.repeat_scope) share one budget."""
+
+    window: int = MAX_UNRECORDED
+    unrecorded: int = 0
+    in_flight: int = 0
+
+    @property
+    def full(self) -> bool:
+        return self.unrecorded >= self.window
+
+
+@dataclass
 class _TargetState:
     route: str
     key: str
     adapter: str
+    budget: _RepeatBudget
     last_delivery_at: float | None = None
     last_error: str | None = None
     retrying: int = 0  # attempts on the message at the head of the queue
-    unrecorded: int = 0  # confirmed deliveries not yet recorded in the journal
-    # At most this many of those (the adapter's repeat_window): see MAX_UNRECORDED.
-    repeat_window: int = MAX_UNRECORDED
     # Messages journalled since the worker last read the journal, handed over in memory: once
     # the worker has read everything the journal held (caught_up), it takes the next ones from
     # here instead of reading them back through a thread.
@@ -181,15 +195,19 @@ class Router:
         self._housekeeping_wake = trio.Event()
         self._pruning_idle = False  # housekeeping sleeps PRUNE_IDLE_INTERVAL
         self._bursts: dict[tuple[str, str, str], _DropBurst] = {}  # (route, reason, action)
-        self._targets = {
-            (route.name, key): _TargetState(
-                route.name,
-                key,
-                target.adapter,
-                repeat_window=max(1, self._adapters[target.adapter].repeat_window(target)),
-            )
-            for route, key, target in routes.targets()
-        }
+        budgets: dict[tuple[str, str], _RepeatBudget] = {}
+        self._targets: dict[tuple[str, str], _TargetState] = {}
+        for route, key, target in routes.targets():
+            adapter = self._adapters[target.adapter]
+            window = max(1, adapter.repeat_window(target))
+            scope = adapter.repeat_scope(target)
+            if scope is None:
+                budget = _RepeatBudget(window)
+            else:
+                # One receiver: the smallest window any of its targets asks for.
+                budget = budgets.setdefault((target.adapter, scope), _RepeatBudget(window))
+                budget.window = min(budget.window, window)
+            self._targets[(route.name, key)] = _TargetState(route.name, key, target.adapter, budget)
         self._m_journalled = metrics.counter(
             "fieldgate_messages_journalled_total", "Messages committed to the journal", ["route"]
         )
@@ -387,7 +405,7 @@ class Router:
                     await trio.sleep(next_at - now)
                     next_at = 0.0  # due now, whatever a re-read clock says about the last ulp
                     continue
-                if state.unrecorded >= state.repeat_window:
+                if state.budget.full:
                     await self._wait_recorded(state)
                     continue  # the clock moved: look at the deadline again
                 outcome = await self._attempt(adapter, message, target)
@@ -446,20 +464,22 @@ class Router:
     def _resolve(self, resolution: Resolution) -> None:
         self._resolved.append(resolution)
         if resolution.end == "delivered":
-            self._targets[(resolution.route, resolution.target)].unrecorded += 1
+            self._targets[(resolution.route, resolution.target)].budget.unrecorded += 1
         self._resolved_event.set()
 
     async def _wait_recorded(self, state: _TargetState) -> None:
-        """Pause ``state``'s target while too many of its confirmations wait to be recorded."""
-        if state.unrecorded < state.repeat_window:
-            return
-        while state.unrecorded >= state.repeat_window:
+        """Pause ``state``'s target while too many of its receiver's confirmations wait to be
+        recorded."""
+        waited = False
+        while state.budget.full:
+            waited = True
             if self._record_failing:
                 state.last_error = PAUSED_UNRECORDED
             recorded = self._recorded
             self._record_now.set()
             await recorded.wait()
-        state.last_error = None
+        if waited:
+            state.last_error = None
 
     async def _committer(self) -> None:
         backoff = Backoff(COMMIT_RETRY_BASE, COMMIT_RETRY_CAP, rng=self._rng)
@@ -494,12 +514,12 @@ class Router:
                 log.error("journal: recording %d deliveries failed: %s", len(batch), exc)
                 self._record_failing = True
                 for state in self._targets.values():
-                    if state.unrecorded >= state.repeat_window:
+                    if state.budget.full:
                         state.last_error = PAUSED_UNRECORDED
                 return False
         for resolution in batch:
             if resolution.end == "delivered":
-                self._targets[(resolution.route, resolution.target)].unrecorded -= 1
+                self._targets[(resolution.route, resolution.target)].budget.unrecorded -= 1
         self._record_failing = False
         self._recorded.set()
         self._recorded = trio.Event()
@@ -681,11 +701,13 @@ class _Worker:
             router._resolve(Resolution(message.id, self.route.name, self.key, "expired"))
             return
         # What is on its way counts too: confirmed and then lost in a crash, it is repeated.
-        if state.unrecorded + len(self.in_flight) >= state.repeat_window:
+        budget = state.budget
+        if budget.unrecorded + budget.in_flight >= budget.window:
             await self.settle(0)
             await router._wait_recorded(state)
         confirmation = await router._send(self.adapter, message, self.target)
         self.in_flight.append((pending, confirmation))
+        budget.in_flight += 1
 
     async def settle(self, keep: int) -> None:
         """Take in confirmations, oldest first, until at most ``keep`` are on their way; the
@@ -694,7 +716,10 @@ class _Worker:
         router = self.router
         while len(self.in_flight) > (0 if retry else keep):
             pending, confirmation = self.in_flight.popleft()
-            outcome = await router._confirmed(self.adapter, confirmation)
+            try:
+                outcome = await router._confirmed(self.adapter, confirmation)
+            finally:
+                self.state.budget.in_flight -= 1
             done = router._settled(
                 self.route, self.key, self.target, self.state, pending.message, outcome
             )

@@ -21,7 +21,7 @@ import pytest
 import trio
 import trio.testing
 
-from adapters.base import Adapter, RetryLater
+from adapters.base import Adapter, RetryLater, TargetConfig
 from adapters.log import LogAdapter
 from adapters.log_config import LogAdapterConfig, LogTarget
 from fieldgate_common.metrics import Counter, Metrics
@@ -390,6 +390,43 @@ async def test_a_target_pauses_while_its_confirmations_cannot_be_recorded(
         await device.wait_until(lambda: len(device.delivered) == 20)
     assert [m.body for m in device.delivered] == [b"%d" % i for i in range(20)]
     assert store.pending_deliveries("r", "0:a") == []
+    store.close()
+
+
+class _OwnReceivers(FakeAdapter):
+    """Each target its own receiver (as MQTT topics): a repeat window each."""
+
+    def repeat_scope(self, target: TargetConfig) -> str | None:
+        return None
+
+
+@pytest.mark.parametrize(("adapter", "paused_at"), [(FakeAdapter, 1), (_OwnReceivers, 2)])
+async def test_routes_to_one_device_share_its_repeat_window(
+    tmp_path, monkeypatch, adapter, paused_at
+):
+    """Two routes to one serial device: the device remembers its last MAX_UNRECORDED ids
+    whichever route they came by, so that many confirmations may wait in all, not per route
+    (the chaos run, seed 777, saw 16 repeats after a crash with two routes of 8 each)."""
+    import sqlite3
+
+    from gateway.router import MAX_UNRECORDED, PAUSED_UNRECORDED
+
+    routes = [route("one"), route("two")]
+    store = open_store(tmp_path, routes)
+    monkeypatch.setattr(
+        store, "resolve", lambda batch: (_ for _ in ()).throw(sqlite3.OperationalError("full"))
+    )
+    device = adapter("a")
+    async with running(store, routes, [device]) as h:
+        h.ingest(*(push(f"u{i}", b"%d" % i, "one" if i % 2 else "two") for i in range(40)))
+
+        def paused() -> bool:
+            targets = [t for r in h.router.snapshot().values() for t in r.targets]
+            return all(t.last_error == PAUSED_UNRECORDED for t in targets)
+
+        # (Real time: on a virtual clock the store's threads would let it run far ahead.)
+        await wait_until(paused, "both routes pause, waiting for the journal")
+        assert len(device.delivered) == MAX_UNRECORDED * paused_at
     store.close()
 
 

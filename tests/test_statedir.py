@@ -82,3 +82,19 @@ def test_marker_and_status_address(tmp_path):
     statedir.remove_status_address(state)
     assert statedir.read_status_address(state) is None
     assert sorted(p.name for p in state.iterdir()) == [statedir.JOURNAL_MARKER]
+
+
+def test_a_full_disk_leaves_no_staging_file(tmp_path):
+    # Each start on a full disk left an empty ".status.address.PID" behind (the chaos run).
+    from tests.chaos_peers import fill_disk, tmpfs
+
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        state = disk / "state"
+        statedir.prepare(state)
+        fill_disk(disk / "filler")
+        with pytest.raises(OSError):
+            statedir.write_status_address(state, "127.0.0.1:40123")
+        assert sorted(p.name for p in state.iterdir()) == []
+        (disk / "filler").unlink()
+        statedir.write_status_address(state, "127.0.0.1:40123")
+        assert statedir.read_status_address(state) == "127.0.0.1:40123"
