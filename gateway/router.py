@@ -72,12 +72,12 @@ DROP_BURST_GAP = 10.0
 PRUNE_BUSY_INTERVAL = policy.DEDUPE_GRACE / 2
 PRUNE_IDLE_INTERVAL = 3600.0
 PRUNE_DUE_SLACK = 1.0  # past a record's forget_at, so that the prune finds it due
-# Confirmed deliveries of one target that may wait to be recorded in the journal: a delivery
+# Confirmed deliveries to one receiver that may wait to be recorded in the journal: a delivery
 # the receiver confirmed but the journal did not record yet is repeated after a crash. The
 # receiver suppresses a repeat by its message id but remembers only its last few ids (a
-# firmware-bridge device: FB_DEDUPE_SLOTS, 8), so a target pauses once its adapter's
-# repeat_window wait (a full disk), and a crash never repeats more than its receiver can
-# recognise. The store fsyncs resolutions by the smallest bound (policy.REPEAT_WINDOW): a
+# firmware-bridge device: FB_DEDUPE_SLOTS, 8, whichever route they came by), so its targets
+# pause once its adapter's repeat_window wait (a full disk), and a crash never repeats more
+# than it can recognise. The store fsyncs resolutions by the smallest bound (policy.REPEAT_WINDOW): a
 # power loss repeats no more either. This is the default and the serial bound.
 MAX_UNRECORDED = policy.REPEAT_WINDOW
 PAUSED_UNRECORDED = "paused: the journal cannot record confirmed deliveries"
