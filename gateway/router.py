@@ -35,6 +35,7 @@ from adapters.base import (
     Settled,
     TargetConfig,
 )
+from fieldgate_common import malloc
 from fieldgate_common.backoff import Backoff, full_jitter
 from fieldgate_common.logs import get_logger
 from fieldgate_common.metrics import Metrics
@@ -77,8 +78,9 @@ PRUNE_DUE_SLACK = 1.0  # past a record's forget_at, so that the prune finds it d
 # receiver suppresses a repeat by its message id but remembers only its last few ids (a
 # firmware-bridge device: FB_DEDUPE_SLOTS, 8, whichever route they came by), so its targets
 # pause once its adapter's repeat_window wait (a full disk), and a crash never repeats more
-# than it can recognise. The store fsyncs resolutions by the smallest bound (policy.REPEAT_WINDOW): a
-# power loss repeats no more either. This is the default and the serial bound.
+# than it can recognise. The store fsyncs resolutions by the smallest bound
+# (policy.REPEAT_WINDOW): a power loss repeats no more either. This is the default and the
+# serial bound.
 MAX_UNRECORDED = policy.REPEAT_WINDOW
 PAUSED_UNRECORDED = "paused: the journal cannot record confirmed deliveries"
 # How long finished deliveries are gathered before they are recorded in one transaction. It
@@ -596,8 +598,11 @@ class Router:
         return next_end
 
     def _prune(self) -> tuple[int, float | None]:
-        """In a worker thread: prune, then when the next confirmed record may go."""
-        return self._store.prune(), self._store.next_forget_at()
+        """In a worker thread: prune, then when the next confirmed record may go; and hand
+        the memory freed since back to the kernel (see fieldgate_common.malloc)."""
+        pruned, due = self._store.prune(), self._store.next_forget_at()
+        malloc.trim()
+        return pruned, due
 
     async def _housekeeping(self) -> None:
         """Prune dedupe records now and then; close drop bursts. Sleeps otherwise."""

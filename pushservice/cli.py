@@ -12,6 +12,7 @@ from pathlib import Path
 
 import trio
 
+from fieldgate_common import malloc
 from fieldgate_common.config_problems import ConfigError
 from fieldgate_common.logs import get_logger, setup_logging
 from fieldgate_common.sdnotify import Notifier
@@ -136,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
     except StoreUnavailable as exc:
         print(f"fieldgate push-service: storage: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    malloc.limit_arenas()  # before trio starts a worker thread (a long-running service)
     try:
         trio.run(_main, service, config, tls, args)
     except OSError as exc:  # the port is taken, the address is not ours

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import trio
 
+from fieldgate_common import malloc
 from fieldgate_common.logs import get_logger, setup_logging
 from gateway.config import ConfigError, load_config, preflight
 
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from gateway.app import StartupError, run_gateway
     from gateway.store import StoreError
 
+    malloc.limit_arenas()  # before trio starts a worker thread
     try:
         return trio.run(partial(run_gateway, config, reset=args.reset))
     except StartupError as exc:
