@@ -33,7 +33,7 @@ from gateway.webpush.crypto import PushSubscriptionInfo, encrypt
 from pushservice.h1client import HttpConnection
 from tests.chaos_ledger import Ledger, Report, Sent, format_report, make_body
 from tests.chaos_observe import MqttDevice, watch_record
-from tests.chaos_peers import PushServiceProcess, SerialDevice, fill_disk, tmpfs
+from tests.chaos_peers import TMPFS_SIZE, PushServiceProcess, SerialDevice, fill_disk, tmpfs
 from tests.chaos_proxy import CutMode, CuttableProxy
 from tests.gateway_process import GatewayProcess, free_port
 from tests.mosquitto import Mosquitto
@@ -82,6 +82,7 @@ class ChaosOptions:
     short_ttl_share: float = 0.15
     topic_share: float = 0.15
     body_size: tuple[int, int] = (16, 600)
+    state_disk: str = TMPFS_SIZE  # the size of the gateway's state partition (a tmpfs)
 
 
 @dataclass
@@ -190,7 +191,7 @@ class Chaos:
     async def run(self) -> ChaosResult:
         started = time.monotonic()
         await trio.to_thread.run_sync(build_firmware_bridge)
-        with tmpfs(self.state):
+        with tmpfs(self.state, self.options.state_disk):
             try:
                 with trio.fail_after(self.options.duration_limit):
                     async with trio.open_nursery() as nursery:

@@ -3,7 +3,8 @@
 The reconciliation is pure logic and is tested on hand-made ledgers (each discrepancy it must
 catch); the proxy over real loopback sockets; then a whole run of ~1,500 messages.
 ``CHAOS_SEED`` replays a failing run (the seed is in the failure message); a second run always
-uses seed 12345 (the run that once delivered an expired message).
+uses seed 12345 (the run that once delivered an expired message), a third seed 777 on a 1 MiB
+state partition (the run whose journal once filled its disk and stopped).
 """
 
 from __future__ import annotations
@@ -173,12 +174,19 @@ async def test_proxy_closes_the_client_when_the_service_is_down() -> None:
 EXPIRED_BUT_ARRIVED_SEED = 12345
 
 
-@pytest.mark.parametrize("seeded", [False, True], ids=["random-seed", "seed-12345"])
-async def test_short_chaos_run_loses_nothing(tmp_path: Path, seeded: bool) -> None:
-    seed = (
-        EXPIRED_BUT_ARRIVED_SEED
-        if seeded
-        else int(os.environ.get("CHAOS_SEED", random.randrange(2**32)))
+# The seed whose 20,000-message run filled the gateway's 8 MiB state partition with the
+# journal itself (a dedupe record per page, a WAL sized for 256 MiB), after which no commit went
+# through and 8,000 messages were never delivered. The short run gets a 1 MiB partition instead.
+DISK_FILLED_SEED = 777
+SMALL_DISK = "1m"
+
+
+@pytest.mark.parametrize(
+    "kind", ["random-seed", "seed-12345", "seed-777-small-disk"], ids=lambda kind: kind
+)
+async def test_short_chaos_run_loses_nothing(tmp_path: Path, kind: str) -> None:
+    seed = {"seed-12345": EXPIRED_BUT_ARRIVED_SEED, "seed-777-small-disk": DISK_FILLED_SEED}.get(
+        kind, int(os.environ.get("CHAOS_SEED", random.randrange(2**32)))
     )
     options = ChaosOptions(
         messages=1500,
@@ -187,8 +195,9 @@ async def test_short_chaos_run_loses_nothing(tmp_path: Path, seeded: bool) -> No
         rate=60.0,  # ~25 s of sending: faults happen while messages flow
         fault_gap=(0.5, 1.5),
         fault_hold=(0.5, 1.5),
-        # The seeded run is about expiry: twice the share of messages with a TTL of seconds.
-        short_ttl_share=0.3 if seeded else ChaosOptions.short_ttl_share,
+        # The 12345 run is about expiry: twice the share of messages with a TTL of seconds.
+        short_ttl_share=0.3 if kind == "seed-12345" else ChaosOptions.short_ttl_share,
+        state_disk=SMALL_DISK if kind == "seed-777-small-disk" else ChaosOptions.state_disk,
     )
     result = await run_chaos(options, tmp_path)
     assert result.ok, f"seed {seed}\n{result.text}"

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -28,7 +29,7 @@ from gateway.store import Incoming, Store
 from pushservice.service import PushService
 from pushservice.settings import ServiceSettings
 from tests.agent_harness import wait_until
-from tests.chaos_peers import tmpfs
+from tests.chaos_peers import fill_disk, tmpfs
 from tests.gateway_process import (
     LOG_ROUTE,
     GatewayProcess,
@@ -227,6 +228,62 @@ async def test_a_journal_deleted_while_running_is_never_silently_recreated(tmp_p
         assert "--reset: created a new journal" in log.read_text()
         assert reset.terminate() == 0
         nursery.cancel_scope.cancel()
+
+
+# ------------------------------------------------------------------- a full disk
+
+
+def _healthz(gateway: GatewayProcess) -> tuple[int, str]:
+    try:
+        return 200, gateway.get("/healthz").decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+async def test_a_full_disk_refuses_says_so_and_recovers(tmp_path, stack):
+    # The state directory on a 2 MiB partition that something else fills: the gateway leaves
+    # new messages with the push service, /healthz says why, and once the filler is gone the
+    # service's redeliveries are journalled and delivered.
+    with tmpfs(tmp_path / "disk", "2m") as disk:
+        async with trio.open_nursery() as nursery:
+            service = await _service(nursery)
+            state = str(tmp_path / "state")
+            config = config_file(tmp_path, service.subscribe_url, **{state: str(disk / "state")})
+            deliveries = tmp_path / "deliveries.jsonl"  # not on the small disk
+            gateway = stack.enter_context(
+                GatewayProcess(config, _port(config), tmp_path / "gateway.log")
+            )
+            await gateway.start()
+            info = await subscription_of(gateway, config)
+            await send_all(info, [b"before-%d" % i for i in range(5)])
+            await wait_until(lambda: len(_delivered(deliveries)) == 5, "the first five")
+            # Something else fills the disk to the last block: commits that write fail (or
+            # find no room and refuse); nothing is acknowledged either way.
+            filler = disk / "filler"
+            size = await trio.to_thread.run_sync(fill_disk, filler)
+            await send_all(info, [b"while-full-%d" % i for i in range(5)])
+            await wait_until(lambda: _healthz(gateway)[0] == 503, "unhealthy")
+            assert any(
+                why in _healthz(gateway)[1] for why in ("journal commits fail", "the disk is full")
+            )
+            # Then leaves 400 KiB: less than the journal keeps for itself (its WAL's budget and
+            # DISK_RESERVE), room enough to go on committing: it refuses, and says so.
+            os.truncate(filler, size - 400 * 1024)
+            refused = gateway.metric("fieldgate_messages_refused_total")
+            await wait_until(
+                lambda: gateway.metric("fieldgate_messages_refused_total") > refused + 5,
+                "refusals while the disk has little room",
+            )
+            code, reason = _healthz(gateway)
+            assert code == 503 and "the disk is full" in reason, (code, reason)
+            assert service.pending_messages() == 5  # left with the service, none acknowledged
+            assert len(_delivered(deliveries)) == 5
+            filler.unlink()
+            await wait_until(lambda: len(_delivered(deliveries)) == 10, "the five redelivered")
+            await wait_until(lambda: _healthz(gateway)[0] == 200, "healthy again")
+            assert sorted(_delivered(deliveries))[5:] == [f"while-full-{i}" for i in range(5)]
+            assert gateway.terminate() == 0
+            nursery.cancel_scope.cancel()
 
 
 # ------------------------------------------------------------------- the CLI beside it
