@@ -74,6 +74,19 @@ def test_delivered_messages_leave_compact_dedupe_records(tmp_path: Path) -> None
     store.close()
 
 
+def test_messages_delivered_one_at_a_time_share_pages_too(tmp_path: Path) -> None:
+    # The field's case: each message delivered before the next arrives (its row updated in
+    # place, IN_PLACE_ROWS); the next inserts fill the page it left room in.
+    store = open_store(tmp_path)
+    for n in range(2000):
+        [result] = store.admit([incoming(url(n), body=os.urandom(BODY))])
+        assert result.message_id is not None
+        store.resolve([Resolution(result.message_id, "r", "0:a", "delivered")])
+        store.mark_acked([result.push_message_url])
+    assert pages_in_use(store) < 2000 / 3
+    store.close()
+
+
 def test_a_disk_smaller_than_the_limit_refuses_and_recovers(small_disk: Path) -> None:
     # journal.max_bytes is the default 256 MiB; the disk holds 4 MiB.
     store = open_store(small_disk, route(queue_full="drop-oldest"))
