@@ -35,6 +35,28 @@ def _identity(path: Path) -> tuple[_Identity, int] | None:
     return _Identity(st.st_dev, st.st_ino), st.st_size
 
 
+def _size(path: Path) -> int:
+    """A file's size now; 0 when it is gone or cannot be looked at."""
+    try:
+        found = _identity(path)
+    except OSError:
+        return 0
+    return 0 if found is None else found[1]
+
+
+def _statvfs(directory: Path) -> os.statvfs_result | None:
+    try:
+        return os.statvfs(directory)
+    except OSError:
+        return None
+
+
+def disk_size(directory: Path) -> int | None:
+    """The size of the filesystem holding ``directory`` (None when ``statvfs`` fails)."""
+    found = _statvfs(directory)
+    return None if found is None else found.f_blocks * found.f_frsize
+
+
 class JournalFiles:
     """Identity and size of the journal's database and WAL files since the store opened them."""
 
@@ -59,28 +81,17 @@ class JournalFiles:
 
     def wal_bytes(self) -> int:
         """The WAL file's size on disk now (0 when there is none or it cannot be looked at)."""
-        try:
-            found = _identity(self.wal)
-        except OSError:
-            return 0
-        return 0 if found is None else found[1]
+        return _size(self.wal)
 
     def db_bytes(self) -> int:
         """The database file's size on disk now (0 when it cannot be looked at)."""
-        try:
-            found = _identity(self.db)
-        except OSError:
-            return 0
-        return 0 if found is None else found[1]
+        return _size(self.db)
 
     def disk_free(self) -> int | None:
         """Bytes the filesystem holding the journal can still give an unprivileged writer
         (None when ``statvfs`` fails)."""
-        try:
-            st = os.statvfs(self.db.parent)
-        except OSError:
-            return None
-        return st.f_bavail * st.f_frsize
+        found = _statvfs(self.db.parent)
+        return None if found is None else found.f_bavail * found.f_frsize
 
     def problem(self) -> JournalProblem | None:
         """What happened to the files since they were opened, or None (also when ``stat``

@@ -42,7 +42,7 @@ from adapters.base import Message
 from fieldgate_common.logs import get_logger
 from gateway import policy, statedir
 from gateway.config import JournalConfig, RouteConfig
-from gateway.journal_files import JournalFiles
+from gateway.journal_files import JournalFiles, disk_size
 from gateway.routes import RouteTable
 from gateway.salt_memory import MAX_SALTS, RecentSalts, salt_key
 from gateway.store_schema import migrate, version
@@ -166,14 +166,6 @@ def wal_budget(max_bytes: int, disk_size: int | None = None) -> int:
     return max(WAL_BUDGET_MIN, min(WAL_BUDGET_MAX, capacity // WAL_SHARE))
 
 
-def _disk_size(directory: Path) -> int | None:
-    try:
-        st = os.statvfs(directory)
-    except OSError:
-        return None
-    return st.f_blocks * st.f_frsize
-
-
 def _url_key(url: str) -> int:
     """A push message URL's 64-bit digest (the in-memory dedupe index holds these)."""
     return int.from_bytes(hashlib.blake2b(url.encode(), digest_size=8).digest(), "big")
@@ -226,14 +218,12 @@ class Store:
         journal: JournalConfig,
         clock: Callable[[], float],
         *,
-        wal_budget_bytes: int | None = None,
+        wal_budget_bytes: int,
     ) -> None:
         self._conn = conn
         self.path = path
         self._journal = journal
-        self._wal_budget = (
-            wal_budget(journal.max_bytes) if wal_budget_bytes is None else wal_budget_bytes
-        )
+        self._wal_budget = wal_budget_bytes  # wal_budget(), at open
         self._clock = clock
         self._lock = threading.Lock()
         # Counts and queue usage have their own lock, held only for dict updates, so the trio
@@ -320,7 +310,7 @@ class Store:
             # after the DELETE the push service forgets it, so NORMAL (which may lose the last
             # commits on power loss) would lose messages the sender was told were received.
             conn.execute("PRAGMA synchronous = FULL")
-            budget = wal_budget(journal.max_bytes, _disk_size(directory))
+            budget = wal_budget(journal.max_bytes, disk_size(directory))
             half = budget // 2
             page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
             conn.execute(f"PRAGMA journal_size_limit = {half}")
@@ -426,10 +416,15 @@ class Store:
         with self._lock:
             return self._pages_bytes() + self._files.wal_bytes()
 
-    def _pages_bytes(self) -> int:
-        # Inside a write transaction these count its pages too. Two PRAGMAs: a few microseconds.
+    def _page_counts(self) -> tuple[int, int]:
+        """Pages in the database and free among them. Inside a write transaction these count
+        its pages too. Two PRAGMAs: a few microseconds."""
         pages = int(self._conn.execute("PRAGMA page_count").fetchone()[0])
         free = int(self._conn.execute("PRAGMA freelist_count").fetchone()[0])
+        return pages, free
+
+    def _pages_bytes(self) -> int:
+        pages, free = self._page_counts()
         return (pages - free) * self._page_size
 
     def _pages_limit(self) -> int:
@@ -438,18 +433,18 @@ class Store:
 
     def _measure_space(self) -> _BatchSpace:
         """The pages in use, and what the disk can still give (see policy.JournalSpace)."""
-        pages = int(self._conn.execute("PRAGMA page_count").fetchone()[0])
-        free = int(self._conn.execute("PRAGMA freelist_count").fetchone()[0])
+        pages, free = self._page_counts()
+        in_use = (pages - free) * self._page_size
         disk_free = self._files.disk_free()
         if disk_free is None:
-            return _BatchSpace((pages - free) * self._page_size, None)
+            return _BatchSpace(in_use, None)
         # Free pages are room inside the file. A checkpoint writes the pages the WAL added into
         # the database file, growing it; the WAL itself may grow to its budget before it is
         # restarted.
         growth = max(0, pages * self._page_size - self._files.db_bytes())
         wal_room = max(0, self._wal_budget - self._files.wal_bytes())
         room = disk_free + free * self._page_size - DISK_RESERVE - growth - wal_room
-        return _BatchSpace((pages - free) * self._page_size, room)
+        return _BatchSpace(in_use, room)
 
     def _bound_wal(self) -> None:
         """After a commit: a WAL past its budget is checkpointed and restarted, so the next
