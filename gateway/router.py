@@ -127,10 +127,25 @@ class _RepeatBudget:
     window: int = MAX_UNRECORDED
     unrecorded: int = 0
     in_flight: int = 0
+    changed: trio.Event = field(default_factory=trio.Event)  # set when either count falls
 
     @property
     def full(self) -> bool:
+        return self.unrecorded + self.in_flight >= self.window
+
+    @property
+    def stuck(self) -> bool:
+        """Full of confirmations that only a record in the journal can free."""
         return self.unrecorded >= self.window
+
+    def landed(self) -> None:
+        """A message on its way got its answer (and, if delivered, is now unrecorded)."""
+        self.in_flight -= 1
+        self.wake()
+
+    def wake(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
 
 
 @dataclass
@@ -189,7 +204,6 @@ class Router:
         self._rng = rng or random.Random()
         self._resolved: list[Resolution] = []
         self._resolved_event = trio.Event()
-        self._recorded = trio.Event()  # set (and replaced) after each successful record
         # Set when a target waits for its confirmations to be recorded: the committer stops
         # gathering and commits at once (the gather saves writes, not while a target waits).
         self._record_now = trio.Event()
@@ -410,7 +424,13 @@ class Router:
                 if state.budget.full:
                     await self._wait_recorded(state)
                     continue  # the clock moved: look at the deadline again
-                outcome = await self._attempt(adapter, message, target)
+                # On the line it counts too: another target of the same receiver must not
+                # send more than the bound allows while this one waits for its answer.
+                state.budget.in_flight += 1
+                try:
+                    outcome = await self._attempt(adapter, message, target)
+                finally:
+                    state.budget.landed()
             if self._settled(route, key, target, state, message, outcome):
                 return
             assert isinstance(outcome, RetryLater)
@@ -475,11 +495,11 @@ class Router:
         waited = False
         while state.budget.full:
             waited = True
-            if self._record_failing:
+            if self._record_failing and state.budget.stuck:
                 state.last_error = PAUSED_UNRECORDED
-            recorded = self._recorded
+            changed = state.budget.changed
             self._record_now.set()
-            await recorded.wait()
+            await changed.wait()
         if waited:
             state.last_error = None
 
@@ -516,15 +536,15 @@ class Router:
                 log.error("journal: recording %d deliveries failed: %s", len(batch), exc)
                 self._record_failing = True
                 for state in self._targets.values():
-                    if state.budget.full:
+                    if state.budget.stuck:
                         state.last_error = PAUSED_UNRECORDED
                 return False
         for resolution in batch:
             if resolution.end == "delivered":
                 self._targets[(resolution.route, resolution.target)].budget.unrecorded -= 1
         self._record_failing = False
-        self._recorded.set()
-        self._recorded = trio.Event()
+        for state in self._targets.values():
+            state.budget.wake()
         self._take_counts(released)
         return True
 
@@ -707,7 +727,7 @@ class _Worker:
             return
         # What is on its way counts too: confirmed and then lost in a crash, it is repeated.
         budget = state.budget
-        if budget.unrecorded + budget.in_flight >= budget.window:
+        if budget.full:
             await self.settle(0)
             await router._wait_recorded(state)
         confirmation = await router._send(self.adapter, message, self.target)
@@ -724,7 +744,7 @@ class _Worker:
             try:
                 outcome = await router._confirmed(self.adapter, confirmation)
             finally:
-                self.state.budget.in_flight -= 1
+                self.state.budget.landed()
             done = router._settled(
                 self.route, self.key, self.target, self.state, pending.message, outcome
             )

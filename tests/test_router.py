@@ -21,7 +21,7 @@ import pytest
 import trio
 import trio.testing
 
-from adapters.base import Adapter, RetryLater, TargetConfig
+from adapters.base import Adapter, Message, Outcome, RetryLater, TargetConfig
 from adapters.log import LogAdapter
 from adapters.log_config import LogAdapterConfig, LogTarget
 from fieldgate_common.metrics import Counter, Metrics
@@ -427,6 +427,52 @@ async def test_routes_to_one_device_share_its_repeat_window(
         # (Real time: on a virtual clock the store's threads would let it run far ahead.)
         await wait_until(paused, "both routes pause, waiting for the journal")
         assert len(device.delivered) == MAX_UNRECORDED * paused_at
+    store.close()
+
+
+class _SlowDevice(FakeAdapter):
+    """Answers after a moment, so that two routes' attempts overlap; keeps the most
+    confirmations it was owed at once (delivered, unrecorded, plus attempts on the line)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.on_the_line = 0
+        self.most_owed = 0
+
+    async def deliver(self, message: Message, target: TargetConfig) -> Outcome:
+        self.on_the_line += 1
+        self.most_owed = max(self.most_owed, len(self.delivered) + self.on_the_line)
+        try:
+            await trio.sleep(0.002)
+            return await super().deliver(message, target)
+        finally:
+            self.on_the_line -= 1
+
+
+async def test_routes_to_one_device_count_what_is_on_the_line_too(tmp_path, monkeypatch):
+    """A crash repeats the unrecorded confirmations and the message on the line; with two
+    routes to one device each had one on the line, so the device could be owed 9 repeats while
+    it remembers 8 (the chaos run, seed 777, once)."""
+    import sqlite3
+
+    from gateway.router import MAX_UNRECORDED, PAUSED_UNRECORDED
+
+    routes = [route("one"), route("two")]
+    store = open_store(tmp_path, routes)
+    monkeypatch.setattr(
+        store, "resolve", lambda batch: (_ for _ in ()).throw(sqlite3.OperationalError("full"))
+    )
+    device = _SlowDevice("a")
+    async with running(store, routes, [device]) as h:
+        h.ingest(*(push(f"u{i}", b"%d" % i, "one" if i % 2 else "two") for i in range(40)))
+
+        def paused() -> bool:
+            targets = [t for r in h.router.snapshot().values() for t in r.targets]
+            return all(t.last_error == PAUSED_UNRECORDED for t in targets)
+
+        await wait_until(paused, "both routes pause, waiting for the journal")
+        assert len(device.delivered) == MAX_UNRECORDED
+        assert device.most_owed == MAX_UNRECORDED
     store.close()
 
 
