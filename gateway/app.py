@@ -38,7 +38,7 @@ from gateway.status_model import (
 )
 from gateway.status_page import render_status_page
 from gateway.status_schema import STATUS_SCHEMA_VERSION, status_document
-from gateway.store import Store
+from gateway.store import CarriedResolutions, Store
 from gateway.upstream.journal import Observer
 from gateway.upstream.supervisor import Upstream
 
@@ -86,6 +86,7 @@ class Gateway:
             self.registry,
             on_journalled=self._journalled,
             on_counted=self._counted,
+            carry=self._carry,
             observer=observer,
         )
         self.router = Router(
@@ -103,6 +104,9 @@ class Gateway:
 
     def _counted(self) -> None:
         self.router.refresh_counts()
+
+    def _carry(self) -> CarriedResolutions | None:
+        return self.router.carry()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every part until cancelled."""

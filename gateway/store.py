@@ -47,6 +47,7 @@ from gateway.routes import RouteTable
 from gateway.salt_memory import MAX_SALTS, RecentSalts, salt_key
 from gateway.store_schema import migrate, version
 from gateway.store_types import (
+    CarriedResolutions,
     DeadLetter,
     Incoming,
     IngestResult,
@@ -62,6 +63,7 @@ from gateway.store_types import (
 )
 
 __all__ = [
+    "CarriedResolutions",
     "DeadLetter",
     "Incoming",
     "IngestResult",
@@ -587,14 +589,21 @@ class Store:
     # -- ingest ----------------------------------------------------------------------------
 
     def ingest(
-        self, batch: Sequence[policy.Admission], *, acked: Sequence[str] = ()
+        self,
+        batch: Sequence[policy.Admission],
+        *,
+        acked: Sequence[str] = (),
+        resolved: Sequence[Resolution] = (),
     ) -> list[IngestResult]:
         """Carry out a batch of admissions in ONE transaction (group commit, the one durable
         write per message: fsynced before anything is acknowledged); say which may be
         acknowledged now.
 
         ``acked`` are keys whose acknowledgement the service confirmed since the last call:
-        recorded in the same transaction (as :meth:`mark_acked` would). Raises
+        recorded in the same transaction (as :meth:`mark_acked` would); ``resolved`` are
+        finished deliveries, recorded first (as :meth:`resolve` would; the acknowledgements
+        they release are in :meth:`take_counts`). Both ride on the commit the batch needs
+        anyway: no transaction, no WAL pages of their own. Raises
         :class:`StoreError` (nothing journalled, nothing to acknowledge) once the journal's files
         have a problem (see :meth:`check_integrity`).
         """
@@ -607,6 +616,7 @@ class Store:
             space = self._measure_space()
             with self._undone_by_rollback(), self._transaction():
                 self._confirm_acks(acked, now)
+                self._resolve_locked(resolved, now, counts)
                 results = [self._ingest_one(admission, now, counts, space) for admission in batch]
         self._publish(counts)
         return results
@@ -971,54 +981,57 @@ class Store:
         Not fsynced (the next ingest's commit is, and takes these with it), unless
         :data:`gateway.policy.REPEAT_WINDOW` confirmed deliveries would otherwise wait: a power
         loss then repeats no more deliveries than a device recognises by their message ids.
+        Most resolutions do not come here at all: :meth:`ingest` takes them with its commit.
         """
         counts = StoreCounts()
         delivered = sum(1 for r in resolutions if r.end == "delivered")
         with self._lock:
-            now = self._clock()
             durable = self._unsynced + delivered >= policy.REPEAT_WINDOW
             with self._transaction(durable=durable):
-                left: dict[int, tuple[set[str], bool]] = {}  # id -> targets left, expired
-                for r in resolutions:
-                    mid = int(r.message_id)
-                    if mid not in left:
-                        row = self._conn.execute(
-                            "SELECT targets FROM journal WHERE id = ? AND body IS NOT NULL",
-                            (mid,),
-                        ).fetchone()
-                        if row is None:
-                            continue
-                        left[mid] = (set(str(row[0]).split()), False)
-                    targets, expired = left[mid]
-                    if r.target not in targets:
-                        continue
-                    if r.end == "rejected":
-                        self._dead_letter_delivery(mid, r, now, counts)
-                    targets.discard(r.target)
-                    left[mid] = (targets, expired or r.end == "expired")
-                    self._conn.execute(
-                        "DELETE FROM retries WHERE message_id = ? AND target = ?", (mid, r.target)
-                    )
-                for mid, (targets, expired) in left.items():
-                    if targets:
-                        self._conn.execute(
-                            "UPDATE journal SET targets = ? WHERE id = ?",
-                            (" ".join(sorted(targets)), mid),
-                        )
-                        continue
-                    if expired:
-                        route = self._conn.execute(
-                            "SELECT route FROM journal WHERE id = ?", (mid,)
-                        ).fetchone()
-                        if route:
-                            counts.expired[route[0]] = counts.expired.get(route[0], 0) + 1
-                    self._remove_message(mid, counts)
+                self._resolve_locked(resolutions, self._clock(), counts)
             if not durable:
                 self._unsynced += delivered
         released = counts.released_acks
         counts.released_acks = []
         self._publish(counts)
         return released
+
+    def _resolve_locked(
+        self, resolutions: Sequence[Resolution], now: float, counts: StoreCounts
+    ) -> None:
+        left: dict[int, tuple[set[str], bool]] = {}  # id -> targets left, expired
+        for r in resolutions:
+            mid = int(r.message_id)
+            if mid not in left:
+                row = self._conn.execute(
+                    "SELECT targets FROM journal WHERE id = ? AND body IS NOT NULL", (mid,)
+                ).fetchone()
+                if row is None:
+                    continue
+                left[mid] = (set(str(row[0]).split()), False)
+            targets, expired = left[mid]
+            if r.target not in targets:
+                continue
+            if r.end == "rejected":
+                self._dead_letter_delivery(mid, r, now, counts)
+            targets.discard(r.target)
+            left[mid] = (targets, expired or r.end == "expired")
+            self._conn.execute(
+                "DELETE FROM retries WHERE message_id = ? AND target = ?", (mid, r.target)
+            )
+        for mid, (targets, expired) in left.items():
+            if targets:
+                self._conn.execute(
+                    "UPDATE journal SET targets = ? WHERE id = ?", (" ".join(sorted(targets)), mid)
+                )
+                continue
+            if expired:
+                route = self._conn.execute(
+                    "SELECT route FROM journal WHERE id = ?", (mid,)
+                ).fetchone()
+                if route:
+                    counts.expired[route[0]] = counts.expired.get(route[0], 0) + 1
+            self._remove_message(mid, counts)
 
     def _dead_letter_delivery(
         self, message_id: int, r: Resolution, now: float, counts: StoreCounts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -100,6 +101,16 @@ class Resolution:
     target: str  # the target key, see :func:`target_key`
     end: DeliveryEnd
     reason: str = ""  # why it was rejected (the dead letter's reason)
+
+
+@dataclass(frozen=True)
+class CarriedResolutions:
+    """Finished deliveries handed to a journal commit that is made anyway (an ingest), so that
+    they need no transaction of their own; ``done`` is told, once, whether that commit
+    recorded them (False: they are the giver's again, to record another way)."""
+
+    resolutions: tuple[Resolution, ...]
+    done: Callable[[bool], None]
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 
 from adapters.mqtt_config import MqttAdapterConfig, MqttTarget
+from gateway import router as router_module
+from gateway.store import target_key
 from tests.agent_harness import wait_until
 from tests.mosquitto import Mosquitto, MosquittoFactory, mosquitto, mosquitto_factory  # noqa: F401
 from tests.pipeline import (
@@ -207,3 +210,36 @@ async def test_broker_acl_refusal_is_a_dead_letter_and_others_still_flow(
     assert letter.plaintext == b"not for this topic"
     assert "Not authorized" in letter.reason and "0x87" in letter.reason
     assert journal_id  # it was journalled before it was refused
+
+
+async def test_in_the_field_each_message_costs_one_transaction(
+    tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages one at a time (the field's case): each costs its ingest commit only, which also
+    records the previous message's delivery and acknowledgement. The committer's own commit is
+    kept out of the way (RESOLVE_DEFER a minute), so only the carry can have recorded them."""
+    monkeypatch.setattr(router_module, "RESOLVE_DEFER", 60.0)
+    routes = [route("telemetry", MqttTarget(adapter="site-broker", topic="site/{route}", qos=1))]
+    subscriber = MqttSubscriber(mosquitto)
+    bodies = [b"reading %d" % i for i in range(8)]
+    try:
+        async with running_gateway(
+            tmp_path, routes, {"site-broker": broker_adapter(mosquitto)}
+        ) as run:
+            store = run.gateway.store
+            await run.send("telemetry", b"first")
+            await wait_until(lambda: len(subscriber.messages) == 1, "the first message")
+            before = store.transactions
+            for n, body in enumerate(bodies, start=2):
+                await run.send("telemetry", body)
+                await wait_until(lambda n=n: len(subscriber.messages) == n, "the next message")
+            during = store.transactions - before
+            pending = store.pending_deliveries("telemetry", target_key(0, routes[0].deliver[0]))
+            waiting = [p.message.body for p in pending]
+    finally:
+        subscriber.stop()
+    assert subscriber.payloads() == [b"first", *bodies]
+    assert during == len(bodies)  # before: two per message (ingest, then the delivery)
+    # Each ingest recorded the delivery before it; the last one's waits for the next message
+    # (or the committer; a graceful stop records it).
+    assert waiting == [bodies[-1]]

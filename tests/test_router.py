@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import stat
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -27,9 +28,9 @@ from adapters.log_config import LogAdapterConfig, LogTarget
 from fieldgate_common.metrics import Counter, Metrics
 from gateway import policy
 from gateway.config import JournalConfig, RouteConfig
-from gateway.router import Router, retry_delay
+from gateway.router import RESOLVE_DEFER, RESOLVE_GATHER, Router, retry_delay
 from gateway.routes import RouteTable
-from gateway.store import Incoming, IngestResult, Store
+from gateway.store import Incoming, IngestResult, Resolution, Store
 from tests.agent_harness import wait_until
 from tests.fake_adapters import FakeAdapter, PipelinedAdapter
 
@@ -390,6 +391,103 @@ async def test_a_target_pauses_while_its_confirmations_cannot_be_recorded(
         await device.wait_until(lambda: len(device.delivered) == 20)
     assert [m.body for m in device.delivered] == [b"%d" % i for i in range(20)]
     assert store.pending_deliveries("r", "0:a") == []
+    store.close()
+
+
+async def recorded(store: Store, message_id: str, what: str) -> None:
+    """Under a clock that does not jump by itself: until ``message_id`` has no delivery left in
+    the journal (the store's commits run in worker threads, in real time)."""
+    deadline = time.monotonic() + 10.0
+    while any(p.message.id == message_id for p in store.pending_deliveries("r", "0:a")):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await trio.to_thread.run_sync(time.sleep, 0.005)
+
+
+def delivery_waits(store: Store, message_id: str) -> bool:
+    return any(p.message.id == message_id for p in store.pending_deliveries("r", "0:a"))
+
+
+async def test_finished_deliveries_ride_on_the_next_ingest_then_wait_no_more(tmp_path, mock_clock):
+    """At field rates a delivery costs no transaction of its own: the next message's ingest
+    commit takes it along (carry); the committer then finds nothing left to record."""
+    routes = [route()]
+    device = FakeAdapter("a")
+    store = open_store(tmp_path, routes)
+    async with running(store, routes, [device]) as h:
+        [first] = h.admit(push("u1", b"one"))
+        assert first.message_id is not None
+        h.router.notify()
+        await device.wait_until(lambda: len(device.delivered) == 1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert delivery_waits(store, first.message_id)  # confirmed, not yet recorded
+        carried = h.router.carry()
+        assert carried is not None
+        assert carried.resolutions == (Resolution(first.message_id, "r", "0:a", "delivered"),)
+        assert h.router.carry() is None  # handed over once
+        before = store.transactions
+        admission = policy.admit(push("u2", b"two"), h.routes, clock())
+        store.ingest([admission], resolved=carried.resolutions)
+        carried.done(True)
+        assert store.transactions == before + 1
+        assert not delivery_waits(store, first.message_id)
+        mock_clock.jump(RESOLVE_DEFER + 1.0)  # the committer wakes: nothing is left for it
+        await trio.testing.wait_all_tasks_blocked()
+        await trio.to_thread.run_sync(time.sleep, 0.05)
+        assert store.transactions == before + 1
+    store.close()
+
+
+async def test_unclaimed_deliveries_are_recorded_alone_after_the_defer(tmp_path, mock_clock):
+    routes = [route()]
+    device = FakeAdapter("a")
+    store = open_store(tmp_path, routes)
+    async with running(store, routes, [device]) as h:
+        [first] = h.admit(push("u1", b"one"))
+        assert first.message_id is not None
+        h.router.notify()
+        await device.wait_until(lambda: len(device.delivered) == 1)
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(RESOLVE_DEFER - 0.1)
+        await trio.testing.wait_all_tasks_blocked()
+        await trio.to_thread.run_sync(time.sleep, 0.05)
+        assert delivery_waits(store, first.message_id)  # no ingest came: still waiting
+        mock_clock.jump(0.2)
+        await recorded(store, first.message_id, "the committer records it alone")
+    store.close()
+
+
+async def test_a_failed_carry_gives_the_deliveries_back_to_the_committer(tmp_path, mock_clock):
+    routes = [route()]
+    device = FakeAdapter("a")
+    store = open_store(tmp_path, routes)
+    async with running(store, routes, [device]) as h:
+        [first] = h.admit(push("u1", b"one"))
+        assert first.message_id is not None
+        h.router.notify()
+        await device.wait_until(lambda: len(device.delivered) == 1)
+        carried = h.router.carry()
+        assert carried is not None
+        carried.done(False)  # the ingest commit that took them failed
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(RESOLVE_DEFER)
+        await recorded(store, first.message_id, "the committer records what came back")
+    store.close()
+
+
+async def test_an_acknowledgement_waiting_for_the_record_is_not_deferred(tmp_path, mock_clock):
+    """A `delivered`-policy message is acknowledged upstream only once its deliveries are
+    recorded: those are gathered RESOLVE_GATHER, not RESOLVE_DEFER."""
+    routes = [route(ack="delivered")]
+    device = FakeAdapter("a")
+    store = open_store(tmp_path, routes)
+    async with running(store, routes, [device]) as h:
+        h.ingest(push("u1", b"one"))
+        await device.wait_until(lambda: len(device.delivered) == 1)
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(RESOLVE_GATHER)
+        with trio.fail_after(10):  # real time: the clock is not jumped again
+            await h.wait_acks(1)
+        assert h.acks == ["u1"]
     store.close()
 
 

@@ -219,6 +219,52 @@ def test_delivered_policy_holds_the_ack_until_every_target_resolved(tmp_path):
     store.close()
 
 
+def test_finished_deliveries_ride_on_the_next_ingest_commit(tmp_path):
+    """In the field a message comes alone: its ingest commit records the deliveries finished
+    since the last one (and the confirmed acknowledgements), in the same transaction."""
+    r = route(ack="delivered", deliver=(LogTarget("a"), LogTarget("b")))
+    store = open_store(tmp_path, r)
+    [first] = store.admit([incoming("u1")])
+    assert first.message_id is not None
+    store.take_counts()
+    before = store.transactions
+    resolved = [
+        Resolution(first.message_id, "r", target_key(i, LogTarget(t)), "delivered")
+        for i, t in enumerate("ab")
+    ]
+    admission = policy.admit(incoming("u2"), store.routes, store._clock())
+    [second] = store.ingest([admission], resolved=resolved)
+    assert store.transactions == before + 1
+    assert second.status == "journalled"
+    assert store.queue_usage()["r"].messages == 1  # u1 delivered, u2 waiting
+    assert store.take_counts().released_acks == ["u1"]  # every target done: its ack is owed
+    assert store.pending_acks() == ["u1"]
+    store.close()
+
+
+def test_a_failed_ingest_records_none_of_the_deliveries_it_carried(tmp_path):
+    store = open_store(tmp_path)
+    [first] = store.admit([incoming("u1")])
+    assert first.message_id is not None
+    store.take_counts()
+    resolved = [Resolution(first.message_id, "r", "0:a", "delivered")]
+    broken = incoming("u2")
+    admission = policy.admit(broken, store.routes, store._clock())
+    real_ingest_one = store._ingest_one
+
+    def full_disk(*args: object) -> object:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    store._ingest_one = full_disk  # type: ignore[method-assign]
+    with pytest.raises(sqlite3.OperationalError):
+        store.ingest([admission], resolved=resolved)
+    store._ingest_one = real_ingest_one  # type: ignore[method-assign]
+    assert [p.message.id for p in store.pending_deliveries("r", "0:a")] == [first.message_id]
+    assert store.queue_usage()["r"].messages == 1
+    assert store.take_counts().empty()
+    store.close()
+
+
 def test_poison_messages_are_dead_lettered_and_acked(tmp_path):
     store = open_store(tmp_path)
     results = store.admit(

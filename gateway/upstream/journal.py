@@ -5,7 +5,9 @@ that every upstream protocol feeds.
 and asks the policy what to do with it (:func:`gateway.policy.admit`); :meth:`JournalWriter.run`
 commits everything that arrived while the previous transaction ran in one transaction (group
 commit: the fsync cost per message shrinks with the load), together with the acknowledgements
-that finished meanwhile, and only then owes the acknowledgements the policy allows.
+that finished meanwhile and the deliveries the router finished (``carry``: the one transaction a
+message costs in the field records the previous one's delivery too), and only then owes the
+acknowledgements the policy allows.
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ from fieldgate_common.logs import get_logger
 from gateway import policy
 from gateway.ingest import Ingestor
 from gateway.routes import CurrentRoutes
-from gateway.store import COMMIT_RETRY_BASE, COMMIT_RETRY_CAP, IngestResult, Store, StoreError
+from gateway.store import (
+    COMMIT_RETRY_BASE,
+    COMMIT_RETRY_CAP,
+    CarriedResolutions,
+    IngestResult,
+    Store,
+    StoreError,
+)
 from gateway.upstream.acks import Acknowledgements
 from gateway.upstream.contract import Ack, Pushed
 from gateway.upstream.instruments import UpstreamInstruments
@@ -63,10 +72,12 @@ class JournalWriter:
         *,
         on_journalled: Callable[[Sequence[Message]], None],
         on_counted: Callable[[], None],
+        carry: Callable[[], CarriedResolutions | None] = lambda: None,
         observer: Observer | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._store = store
+        self._carry = carry
         self._routes = routes
         self._ingestor = ingestor
         self._acks = acks
@@ -140,14 +151,19 @@ class JournalWriter:
             acked = self._acks.take_finished()
             if not batch and not acked:
                 continue
+            carried = self._carry()
+            resolved = carried.resolutions if carried is not None else ()
             try:
-                # One transaction, so one fsync, for the acks recorded and the batch journalled.
+                # One transaction, so one fsync, for the acks and deliveries recorded and the
+                # batch journalled.
                 results = await trio.to_thread.run_sync(
-                    partial(self._store.ingest, batch, acked=acked)
+                    partial(self._store.ingest, batch, acked=acked, resolved=resolved)
                 )
             except (sqlite3.Error, OSError, StoreError) as exc:
                 # Disk full, a locked or failing card: nothing was acknowledged, so nothing is
                 # lost; keep the batch and try again. The service redelivers meanwhile.
+                if carried is not None:
+                    carried.done(False)
                 self._batch[:0] = batch
                 self._acks.restore_finished(acked)
                 if acked:
@@ -163,8 +179,12 @@ class JournalWriter:
                 log.info("journal commits work again")
                 self.problem = None
             backoff.reset()
+            if carried is not None:
+                carried.done(True)
             if batch:
                 self._committed(batch, results)
+            elif carried is not None:
+                self._on_counted()  # what the deliveries released and counted
 
     def _committed(self, batch: list[policy.Admission], results: list[IngestResult]) -> None:
         self._m.batch.observe(len(batch))

@@ -31,7 +31,7 @@ from gateway.config import Config, is_websocket_service
 from gateway.ingest import Ingestor
 from gateway.routes import CurrentRoutes
 from gateway.status_model import AutopushSnapshot, UpstreamSnapshot
-from gateway.store import Store, SubscriptionRecord
+from gateway.store import CarriedResolutions, Store, SubscriptionRecord
 from gateway.upstream.acks import Acknowledgements
 from gateway.upstream.contract import UAID_SINCE_KEY, Ack, Connection, Ended, Pushed
 from gateway.upstream.instruments import AutopushStats, UpstreamInstruments
@@ -90,6 +90,7 @@ class Upstream:
         *,
         on_journalled: Callable[[Sequence[Message]], None] = lambda messages: None,
         on_counted: Callable[[], None] = lambda: None,
+        carry: Callable[[], CarriedResolutions | None] = lambda: None,
         observer: Observer | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -108,6 +109,7 @@ class Upstream:
             self.m,
             on_journalled=on_journalled,
             on_counted=on_counted,
+            carry=carry,
             observer=observer,
             rng=self._rng,
         )
