@@ -100,6 +100,13 @@ COMMIT_RETRY_CAP = 5.0
 WAL_SHARE = 8
 WAL_BUDGET_MIN = 64 * 1024
 WAL_BUDGET_MAX = 8 * 1024 * 1024
+# A burst (a backlog drained) leaves the WAL holding pages that the commit crossing the
+# autocheckpoint threshold copies back into the database: the next message's commit, megabytes
+# onto an SD card on its critical path. After this many row changes since the last checkpoint,
+# the journal writer checkpoints in the first quiet moment instead (Store.checkpoint); a trickle
+# of messages (~3 row changes each) gets there once in ~700 messages (each checkpoint rewrites
+# the pages touched since once more: a checkpoint per message would double the field's writes).
+IDLE_CHECKPOINT_CHANGES = 2000
 # The filesystem room the journal leaves free besides its WAL's budget and a checkpoint's growth:
 # a full disk refuses new messages (left with the push service) before it stops the journal from
 # recording deliveries, pruning and checkpointing -- which are what make room again. Enough for
@@ -237,6 +244,8 @@ class Store:
         self._counts = StoreCounts()
         self._usage: dict[str, _Usage] = {}
         self.transactions = 0  # committed write transactions (group commit is observable)
+        self._changes = 0  # rows changed by this connection, after the last commit
+        self._changes_at_checkpoint = 0
         self._load_usage()
         # Subscriptions are few and read often (the status page, every ingest): served from
         # memory under the stats lock, so a reader never waits for a commit's fsync.
@@ -393,6 +402,7 @@ class Store:
                 self._load_usage()
             raise
         self.transactions += 1
+        self._changes = self._conn.total_changes
         self._bound_wal()
         self._files.note_size()
 
@@ -462,6 +472,20 @@ class Store:
         with contextlib.suppress(sqlite3.Error, OSError):
             if self._files.wal_bytes() > self._wal_budget:
                 self._conn.execute("PRAGMA wal_checkpoint(RESTART)")
+
+    @property
+    def checkpoint_due(self) -> bool:
+        """Enough changed since the last checkpoint that a quiet moment should take one (see
+        IDLE_CHECKPOINT_CHANGES)."""
+        return self._changes - self._changes_at_checkpoint >= IDLE_CHECKPOINT_CHANGES
+
+    def checkpoint(self) -> None:
+        """Copy the WAL's pages back into the database now (PASSIVE: a reader is not waited
+        for), in a quiet moment after a burst. Never raises: SQLite's own checkpoint at a
+        later commit is still there."""
+        with self._lock, contextlib.suppress(sqlite3.Error, OSError):
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            self._changes_at_checkpoint = self._changes
 
     def _publish(self, counts: StoreCounts) -> None:
         with self._stats_lock:

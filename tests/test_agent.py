@@ -174,3 +174,34 @@ async def test_tls_with_an_unknown_ca_fails_clearly(tmp_path):
         await wait_until(lambda: run.upstream.status.last_error is not None, "an error")
         assert "CERTIFICATE_VERIFY_FAILED" in run.upstream.status.last_error
         assert run.upstream.subscription_infos() == {}
+
+
+async def test_after_a_burst_the_journal_is_checkpointed_in_the_first_quiet_moment(
+    tmp_path, monkeypatch
+):
+    """A burst leaves the WAL full of pages that the next message's commit would copy back
+    into the database; the journal writer checkpoints once things are quiet instead, and a
+    trickle after that does not trigger another."""
+    monkeypatch.setattr("gateway.store.IDLE_CHECKPOINT_CHANGES", 10)
+    monkeypatch.setattr("gateway.upstream.journal.IDLE_CHECKPOINT_AFTER", 0.2)
+    async with running(tmp_path) as run:
+        checkpoints: list[tuple[int, int]] = []  # the database file's mtime before, after
+        real_checkpoint = run.store.checkpoint
+        database = run.store.path
+
+        def checkpoint() -> None:
+            before = database.stat().st_mtime_ns
+            real_checkpoint()
+            checkpoints.append((before, database.stat().st_mtime_ns))
+
+        monkeypatch.setattr(run.store, "checkpoint", checkpoint)
+        for i in range(6):  # ~3 row changes each: past the threshold
+            await run.send("valves", b"burst %d" % i)
+        await wait_until(lambda: bool(checkpoints), "a checkpoint once quiet")
+        [(before, after)] = checkpoints
+        assert after > before  # the burst's pages were copied into the database file
+        assert not run.store.checkpoint_due
+        await run.send("valves", b"one more")
+        await wait_until(lambda: run.service.acked_count() == 7, "its ack")
+        await trio.sleep(0.5)  # quiet for longer than IDLE_CHECKPOINT_AFTER
+        assert len(checkpoints) == 1  # a single message is no burst

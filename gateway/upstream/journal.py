@@ -52,6 +52,9 @@ RECENT_MESSAGES = 10_000
 # alone after this long. Nothing needs them durable sooner: one lost in a crash is an
 # acknowledgement sent again after the restart, which the service answers 404.
 ACK_RECORD_DELAY = 30.0
+# Quiet this long after a commit that left a checkpoint due (Store.checkpoint_due, a burst), the
+# journal is checkpointed: off the next message's critical path.
+IDLE_CHECKPOINT_AFTER = 1.0
 
 # Called with (event, message key, journal message id) as a message moves: "received",
 # "journalled", "duplicate", "dead_lettered", "refused", "expired", "acknowledged". For the demo
@@ -89,6 +92,7 @@ class JournalWriter:
         self._batch: list[policy.Admission] = []
         self._wanted = trio.Event()
         self._ack_record_due: float | None = None  # trio time
+        self._checkpoint_due: float | None = None  # trio time
         self._recent: OrderedDict[str, None] = OrderedDict()
         self.problem: str | None = None  # why commits fail now (None: they work)
         self.last_message_at: float | None = None
@@ -141,10 +145,18 @@ class JournalWriter:
         backoff = Backoff(COMMIT_RETRY_BASE, COMMIT_RETRY_CAP, rng=self._rng)
         while True:
             due = self._ack_record_due
-            with trio.move_on_at(math.inf if due is None else due):
+            checkpoint = self._checkpoint_due
+            wake = min(
+                math.inf if due is None else due, math.inf if checkpoint is None else checkpoint
+            )
+            with trio.move_on_at(wake):
                 await self._wanted.wait()
             self._wanted = trio.Event()
             batch, self._batch = self._batch, []
+            if not batch and checkpoint is not None and trio.current_time() >= checkpoint:
+                self._checkpoint_due = None
+                await trio.to_thread.run_sync(self._store.checkpoint)
+                continue  # what came meanwhile is in self._batch, and wanted
             if not batch and (due is None or trio.current_time() < due):
                 continue
             self._ack_record_due = None
@@ -179,6 +191,8 @@ class JournalWriter:
                 log.info("journal commits work again")
                 self.problem = None
             backoff.reset()
+            if self._store.checkpoint_due:
+                self._checkpoint_due = trio.current_time() + IDLE_CHECKPOINT_AFTER
             if carried is not None:
                 carried.done(True)
             if batch:
