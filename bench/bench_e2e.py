@@ -358,6 +358,7 @@ class Bench:
         self.subscriber.ask("reset", RESULT_LIMIT, cmd="reset")
         metrics_before = self.gateway.get("/metrics").decode() if scrape else ""
         before = sample(cpu_pid) if cpu_pid else None
+        switches0 = context_switches(cpu_pid) if cpu_pid else {}
         cores0 = core_ticks()
         self.post(MQTT_ROUTE, count, rate, times=True)
         got, deadline = 0, time.monotonic() + RESULT_LIMIT + count / rate
@@ -370,6 +371,7 @@ class Bench:
         if cpu_pid:
             time.sleep(IDLE_SETTLE)  # the commits and acks that follow the last receipt
         after = sample(cpu_pid) if cpu_pid else None
+        switches1 = context_switches(cpu_pid) if cpu_pid else {}
         busy = busy_fractions(cores0, core_ticks())
         sent = self._wait_sent()
         receipts = self.receipts()
@@ -384,6 +386,10 @@ class Bench:
         if before is not None and after is not None:
             report["cpu_us"] = (after.cpu - before.cpu) / count * 1e6
             report["disk_bytes"] = after.write_bytes - before.write_bytes
+            # Voluntary context switches: each one a sleep and a wake-up (threads that ended
+            # in the window are not counted: a lower bound).
+            woken = sum(v - switches0.get(tid, (0, 0))[0] for tid, (v, _) in switches1.items())
+            report["wakeups_per_message"] = woken / count
         if scrape:
             metrics_after = self.gateway.get("/metrics").decode()
             name = "fieldgate_delivery_latency_seconds"
