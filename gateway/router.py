@@ -88,10 +88,10 @@ PRUNE_DUE_SLACK = 1.0  # past a record's forget_at, so that the prune finds it d
 MAX_UNRECORDED = policy.REPEAT_WINDOW
 PAUSED_UNRECORDED = "paused: the journal cannot record confirmed deliveries"
 # How long finished deliveries wait for an ingest commit to take them along before they are
-# recorded in a transaction of their own. In the field a message comes every few seconds at
-# most, and its resolution then costs no transaction (~3.5 KB written, a thread hop and an
-# fsync-free commit per message, bench e2e at 20 msg/s); longer would leave the status page's
-# queue depth behind for longer. A crash meanwhile repeats them, within the repeat bound.
+# recorded in a transaction of their own. While messages come at least this often, a
+# resolution costs no transaction of its own (one per message saved: a thread hop, a commit and
+# ~1 KB written, a store run one message at a time); longer would leave the status page's queue
+# depth behind for longer. A crash meanwhile repeats them, within the repeat bound.
 RESOLVE_DEFER = 2.0
 # When something waits for the record (the upstream acknowledgement of a `delivered`-policy
 # message, a target paused by its repeat bound), finished deliveries are gathered this long
@@ -555,8 +555,8 @@ class Router:
                 continue
             if self._urgency is _Urgency.CALM:
                 # At field rates deliveries finish one at a time, and a transaction of their
-                # own costs a thread hop and ~3.5 KB of WAL pages each (flash wear on an SD
-                # card): the next message's ingest commit usually takes them along first.
+                # own costs a thread hop and a WAL page each (flash wear on an SD card): the
+                # next message's ingest commit usually takes them along first.
                 with trio.move_on_at(self._resolved_since + RESOLVE_DEFER) as deferred:
                     await self._committer_wake.wait()
                 if not deferred.cancelled_caught:
