@@ -394,17 +394,26 @@ async def test_a_target_pauses_while_its_confirmations_cannot_be_recorded(
     store.close()
 
 
+def delivery_waits(store: Store, message_id: str) -> bool:
+    return any(p.message.id == message_id for p in store.pending_deliveries("r", "0:a"))
+
+
 async def recorded(store: Store, message_id: str, what: str) -> None:
     """Under a clock that does not jump by itself: until ``message_id`` has no delivery left in
     the journal (the store's commits run in worker threads, in real time)."""
     deadline = time.monotonic() + 10.0
-    while any(p.message.id == message_id for p in store.pending_deliveries("r", "0:a")):
+    while delivery_waits(store, message_id):
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await trio.to_thread.run_sync(time.sleep, 0.005)
 
 
-def delivery_waits(store: Store, message_id: str) -> bool:
-    return any(p.message.id == message_id for p in store.pending_deliveries("r", "0:a"))
+async def deliver_one(h: Harness, device: FakeAdapter) -> str:
+    """Journal one message and wait until ``device`` confirmed it; its journal id."""
+    [first] = h.admit(push("u1", b"one"))
+    assert first.message_id is not None
+    h.router.notify()
+    await device.wait_until(lambda: len(device.delivered) == 1)
+    return first.message_id
 
 
 async def test_finished_deliveries_ride_on_the_next_ingest_then_wait_no_more(tmp_path, mock_clock):
@@ -414,22 +423,19 @@ async def test_finished_deliveries_ride_on_the_next_ingest_then_wait_no_more(tmp
     device = FakeAdapter("a")
     store = open_store(tmp_path, routes)
     async with running(store, routes, [device]) as h:
-        [first] = h.admit(push("u1", b"one"))
-        assert first.message_id is not None
-        h.router.notify()
-        await device.wait_until(lambda: len(device.delivered) == 1)
+        first_id = await deliver_one(h, device)
         await trio.testing.wait_all_tasks_blocked()
-        assert delivery_waits(store, first.message_id)  # confirmed, not yet recorded
+        assert delivery_waits(store, first_id)  # confirmed, not yet recorded
         carried = h.router.carry()
         assert carried is not None
-        assert carried.resolutions == (Resolution(first.message_id, "r", "0:a", "delivered"),)
+        assert carried.resolutions == (Resolution(first_id, "r", "0:a", "delivered"),)
         assert h.router.carry() is None  # handed over once
         before = store.transactions
         admission = policy.admit(push("u2", b"two"), h.routes, clock())
         store.ingest([admission], resolved=carried.resolutions)
         carried.done(True)
         assert store.transactions == before + 1
-        assert not delivery_waits(store, first.message_id)
+        assert not delivery_waits(store, first_id)
         mock_clock.jump(RESOLVE_DEFER + 1.0)  # the committer wakes: nothing is left for it
         await trio.testing.wait_all_tasks_blocked()
         await trio.to_thread.run_sync(time.sleep, 0.05)
@@ -442,17 +448,14 @@ async def test_unclaimed_deliveries_are_recorded_alone_after_the_defer(tmp_path,
     device = FakeAdapter("a")
     store = open_store(tmp_path, routes)
     async with running(store, routes, [device]) as h:
-        [first] = h.admit(push("u1", b"one"))
-        assert first.message_id is not None
-        h.router.notify()
-        await device.wait_until(lambda: len(device.delivered) == 1)
+        first_id = await deliver_one(h, device)
         await trio.testing.wait_all_tasks_blocked()
         mock_clock.jump(RESOLVE_DEFER - 0.1)
         await trio.testing.wait_all_tasks_blocked()
         await trio.to_thread.run_sync(time.sleep, 0.05)
-        assert delivery_waits(store, first.message_id)  # no ingest came: still waiting
+        assert delivery_waits(store, first_id)  # no ingest came: still waiting
         mock_clock.jump(0.2)
-        await recorded(store, first.message_id, "the committer records it alone")
+        await recorded(store, first_id, "the committer records it alone")
     store.close()
 
 
@@ -461,16 +464,13 @@ async def test_a_failed_carry_gives_the_deliveries_back_to_the_committer(tmp_pat
     device = FakeAdapter("a")
     store = open_store(tmp_path, routes)
     async with running(store, routes, [device]) as h:
-        [first] = h.admit(push("u1", b"one"))
-        assert first.message_id is not None
-        h.router.notify()
-        await device.wait_until(lambda: len(device.delivered) == 1)
+        first_id = await deliver_one(h, device)
         carried = h.router.carry()
         assert carried is not None
         carried.done(False)  # the ingest commit that took them failed
         await trio.testing.wait_all_tasks_blocked()
         mock_clock.jump(RESOLVE_DEFER)
-        await recorded(store, first.message_id, "the committer records what came back")
+        await recorded(store, first_id, "the committer records what came back")
     store.close()
 
 
