@@ -10,7 +10,7 @@ from __future__ import annotations
 import resource
 import signal
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -89,15 +89,19 @@ class Gateway:
             carry=self._carry,
             observer=observer,
         )
-        self.router = Router(
-            self.store,
-            self.routes.table,
-            self.adapters,
-            self.registry,
-            on_ack=self.upstream.acknowledge,
-        )
+        self.router = self._new_router(self.routes.table, self.adapters)
         self.status_address: str | None = None
         self._router_scope: trio.CancelScope | None = None
+
+    def _new_router(self, table: RouteTable, adapters: Mapping[str, Adapter]) -> Router:
+        return Router(
+            self.store,
+            table,
+            adapters,
+            self.registry,
+            on_ack=self.upstream.acknowledge,
+            on_committed=self.upstream.committed_elsewhere,
+        )
 
     def _journalled(self, messages: Sequence[Message]) -> None:
         self.router.journalled(messages)
@@ -149,9 +153,7 @@ class Gateway:
         config = replace(new, push=old.push, status=old.status, journal=old.journal, log=old.log)
         table = RouteTable(config.routes)
         adapters = build_adapters(config, self.registry)
-        router = Router(
-            self.store, table, adapters, self.registry, on_ack=self.upstream.acknowledge
-        )
+        router = self._new_router(table, adapters)
         self.config, self.adapters, self.router = config, adapters, router
         self.routes.replace(table)
         self.upstream.reconfigure()

@@ -204,6 +204,7 @@ class Router:
         metrics: Metrics,
         *,
         on_ack: Callable[[Sequence[str]], None],
+        on_committed: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
         retry_floor: float = RETRY_FLOOR,
         rng: random.Random | None = None,
@@ -217,6 +218,9 @@ class Router:
         self._routes = routes
         self._adapters = dict(adapters)
         self._on_ack = on_ack
+        # Told after each commit of the router's own (records, prunes): a burst of them may
+        # have made a checkpoint due, which the journal writer takes in a quiet moment.
+        self._on_committed = on_committed
         self._clock = clock
         self._retry_floor = retry_floor
         self._rng = rng or random.Random()
@@ -591,6 +595,7 @@ class Router:
                     if state.budget.stuck:
                         state.last_error = PAUSED_UNRECORDED
                 return False
+        self._on_committed()
         self._recorded(batch, released)
         return True
 
@@ -710,6 +715,7 @@ class Router:
                     pruned, due = 0, None
                 if pruned:
                     log.debug("pruned %d dedupe records", pruned)
+                    self._on_committed()
                 records = self._store.dedupe_records()
                 # The newest record always stays (it carries the id high-water mark).
                 self._pruning_idle = records <= 1

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import ssl
+import time
 
+import pytest
 import requests
 import trio
 import trustme
 from pywebpush import webpush
 
+from gateway import policy
+from gateway.routes import RouteTable
+from gateway.store import Incoming
 from gateway.webpush.crypto import PushSubscriptionInfo, SubscriptionKeys
 from pushservice.service import PushService
 from pushservice.settings import ServiceSettings
-from tests.agent_harness import running, wait_until
+from tests.agent_harness import Running, running, wait_until
 
 
 async def test_messages_arrive_decrypted_in_the_journal_and_are_acknowledged(tmp_path, monkeypatch):
@@ -176,25 +181,32 @@ async def test_tls_with_an_unknown_ca_fails_clearly(tmp_path):
         assert run.upstream.subscription_infos() == {}
 
 
+def spy_on_checkpoints(run: Running, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The checkpoints the store takes from now on: the database file's mtime before, after.
+    Thresholds low enough for a test: 10 row changes, quiet for 0.2 s."""
+    monkeypatch.setattr("gateway.store.IDLE_CHECKPOINT_CHANGES", 10)
+    monkeypatch.setattr("gateway.upstream.journal.IDLE_CHECKPOINT_AFTER", 0.2)
+    checkpoints: list[tuple[int, int]] = []
+    real_checkpoint = run.store.checkpoint
+    database = run.store.path
+
+    def checkpoint() -> None:
+        before = database.stat().st_mtime_ns
+        real_checkpoint()
+        checkpoints.append((before, database.stat().st_mtime_ns))
+
+    monkeypatch.setattr(run.store, "checkpoint", checkpoint)
+    return checkpoints
+
+
 async def test_after_a_burst_the_journal_is_checkpointed_in_the_first_quiet_moment(
     tmp_path, monkeypatch
 ):
     """A burst leaves the WAL full of pages that the next message's commit would copy back
     into the database; the journal writer checkpoints once things are quiet instead, and a
     trickle after that does not trigger another."""
-    monkeypatch.setattr("gateway.store.IDLE_CHECKPOINT_CHANGES", 10)
-    monkeypatch.setattr("gateway.upstream.journal.IDLE_CHECKPOINT_AFTER", 0.2)
     async with running(tmp_path) as run:
-        checkpoints: list[tuple[int, int]] = []  # the database file's mtime before, after
-        real_checkpoint = run.store.checkpoint
-        database = run.store.path
-
-        def checkpoint() -> None:
-            before = database.stat().st_mtime_ns
-            real_checkpoint()
-            checkpoints.append((before, database.stat().st_mtime_ns))
-
-        monkeypatch.setattr(run.store, "checkpoint", checkpoint)
+        checkpoints = spy_on_checkpoints(run, monkeypatch)
         for i in range(6):  # ~3 row changes each: past the threshold
             await run.send("valves", b"burst %d" % i)
         await wait_until(lambda: bool(checkpoints), "a checkpoint once quiet")
@@ -205,3 +217,26 @@ async def test_after_a_burst_the_journal_is_checkpointed_in_the_first_quiet_mome
         await wait_until(lambda: run.service.acked_count() == 7, "its ack")
         await trio.sleep(0.5)  # quiet for longer than IDLE_CHECKPOINT_AFTER
         assert len(checkpoints) == 1  # a single message is no burst
+
+
+async def test_a_burst_another_part_committed_is_checkpointed_once_quiet_too(tmp_path, monkeypatch):
+    """The router's own commits (a prune of a drain's dedupe records, deliveries recorded
+    alone) tell the journal writer, which checkpoints what they left in the WAL once quiet --
+    not the next message's commit, and not never."""
+    async with running(tmp_path) as run:
+        checkpoints = spy_on_checkpoints(run, monkeypatch)
+        table = RouteTable(run.config.routes)
+        now = time.time()
+        burst = [Incoming(f"urn:test:{i}", "valves", b"burst", b"", (), now) for i in range(6)]
+        # A commit the journal writer did not make (as the router's are).
+        await trio.to_thread.run_sync(
+            run.store.ingest, [policy.admit(i, table, now) for i in burst]
+        )
+        assert run.store.checkpoint_due
+        await trio.sleep(0.5)
+        assert not checkpoints  # nobody told the journal writer
+        run.upstream.committed_elsewhere()
+        await wait_until(lambda: bool(checkpoints), "a checkpoint once quiet")
+        [(before, after)] = checkpoints
+        assert after > before
+        assert not run.store.checkpoint_due

@@ -13,7 +13,7 @@ import json
 import random
 import stat
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +71,7 @@ class Harness:
     metrics: Metrics
     acks: list[str] = field(default_factory=list)
     acked: trio.Event = field(default_factory=trio.Event)
+    commits_told: int = 0  # how often the router said it committed (on_committed)
 
     def admit(self, *batch: Incoming) -> list[IngestResult]:
         """Journal as the agent does: the real policy decides, the store carries it out."""
@@ -114,6 +115,9 @@ async def running(
         harness.acked.set()
         harness.acked = trio.Event()
 
+    def on_committed() -> None:
+        harness.commits_told += 1
+
     table = RouteTable(tuple(routes))
     router = Router(
         store,
@@ -121,6 +125,7 @@ async def running(
         {a.name: a for a in adapters},
         metrics,
         on_ack=on_ack,
+        on_committed=on_committed,
         clock=clock,
         retry_floor=0.01,
         rng=random.Random(7),
@@ -398,13 +403,18 @@ def delivery_waits(store: Store, message_id: str) -> bool:
     return any(p.message.id == message_id for p in store.pending_deliveries("r", "0:a"))
 
 
-async def recorded(store: Store, message_id: str, what: str) -> None:
-    """Under a clock that does not jump by itself: until ``message_id`` has no delivery left in
-    the journal (the store's commits run in worker threads, in real time)."""
+async def real_wait(predicate: Callable[[], bool], what: str) -> None:
+    """Under a clock that does not jump by itself: poll in real time (the store's commits run
+    in worker threads) until ``predicate`` holds."""
     deadline = time.monotonic() + 10.0
-    while delivery_waits(store, message_id):
+    while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await trio.to_thread.run_sync(time.sleep, 0.005)
+
+
+async def recorded(store: Store, message_id: str, what: str) -> None:
+    """Until ``message_id`` has no delivery left in the journal (see real_wait)."""
+    await real_wait(lambda: not delivery_waits(store, message_id), what)
 
 
 async def deliver_one(h: Harness, device: FakeAdapter) -> str:
@@ -456,6 +466,29 @@ async def test_unclaimed_deliveries_are_recorded_alone_after_the_defer(tmp_path,
         assert delivery_waits(store, first_id)  # no ingest came: still waiting
         mock_clock.jump(0.2)
         await recorded(store, first_id, "the committer records it alone")
+    store.close()
+
+
+async def test_the_router_says_when_it_committed_so_a_checkpoint_can_follow(tmp_path, mock_clock):
+    """The router's own commits -- deliveries recorded alone, a prune -- are told (on_committed),
+    so that the journal writer checkpoints what they wrote in a quiet moment, not the next
+    message's commit."""
+    routes = [route()]
+    device = FakeAdapter("a")
+    store = open_store(tmp_path, routes, dedupe_retention=100.0)
+    async with running(store, routes, [device]) as h:
+        first_id = await deliver_one(h, device)
+        h.ingest(push("u2", b"two"))  # the newest row always stays: a second one
+        await device.wait_until(lambda: len(device.delivered) == 2)
+        await trio.testing.wait_all_tasks_blocked()
+        assert h.commits_told == 0  # confirmed, not recorded yet
+        mock_clock.jump(RESOLVE_DEFER)
+        await recorded(store, first_id, "the committer records them alone")
+        await real_wait(lambda: h.commits_told == 1, "the record told")
+        assert store.dedupe_records() == 2
+        mock_clock.jump(200.0)  # past the retention of the record never acknowledged
+        await real_wait(lambda: h.commits_told == 2, "the prune told")
+        assert store.dedupe_records() == 1
     store.close()
 
 

@@ -140,6 +140,21 @@ class JournalWriter:
             self._ack_record_due = trio.current_time() + ACK_RECORD_DELAY
             self._wanted.set()  # the committer re-arms its wait with this deadline
 
+    def committed_elsewhere(self) -> None:
+        """Another part committed (the router's records, a prune): what that made due is
+        checkpointed in the next quiet moment too (see IDLE_CHECKPOINT_AFTER)."""
+        if self._arm_checkpoint():
+            self._wanted.set()  # the committer re-arms its wait with this deadline
+
+    def _arm_checkpoint(self) -> bool:
+        """After a commit: when a checkpoint is due, take it once nothing was committed for
+        IDLE_CHECKPOINT_AFTER (each commit pushes it back). True when it was not armed yet."""
+        if not self._store.checkpoint_due:
+            return False
+        armed = self._checkpoint_due is None
+        self._checkpoint_due = trio.current_time() + IDLE_CHECKPOINT_AFTER
+        return armed
+
     async def run(self) -> None:
         """Commit until cancelled (a failed commit is retried with backoff; nothing is lost)."""
         backoff = Backoff(COMMIT_RETRY_BASE, COMMIT_RETRY_CAP, rng=self._rng)
@@ -153,6 +168,7 @@ class JournalWriter:
                 await self._wanted.wait()
             self._wanted = trio.Event()
             batch, self._batch = self._batch, []
+            checkpoint = self._checkpoint_due  # a commit meanwhile may have pushed it back
             if not batch and checkpoint is not None and trio.current_time() >= checkpoint:
                 self._checkpoint_due = None
                 await trio.to_thread.run_sync(self._store.checkpoint)
@@ -191,8 +207,7 @@ class JournalWriter:
                 log.info("journal commits work again")
                 self.problem = None
             backoff.reset()
-            if self._store.checkpoint_due:
-                self._checkpoint_due = trio.current_time() + IDLE_CHECKPOINT_AFTER
+            self._arm_checkpoint()
             if carried is not None:
                 carried.done(True)
             if batch:

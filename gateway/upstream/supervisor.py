@@ -156,6 +156,11 @@ class Upstream:
         self.acks.owe(Ack(key) for key in keys)
         self.m.acks_owed.set(self.acks.owed)
 
+    def committed_elsewhere(self) -> None:
+        """The router committed to the journal: a checkpoint that made due waits for a quiet
+        moment (see :meth:`JournalWriter.committed_elsewhere`)."""
+        self.journal.committed_elsewhere()
+
     def reconfigure(self) -> None:
         """The route table was replaced ([push] stays): subscribe new routes, unsubscribe
         removed ones, on the connection that is already open; distribute."""
