@@ -157,7 +157,7 @@ class Upstream:
         self.m.acks_owed.set(self.acks.owed)
 
     def committed_elsewhere(self) -> None:
-        """The router committed to the journal: a checkpoint that made due waits for a quiet
+        """The router committed to the journal: a checkpoint that commit made due waits for a quiet
         moment (see :meth:`JournalWriter.committed_elsewhere`)."""
         self.journal.committed_elsewhere()
 
