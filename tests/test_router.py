@@ -390,7 +390,9 @@ async def test_a_target_pauses_while_its_confirmations_cannot_be_recorded(
             [target] = h.router.snapshot()["r"].targets
             return target.last_error or ""
 
-        await wait_until(lambda: "cannot record" in paused_error(), "the target reports its pause")
+        # In real time: the failing record runs in a worker thread, which the autojump clock
+        # does not wait for (a virtual wait could time out while the thread is still running).
+        await real_wait(lambda: "cannot record" in paused_error(), "the target reports its pause")
         assert len(device.delivered) == MAX_UNRECORDED
         disk_full["on"] = False
         await device.wait_until(lambda: len(device.delivered) == 20)
