@@ -62,6 +62,10 @@ IDLE_CHECKPOINT_AFTER = 1.0
 Observer = Callable[[str, str, str | None], None]
 
 
+def _or_never(deadline: float | None) -> float:
+    return math.inf if deadline is None else deadline
+
+
 class JournalWriter:
     """Group-commits what arrives; owes the acknowledgements the policy allows."""
 
@@ -160,15 +164,11 @@ class JournalWriter:
         backoff = Backoff(COMMIT_RETRY_BASE, COMMIT_RETRY_CAP, rng=self._rng)
         while True:
             due = self._ack_record_due
-            checkpoint = self._checkpoint_due
-            wake = min(
-                math.inf if due is None else due, math.inf if checkpoint is None else checkpoint
-            )
-            with trio.move_on_at(wake):
+            with trio.move_on_at(min(_or_never(due), _or_never(self._checkpoint_due))):
                 await self._wanted.wait()
             self._wanted = trio.Event()
             batch, self._batch = self._batch, []
-            checkpoint = self._checkpoint_due  # a commit meanwhile may have pushed it back
+            checkpoint = self._checkpoint_due  # read after the wait: a commit may push it back
             if not batch and checkpoint is not None and trio.current_time() >= checkpoint:
                 self._checkpoint_due = None
                 await trio.to_thread.run_sync(self._store.checkpoint)
