@@ -311,7 +311,7 @@ class MqttAdapter(Adapter):
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             self._connect_failed(link, f"cannot connect to {where}: {_describe(exc)}")
             return None
-        link.sock = client.socket()
+        link.attach(client.socket())
         if link.sock is None:  # paho lost it while writing CONNECT in the worker thread
             self._connect_failed(link, f"connection to {where} closed while sending CONNECT")
             return None

@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -293,6 +295,50 @@ async def test_concurrent_deliveries_all_confirmed(mosquitto: Mosquitto) -> None
     assert adapter.health().counters["in_flight"] == 0
 
 
+def tcp_options(port: int, skip: set[int]) -> list[tuple[int, int]]:
+    """(TCP_NODELAY, TCP_QUICKACK) of each of this process's TCP connections to ``port``, but
+    those from the local ports in ``skip``: what the kernel holds, not what the code meant."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue  # not a socket (or gone meanwhile)
+        with sock:
+            if sock.family != socket.AF_INET or sock.type != socket.SOCK_STREAM:
+                continue
+            try:
+                peer, local = sock.getpeername(), sock.getsockname()
+            except OSError:
+                continue  # a listening or unconnected socket
+            if peer[1] == port and local[1] not in skip:
+                found.append(
+                    (
+                        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+                        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK),
+                    )
+                )
+    return found
+
+
+async def test_publishes_go_out_at_once_and_pubacks_are_acked_at_once(
+    mosquitto: Mosquitto,
+) -> None:
+    """Nagle's algorithm off, and quick-ACK mode after each read. mosquitto leaves Nagle on
+    (set_tcp_nodelay false): it holds a PUBACK until we ACK the one before, so a pipeline that
+    waits for its last PUBACKs stopped for our delayed-ACK timer (40 ms) every time."""
+    adapter = MqttAdapter(config_for(mosquitto))
+    target = MqttTarget(adapter="mq", topic="n/{id}", qos=1)
+    with subscribed(mosquitto) as subscriber:
+        async with running(adapter):
+            # One at a time: each publish follows a read closely, which is what makes Linux
+            # delay its ACKs (the interactive "pingpong" mode) unless told otherwise.
+            for n in range(5):
+                assert isinstance(await adapter.deliver(make_message(n), target), Delivered)
+            options = tcp_options(mosquitto.port, {subscriber.client.socket().getsockname()[1]})
+    assert options == [(1, 1)]
+
+
 async def test_retained_message_reaches_a_later_subscriber(mosquitto: Mosquitto) -> None:
     adapter = MqttAdapter(config_for(mosquitto))
     target = MqttTarget(adapter="mq", topic="state/{route}", retain=True)
@@ -393,8 +439,10 @@ async def test_tls_with_client_certificate(
         async with running(adapter):
             outcome = await adapter.deliver(make_message(), MqttTarget(adapter="mq", topic="tls"))
             received = await subscriber.get()
+            options = tcp_options(broker.tls_port, set())  # the adapter's alone
     assert isinstance(outcome, Delivered)
     assert received.topic == "tls" and received.payload == b"hello"
+    assert options == [(1, 1)]  # under TLS too: Nagle off, quick ACKs
 
 
 async def test_tls_without_required_client_certificate_fails(
