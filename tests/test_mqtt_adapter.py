@@ -295,10 +295,10 @@ async def test_concurrent_deliveries_all_confirmed(mosquitto: Mosquitto) -> None
     assert adapter.health().counters["in_flight"] == 0
 
 
-def tcp_options(port: int, skip: set[int]) -> list[tuple[int, int]]:
-    """(TCP_NODELAY, TCP_QUICKACK) of each of this process's TCP connections to ``port``, but
-    those from the local ports in ``skip``: what the kernel holds, not what the code meant."""
-    found = []
+def tcp_options(port: int) -> dict[int, tuple[int, int]]:
+    """Local port -> (TCP_NODELAY, TCP_QUICKACK) of each of this process's TCP connections to
+    ``port``: what the kernel holds, not what the code meant."""
+    found = {}
     for name in os.listdir("/proc/self/fd"):
         try:
             sock = socket.socket(fileno=os.dup(int(name)))
@@ -311,14 +311,17 @@ def tcp_options(port: int, skip: set[int]) -> list[tuple[int, int]]:
                 peer, local = sock.getpeername(), sock.getsockname()
             except OSError:
                 continue  # a listening or unconnected socket
-            if peer[1] == port and local[1] not in skip:
-                found.append(
-                    (
-                        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
-                        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK),
-                    )
+            if peer[1] == port:
+                found[local[1]] = (
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK),
                 )
     return found
+
+
+def new_connections(port: int, before: dict[int, tuple[int, int]]) -> list[tuple[int, int]]:
+    """The options of the connections to ``port`` that were not there ``before``."""
+    return [options for local, options in tcp_options(port).items() if local not in before]
 
 
 async def test_publishes_go_out_at_once_and_pubacks_are_acked_at_once(
@@ -329,13 +332,14 @@ async def test_publishes_go_out_at_once_and_pubacks_are_acked_at_once(
     waits for its last PUBACKs stopped for our delayed-ACK timer (40 ms) every time."""
     adapter = MqttAdapter(config_for(mosquitto))
     target = MqttTarget(adapter="mq", topic="n/{id}", qos=1)
-    with subscribed(mosquitto) as subscriber:
+    with subscribed(mosquitto):
+        before = tcp_options(mosquitto.port)  # the subscriber's, and any other test's
         async with running(adapter):
             # One at a time: each publish follows a read closely, which is what makes Linux
             # delay its ACKs (the interactive "pingpong" mode) unless told otherwise.
             for n in range(5):
                 assert isinstance(await adapter.deliver(make_message(n), target), Delivered)
-            options = tcp_options(mosquitto.port, {subscriber.client.socket().getsockname()[1]})
+            options = new_connections(mosquitto.port, before)
     assert options == [(1, 1)]
 
 
@@ -436,10 +440,11 @@ async def test_tls_with_client_certificate(
     )
     adapter = MqttAdapter(config)
     with subscribed(broker) as subscriber:
+        before = tcp_options(broker.tls_port)
         async with running(adapter):
             outcome = await adapter.deliver(make_message(), MqttTarget(adapter="mq", topic="tls"))
             received = await subscriber.get()
-            options = tcp_options(broker.tls_port, set())  # the adapter's alone
+            options = new_connections(broker.tls_port, before)
     assert isinstance(outcome, Delivered)
     assert received.topic == "tls" and received.payload == b"hello"
     assert options == [(1, 1)]  # under TLS too: Nagle off, quick ACKs
