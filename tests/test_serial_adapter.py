@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -263,6 +262,23 @@ async def test_a_missing_port_is_logged_once_and_its_return_once(tmp_path, sims,
     assert len([r for r in caplog.records if "cannot be opened" in r.getMessage()]) == 1
 
 
+async def fill_until_it_stays_full(fd: int) -> None:
+    """Write to ``fd`` until a write is refused, and still is a moment later: the tty layer
+    moves written bytes on to the (stopped) device's side in a kernel worker, which can free
+    room just after a write was refused."""
+    while True:
+        try:
+            os.write(fd, b"\x00" * 4096)
+            continue
+        except BlockingIOError:
+            pass
+        await trio.sleep(0.05)
+        try:
+            os.write(fd, b"\x00")
+        except BlockingIOError:
+            return
+
+
 async def test_a_port_that_takes_no_bytes_does_not_hold_a_delivery(tmp_path, sims):
     # The device stops reading and its buffer fills: a delivery waits for room (so that its
     # deadline is checked when the bytes can go), but not for ever.
@@ -274,17 +290,7 @@ async def test_a_port_that_takes_no_bytes_does_not_hold_a_delivery(tmp_path, sim
         stop(sim)
         filler = os.open(sim.pty, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
         try:
-            # Until it stays full: the tty layer moves written bytes on to the (stopped) device's
-            # side in a kernel worker, which can free room just after a write was refused.
-            while True:
-                with contextlib.suppress(BlockingIOError):
-                    while True:
-                        os.write(filler, b"\x00" * 4096)
-                await trio.sleep(0.05)
-                try:
-                    os.write(filler, b"\x00")
-                except BlockingIOError:
-                    break
+            await fill_until_it_stays_full(filler)
             with trio.fail_after(5):
                 outcome = await adapter.deliver(message(2), RAW)
         finally:
