@@ -97,6 +97,7 @@ from bench.e2e_procs import (
 )
 from bench.e2e_report import Progress, render_markdown, write_chart
 from gateway.policy import DEDUPE_GRACE
+from gateway.router import PRUNE_BUSY_INTERVAL, PRUNE_DUE_SLACK
 from gateway.upstream.journal import ACK_RECORD_DELAY
 
 DEFAULT_MESSAGES = 3000  # ~4-5 s of gateway drain at the ~700 msg/s seen here
@@ -112,9 +113,10 @@ SERIAL_MESSAGES = 600  # ~1 s over the pty
 MQTT_FLOOR_MESSAGES = 10_000  # perf-limits.md §3a burst size (~1 s)
 DEFAULT_IDLE = 60.0  # one whole keepalive period
 # After the last message the gateway still records its acknowledgements (ACK_RECORD_DELAY after
-# they finished) and forgets the dedupe records a grace period after that: the "settling" window
-# covers both, the idle window follows it.
-SETTLING_SECONDS = ACK_RECORD_DELAY + DEDUPE_GRACE + 10.0
+# they finished), may forget the dedupe records a grace period after that, and prunes at most
+# PRUNE_BUSY_INTERVAL (+ slack) after they fell due: the "settling" window covers the whole chain
+# (~104 s after the last message was traced once, past a 100 s window), the idle window follows.
+SETTLING_SECONDS = ACK_RECORD_DELAY + DEDUPE_GRACE + PRUNE_BUSY_INTERVAL + PRUNE_DUE_SLACK + 10.0
 IDLE_SETTLE = 3.0  # after the last message: let deferred work (commits, thread exits) finish
 LONG_MESSAGES = 1_000_000
 LONG_STEP = 100_000  # RSS is read every this many delivered messages
