@@ -114,8 +114,8 @@ MQTT_FLOOR_MESSAGES = 10_000  # perf-limits.md §3a burst size (~1 s)
 DEFAULT_IDLE = 60.0  # one whole keepalive period
 # After the last message the gateway still records its acknowledgements (ACK_RECORD_DELAY after
 # they finished), may forget the dedupe records a grace period after that, and prunes at most
-# PRUNE_BUSY_INTERVAL (+ slack) after they fell due: the "settling" window covers the whole chain
-# (~104 s after the last message was traced once, past a 100 s window), the idle window follows.
+# PRUNE_BUSY_INTERVAL (+ slack) after they fell due: the "settling" window covers the whole chain,
+# the idle window follows it.
 SETTLING_SECONDS = ACK_RECORD_DELAY + DEDUPE_GRACE + PRUNE_BUSY_INTERVAL + PRUNE_DUE_SLACK + 10.0
 IDLE_SETTLE = 3.0  # after the last message: let deferred work (commits, thread exits) finish
 LONG_MESSAGES = 1_000_000
