@@ -5,7 +5,8 @@ key and nonce derive, so two messages for one subscription never share it, while
 ciphertext POSTed again (a replay: a new push message with a new URL) carries the same one.
 
 Memory is bounded: a 64-bit digest of (route, salt) for each of the last :data:`MAX_SALTS`
-journalled messages, ~80 bytes each in a set and a queue (~5 MB when full). The store keeps the
+journalled messages, in a ring and a :class:`~gateway.digest_table.DigestTable` (~2.6 MB when
+full, preallocated). The store keeps the
 same digests on disk (append-only, so a restart remembers them) and prunes them past that count
 or past ``journal.dedupe_retention``. A replay is therefore recognised while its original is among
 the last 65,536 messages and younger than the dedupe retention.
@@ -14,11 +15,13 @@ the last 65,536 messages and younger than the dedupe retention.
 from __future__ import annotations
 
 import hashlib
-from collections import deque
+from array import array
 from collections.abc import Iterable, Sequence
 
+from gateway.digest_table import DigestTable
+
 # ~18 hours of messages at one a second, ~15 hours at the 100,000 a day the dedupe index is
-# sized for; ~5 MB of RAM (a Python set entry and a queue slot per digest).
+# sized for; 8 bytes of ring and 16-32 bytes of table per digest.
 MAX_SALTS = 65_536
 
 
@@ -37,8 +40,10 @@ class RecentSalts:
 
     def __init__(self, oldest_first: Iterable[int] = (), limit: int = MAX_SALTS) -> None:
         self.limit = limit
-        self._order: deque[int] = deque()
-        self._keys: set[int] = set()
+        self._ring = array("q", bytes(8 * limit))  # the digests in arrival order, from _oldest
+        self._oldest = 0
+        self._count = 0
+        self._keys = DigestTable()  # the same digests (values unused), for membership
         for key in oldest_first:
             self.add(key)
 
@@ -46,20 +51,24 @@ class RecentSalts:
         return key in self._keys
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return self._count
 
     def add(self, key: int) -> None:
         """Remember ``key`` (it is new); forget the oldest beyond the limit."""
         if key in self._keys:
             return
-        self._keys.add(key)
-        self._order.append(key)
-        while len(self._order) > self.limit:
-            self._keys.discard(self._order.popleft())
+        if self._count == self.limit:
+            self._keys.pop(self._ring[self._oldest])
+            self._oldest = (self._oldest + 1) % self.limit
+            self._count -= 1
+        self._ring[(self._oldest + self._count) % self.limit] = key
+        self._count += 1
+        self._keys[key] = 0
 
     def forget_newest(self, keys: Sequence[int]) -> None:
         """Undo :meth:`add` of ``keys`` (their transaction rolled back)."""
         for key in reversed(keys):
-            if self._order and self._order[-1] == key:
-                self._order.pop()
-            self._keys.discard(key)
+            newest = (self._oldest + self._count - 1) % self.limit
+            if self._count and self._ring[newest] == key:
+                self._count -= 1
+                self._keys.pop(key)
