@@ -502,14 +502,14 @@ class Bench:
             "keepalive_wakeups_allowed": keepalive_wakeups(seconds),
         }
 
-    def long_run(self, rate: float, total: int) -> Report:
-        """``total`` messages at ``rate`` through the running gateway; RSS every LONG_STEP."""
+    def long_run(self, rate: float, total: int, step: int = LONG_STEP) -> Report:
+        """``total`` messages at ``rate`` through the running gateway; RSS every ``step``."""
         points: list[tuple[int, int]] = []
         name = "fieldgate_deliveries_total"
         labels = {"route": MQTT_ROUTE, "adapter": MQTT_ADAPTER, "outcome": "delivered"}
         base = metric_sum(self.gateway.get("/metrics").decode(), name, **labels)
         started = time.monotonic()
-        step_size = min(LONG_STEP, total)
+        step_size = min(step, total)
         for step in range(total // step_size):
             self.post(MQTT_ROUTE, step_size, rate)
             target = (step + 1) * step_size

@@ -118,6 +118,11 @@ DISK_RESERVE = 256 * 1024
 # hundred bytes, so 1 KiB pages write a quarter of SQLite's default 4 KiB for the same commit;
 # a larger body spills into overflow pages of its own either way. Measured in bench e2e.
 PAGE_SIZE = 1024
+# SQLite's page cache, in KiB (its default is 2,000). A commit touches the newest leaf and its
+# parents, a delivery re-reads the rows just committed, and the prune walks the whole table once
+# (more than any cache this size holds): the hot pages fit in far less, and a miss is one
+# ``pread`` from the kernel's page cache. Resident memory on a small board matters more.
+PAGE_CACHE_KIB = 512
 # A delivered message's row stays as its dedupe record, without its body. SQLite rebalances a
 # b-tree page only when a row leaves it, so a body set to NULL in place leaves the small record
 # alone in its page unless the next inserts fill that page: true of the journal's newest rows
@@ -310,6 +315,7 @@ class Store:
             raise StoreError(f"cannot open journal {db}: {exc}") from exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
             marker = None
             if version(conn) == 0:
                 marker = statedir.journal_marker(directory)
