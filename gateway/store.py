@@ -32,6 +32,7 @@ import os
 import sqlite3
 import threading
 import time
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -138,6 +139,10 @@ IN_PLACE_ROWS = 2
 # Dedupe records a full journal forgets at a time before it drops or refuses messages: enough to
 # free a few pages at once.
 FORGET_FOR_ROOM_BATCH = 256
+# Dedupe records a prune reads at a time. Prunes are 30 s apart when busy (gateway.router), so at a
+# few hundred messages a second one forgets tens of thousands: read all at once, their rows'
+# Python objects (a few MB) raised the allocator's high-water mark for good.
+PRUNE_BATCH = 1_000
 # PRAGMA quick_check reads every page (milliseconds for a journal of undelivered messages, seconds
 # for a full 256 MiB one on an SD card, holding the store's lock): at most this often.
 QUICK_CHECK_INTERVAL = 6 * 3600.0
@@ -269,8 +274,10 @@ class Store:
             (_url_key(row[1]), int(row[0]))
             for row in conn.execute("SELECT id, key FROM journal WHERE key != ''")
         )
-        self._remembered: list[int] = []  # digests an ingest added (undone by a rollback)
-        self._forgotten: list[tuple[int, int]] = []  # and removed
+        # Digests a transaction added, and (digest, row) pairs it removed, flat: undone by a
+        # rollback (a prune may remove tens of thousands).
+        self._remembered = array("q")
+        self._forgotten = array("q")
         self._next_id = int(conn.execute("SELECT coalesce(max(id), 0) FROM journal").fetchone()[0])
         # Per route, an id below which the route queues nothing (a row's body never comes back
         # and new rows get larger ids): where drop-oldest starts looking, instead of walking
@@ -658,14 +665,14 @@ class Store:
     def _undone_by_rollback(self) -> Iterator[None]:
         """What a write transaction changed in memory (the dedupe index, the salts, the next
         id) is put back when it rolls back."""
-        self._remembered, self._forgotten, self._salted = [], [], []
+        self._remembered, self._forgotten, self._salted = array("q"), array("q"), []
         next_id, queued_from = self._next_id, dict(self._queued_from)
         try:
             yield
         except BaseException:
             for key in self._remembered:
                 self._index.pop(key, None)
-            self._index.update(self._forgotten)
+            self._index.update(zip(self._forgotten[::2], self._forgotten[1::2], strict=True))
             self._salts.forget_newest(self._salted)
             self._next_id, self._queued_from = next_id, queued_from
             raise
@@ -886,7 +893,7 @@ class Store:
             digest = _url_key(key)
             if self._index.get(digest) == row_id:
                 del self._index[digest]
-                self._forgotten.append((digest, row_id))
+                self._forgotten.extend((digest, row_id))
 
     def _remove_message(
         self, message_id: int, counts: StoreCounts, *, dropped: bool = False
@@ -1109,14 +1116,6 @@ class Store:
             now = self._clock()
             self._check_integrity_locked(deep=now >= self._next_quick_check)
             retention = self._journal.dedupe_retention
-            # The newest row stays whatever it says: it carries the id high-water mark.
-            old = self._conn.execute(
-                "SELECT id, key FROM journal WHERE body IS NULL AND ack IS NOT 'held'"
-                " AND (CASE WHEN ack IS NULL THEN coalesce(forget_at, received_at + ?1)"
-                " ELSE received_at + ?1 END) < ?2"
-                " AND id < (SELECT max(id) FROM journal)",
-                (retention, now),
-            ).fetchall()
             newest = self._conn.execute("SELECT max(id) FROM salts").fetchone()[0]
             stale_salts = (
                 newest is not None
@@ -1125,18 +1124,37 @@ class Store:
                     (int(newest) - MAX_SALTS, now - retention),
                 ).fetchone()
             )
-            if not old and not stale_salts:
+            if not stale_salts and not self._prunable(retention, now, 0, 1):
                 return 0
+            forgotten = 0
             # Not fsynced: a record that comes back after a power loss is forgotten again.
             with self._undone_by_rollback(), self._transaction(durable=False):
-                self._forget(old)
+                after = 0
+                while rows := self._prunable(retention, now, after, PRUNE_BATCH):
+                    self._forget(rows)
+                    forgotten += len(rows)
+                    after = rows[-1][0]
                 if stale_salts:
                     # Rowid order is arrival order: the stale ones are a prefix.
                     self._conn.execute(
                         "DELETE FROM salts WHERE id <= ? OR seen_at < ?",
                         (int(newest) - MAX_SALTS, now - retention),
                     )
-        return len(old)
+        return forgotten
+
+    def _prunable(
+        self, retention: float, now: float, after: int, limit: int
+    ) -> list[tuple[int, str]]:
+        """The first ``limit`` dedupe records past ``after`` (an id) that may be forgotten."""
+        # The newest row stays whatever it says: it carries the id high-water mark.
+        rows: list[tuple[int, str]] = self._conn.execute(
+            "SELECT id, key FROM journal WHERE id > ?3 AND body IS NULL AND ack IS NOT 'held'"
+            " AND (CASE WHEN ack IS NULL THEN coalesce(forget_at, received_at + ?1)"
+            " ELSE received_at + ?1 END) < ?2"
+            " AND id < (SELECT max(id) FROM journal) ORDER BY id LIMIT ?4",
+            (retention, now, after, limit),
+        ).fetchall()
+        return rows
 
     def next_forget_at(self) -> float | None:
         """When the earliest dedupe record whose acknowledgement the service confirmed may be

@@ -14,6 +14,7 @@ from gateway.config import JournalConfig, RouteConfig
 from gateway.routes import RouteTable
 from gateway.store import (
     DB_NAME,
+    PRUNE_BATCH,
     Incoming,
     IngestResult,
     Resolution,
@@ -447,6 +448,33 @@ def test_a_record_whose_ack_is_never_confirmed_goes_after_the_retention(tmp_path
     assert store.pending_acks() == ["newest"]  # "owed"'s went with its record
     # An undelivered message stays whatever its age.
     assert [p.message.id for p in store.pending_deliveries("r", "0:a")] == [held.message_id]
+    store.close()
+
+
+def test_a_prune_forgets_in_batches_and_one_that_fails_forgets_nothing(tmp_path, monkeypatch):
+    clock = Clock()
+    store = open_store(tmp_path, clock=clock, dedupe_retention=86400.0)
+    urls = [f"u{n}" for n in range(2 * PRUNE_BATCH + 10)]
+    results = store.admit([incoming(url) for url in urls])
+    store.resolve([Resolution(r.message_id, "r", "0:a", "delivered") for r in results])
+    store.mark_acked(urls)
+    clock.now += policy.DEDUPE_GRACE + 1
+    prunable, calls = store._prunable, []
+
+    def failing_on_the_second_batch(*args: object) -> object:
+        calls.append(args)
+        if len(calls) == 3:  # the check, one batch forgotten, then the disk fails
+            raise sqlite3.OperationalError("disk I/O error")
+        return prunable(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "_prunable", failing_on_the_second_batch)
+    with pytest.raises(sqlite3.OperationalError):
+        store.prune()
+    assert store.dedupe_records() == len(urls)  # the first batch is back in the index
+    assert store.admit([incoming(urls[0])])[0].status == "duplicate"  # (and owes its ack again)
+    monkeypatch.undo()
+    assert store.prune() == len(urls) - 2  # all but that one and the newest
+    assert store.dedupe_records() == 2
     store.close()
 
 
