@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import deque
 
 import pytest
 
@@ -93,3 +94,29 @@ def test_recent_salts_keep_the_newest_and_undo_a_rolled_back_add() -> None:
     recent.add(13)
     recent.add(14)
     assert [key in recent for key in (8, 9, 12, 13, 14)] == [False, True, True, True, True]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_recent_salts_match_a_queue_and_a_set(seed: int) -> None:
+    rng = random.Random(seed)
+    limit = rng.choice((1, 3, 17, 64))
+    # Few distinct low bits: long probe runs that wrap around the table's end.
+    keys = [rng.randrange(-(2**20), 2**20) * 256 + rng.randrange(4) for _ in range(3 * limit)]
+    recent, order, present = RecentSalts(limit=limit), deque[int](), set[int]()
+    for _ in range(5_000):
+        if rng.random() < 0.8:
+            key = rng.choice(keys)
+            recent.add(key)
+            if key not in present:
+                present.add(key)
+                order.append(key)
+                if len(order) > limit:
+                    present.discard(order.popleft())
+        else:
+            newest = list(order)[-rng.randrange(1, 3) :]
+            recent.forget_newest(newest)
+            for key in reversed(newest):
+                order.pop()
+                present.discard(key)
+        assert len(recent) == len(order)
+        assert [key for key in keys if key in recent] == [key for key in keys if key in present]
