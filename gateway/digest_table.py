@@ -1,10 +1,10 @@
-"""A map from 64-bit digests to 64-bit integers in two flat arrays: ~30 bytes an entry.
+"""A map from 64-bit digests to 64-bit integers in two flat arrays: ~30-50 bytes an entry.
 
-The dedupe index and the replay memory hold one entry per recent message — tens of thousands
-at a few hundred messages a second. A Python ``dict[int, int]`` spends ~140 bytes on each (two
+The dedupe index holds one entry per recent message — tens of thousands at a few hundred
+messages a second. A Python ``dict[int, int]`` spends ~140 bytes on each (two
 int objects, an entry, its share of the over-allocated table); this table spends 16 bytes a
-slot at a load of at most :data:`MAX_LOAD`, so resident memory follows the backlog at a fifth
-of the cost.
+slot with at most :data:`MAX_LOAD` of them used (30-60% once grown), so resident memory follows
+the backlog at a third to a fifth of the cost.
 
 Open addressing with linear probing over ``array('q')`` keys and values; deletion shifts the
 rest of a cluster back (no tombstones, so a long-running table never degrades). The keys are

@@ -268,8 +268,8 @@ class Store:
         # The dedupe index: the 64-bit digest of each remembered key -> its journal row. The
         # journal holds what is undelivered and, for DEDUPE_GRACE after each confirmed
         # acknowledgement, what was delivered: memory follows the backlog and the rate, not
-        # the rate times a TTL. Two keys share a digest with probability ~n^2 / 2^65. In flat
-        # arrays (~30 bytes an entry, a dict's is ~140): memory that follows the rate.
+        # the rate times a TTL. Two keys share a digest with probability ~n^2 / 2^65. Flat
+        # arrays (gateway.digest_table): ~30-50 bytes an entry, where a dict spends ~140.
         self._index = DigestTable(
             (_url_key(row[1]), int(row[0]))
             for row in conn.execute("SELECT id, key FROM journal WHERE key != ''")
