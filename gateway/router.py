@@ -87,6 +87,7 @@ PRUNE_DUE_SLACK = 1.0  # past a record's forget_at, so that the prune finds it d
 # serial bound.
 MAX_UNRECORDED = policy.REPEAT_WINDOW
 PAUSED_UNRECORDED = "paused: the journal cannot record confirmed deliveries"
+PAUSED_DOUBT = "paused: a message to the same receiver waits for its retry"
 # How long finished deliveries wait for an ingest commit to take them along before they are
 # recorded in a transaction of their own. While messages come at least this often, a
 # resolution costs no transaction of its own (one per message saved: a thread hop, a commit and
@@ -145,11 +146,41 @@ class _RepeatBudget:
     window: int = MAX_UNRECORDED
     unrecorded: int = 0
     in_flight: int = 0
+    # Messages whose attempt ended without a confirmation, until they are settled: the
+    # receiver may have processed one (an answer lost with the port), and recognises a retry
+    # only while it is among its last ``window`` ids. So meanwhile everything else sent to
+    # the receiver (``since_doubt``) counts against the window too (chaos seed 4: a serial
+    # port lost mid-answer, the other route's 23 messages, then the retry processed again).
+    doubtful: int = 0
+    since_doubt: int = 0
     changed: trio.Event = field(default_factory=trio.Event)  # set when either count falls
 
     @property
     def full(self) -> bool:
+        doubt = self.doubtful + self.since_doubt if self.doubtful else 0
+        return self.unrecorded + self.in_flight + doubt >= self.window
+
+    @property
+    def full_for_a_retry(self) -> bool:
+        """Full for the retry of a message in doubt (only its settling ends the doubt)."""
         return self.unrecorded + self.in_flight >= self.window
+
+    def sending(self) -> None:
+        """A message goes on the line to the receiver."""
+        self.in_flight += 1
+        if self.doubtful:
+            self.since_doubt += 1
+
+    def doubt(self) -> None:
+        """A message's attempt ended without a confirmation; retries are to come."""
+        self.doubtful += 1
+
+    def resolve_doubt(self) -> None:
+        """That message is settled (delivered, rejected, expired) or no longer tried."""
+        self.doubtful -= 1
+        if not self.doubtful:
+            self.since_doubt = 0
+        self.wake()
 
     @property
     def stuck(self) -> bool:
@@ -427,62 +458,72 @@ class Router:
         next_at = pending.next_attempt_at
         r, a = route.name, target.adapter
         outcome: Outcome | None = first
-        while True:
-            if outcome is None:
-                now = self._clock()
-                if message.expired(now):
-                    self._resolve(Resolution(message.id, route.name, key, "expired"))
-                    state.retrying = 0
-                    return
-                if next_at > now:
-                    if message.expires_at is not None and message.expires_at <= next_at:
-                        # It expires before the next attempt is due: wait for that, then drop
-                        # it (re-reading the clock could land a float ulp short and spin).
-                        await trio.sleep(message.expires_at - now)
+        doubting = first is not None  # the message is in doubt until it is settled
+        if doubting:
+            state.budget.doubt()
+        try:
+            while True:
+                if outcome is None:
+                    now = self._clock()
+                    if message.expired(now):
                         self._resolve(Resolution(message.id, route.name, key, "expired"))
                         state.retrying = 0
                         return
-                    await trio.sleep(next_at - now)
-                    next_at = 0.0  # due now, whatever a re-read clock says about the last ulp
-                    continue
-                if state.budget.full:
-                    await self._wait_recorded(state)
-                    continue  # the clock moved: look at the deadline again
-                # On the line it counts too: another target of the same receiver must not
-                # send more than the bound allows while this one waits for its answer.
-                state.budget.in_flight += 1
+                    if next_at > now:
+                        if message.expires_at is not None and message.expires_at <= next_at:
+                            # It expires before the next attempt is due: wait for that, then drop
+                            # it (re-reading the clock could land a float ulp short and spin).
+                            await trio.sleep(message.expires_at - now)
+                            self._resolve(Resolution(message.id, route.name, key, "expired"))
+                            state.retrying = 0
+                            return
+                        await trio.sleep(next_at - now)
+                        next_at = 0.0  # due now, whatever a re-read clock says about the last ulp
+                        continue
+                    if state.budget.full_for_a_retry if doubting else state.budget.full:
+                        await self._wait_recorded(state, retry=doubting)
+                        continue  # the clock moved: look at the deadline again
+                    # On the line it counts too: another target of the same receiver must not
+                    # send more than the bound allows while this one waits for its answer.
+                    state.budget.sending()
+                    try:
+                        outcome = await self._attempt(adapter, message, target)
+                    finally:
+                        state.budget.landed()
+                if self._settled(route, key, target, state, message, outcome):
+                    return
+                assert isinstance(outcome, RetryLater)
+                if not doubting:
+                    doubting = True
+                    state.budget.doubt()
+                now = self._clock()
+                attempts += 1
+                delay = retry_delay(
+                    attempts, route.retry_base, route.retry_cap, self._retry_floor, self._rng.random
+                )
+                delay = max(delay, outcome.after or 0.0)
+                next_at = now + delay
+                self._m_deliveries.inc(route=r, adapter=a, outcome="retry_later")
+                self._m_retried.inc(route=r, adapter=a)
+                state.last_error = outcome.reason
+                state.retrying = attempts
+                if attempts == 1:
+                    log.info(
+                        "route %s target %s: message %s not delivered (%s), retrying",
+                        route.name, key, message.id, outcome.reason,
+                    )  # fmt: skip
                 try:
-                    outcome = await self._attempt(adapter, message, target)
-                finally:
-                    state.budget.landed()
-            if self._settled(route, key, target, state, message, outcome):
-                return
-            assert isinstance(outcome, RetryLater)
-            now = self._clock()
-            attempts += 1
-            delay = retry_delay(
-                attempts, route.retry_base, route.retry_cap, self._retry_floor, self._rng.random
-            )
-            delay = max(delay, outcome.after or 0.0)
-            next_at = now + delay
-            self._m_deliveries.inc(route=r, adapter=a, outcome="retry_later")
-            self._m_retried.inc(route=r, adapter=a)
-            state.last_error = outcome.reason
-            state.retrying = attempts
-            if attempts == 1:
-                log.info(
-                    "route %s target %s: message %s not delivered (%s), retrying",
-                    route.name, key, message.id, outcome.reason,
-                )  # fmt: skip
-            try:
-                await trio.to_thread.run_sync(
-                    self._store.schedule_retry,
-                    message.id, route.name, key, attempts, next_at, outcome.reason,
-                )  # fmt: skip
-            except (sqlite3.Error, OSError) as exc:
-                # The retry still happens; only its schedule is not durable this time.
-                log.error("journal: recording a retry failed: %s", exc)
-            outcome = None
+                    await trio.to_thread.run_sync(
+                        self._store.schedule_retry,
+                        message.id, route.name, key, attempts, next_at, outcome.reason,
+                    )  # fmt: skip
+                except (sqlite3.Error, OSError) as exc:
+                    # The retry still happens; only its schedule is not durable this time.
+                    log.error("journal: recording a retry failed: %s", exc)
+                outcome = None
+        finally:
+            if doubting:
+                state.budget.resolve_doubt()
 
     async def _attempt(self, adapter: Adapter, message: Message, target: TargetConfig) -> Outcome:
         try:
@@ -532,14 +573,16 @@ class Router:
             self._record_now.set()
         self._committer_wake.set()
 
-    async def _wait_recorded(self, state: _TargetState) -> None:
+    async def _wait_recorded(self, state: _TargetState, *, retry: bool = False) -> None:
         """Pause ``state``'s target while too many of its receiver's confirmations wait to be
-        recorded."""
+        recorded (or, ``retry`` aside, while an attempt in doubt waits for its retry)."""
         waited = False
-        while state.budget.full:
+        while state.budget.full_for_a_retry if retry else state.budget.full:
             waited = True
             if self._record_failing and state.budget.stuck:
                 state.last_error = PAUSED_UNRECORDED
+            elif not retry and not state.budget.full_for_a_retry:
+                state.last_error = PAUSED_DOUBT
             changed = state.budget.changed
             self._hurry(_Urgency.NOW)
             await changed.wait()
@@ -808,7 +851,7 @@ class _Worker:
             await router._wait_recorded(state)
         confirmation = await router._send(self.adapter, message, self.target)
         self.in_flight.append((pending, confirmation))
-        budget.in_flight += 1
+        budget.sending()
 
     async def settle(self, keep: int) -> None:
         """Take in confirmations, oldest first, until at most ``keep`` are on their way; the

@@ -609,6 +609,54 @@ async def test_routes_to_one_device_count_what_is_on_the_line_too(tmp_path, monk
     store.close()
 
 
+class _AnswerLost(FakeAdapter):
+    """Processes the message ``b"m"`` but its first answer is lost (a port closed before it
+    came back): the router can only retry it, and the device must still recognise the retry."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.lost = False
+
+    async def deliver(self, message: Message, target: TargetConfig) -> Outcome:
+        if message.body == b"m" and not self.lost:
+            self.lost = True
+            self.delivered.append(message)  # processed
+            return RetryLater("port closed", 100.0)
+        return await super().deliver(message, target)
+
+
+async def test_a_message_in_doubt_is_retried_while_its_device_still_remembers_it(
+    tmp_path, mock_clock
+):
+    """Two routes to one serial device; one route's answer is lost and its retry waits 100 s.
+    The other route sends no more than leaves the message among the device's last
+    MAX_UNRECORDED ids (the chaos run, seed 4: 23 of the other route's came in between and the
+    retry was processed again)."""
+    from gateway.router import MAX_UNRECORDED, PAUSED_DOUBT
+
+    routes = [route("one"), route("two")]
+    store = open_store(tmp_path, routes)
+    device = _AnswerLost("a")
+    async with running(store, routes, [device]) as h:
+        h.ingest(push("m", b"m", "one"))
+        await real_wait(lambda: device.lost, "the answer lost")
+        h.ingest(*(push(f"u{i}", b"%d" % i, "two") for i in range(20)))
+
+        def two_paused() -> bool:
+            [target] = h.router.snapshot()["two"].targets
+            return target.last_error == PAUSED_DOUBT
+
+        await real_wait(two_paused, "route two pauses for the retry of route one's message")
+        assert 1 < len(device.delivered) <= MAX_UNRECORDED
+        mock_clock.jump(100.0)  # the retry is due
+        await real_wait(lambda: len(device.delivered) == 22, "everything delivered")
+        bodies = [m.body for m in device.delivered]
+        retried = bodies.index(b"m", 1)
+        assert retried <= MAX_UNRECORDED  # the device's last MAX_UNRECORDED ids still had it
+        assert sorted(bodies) == sorted([b"m", b"m", *(b"%d" % i for i in range(20))])
+    store.close()
+
+
 async def test_a_pipelined_target_sends_in_order_without_waiting_for_each_confirmation(tmp_path):
     r = route()
     store = open_store(tmp_path, [r])
