@@ -14,6 +14,7 @@ marks an empty slot and is kept beside the arrays.
 
 from __future__ import annotations
 
+import hashlib
 from array import array
 from collections.abc import Iterable, Iterator
 
@@ -25,6 +26,11 @@ MIN_CAPACITY = 1024  # 16 KiB: never worth shrinking below
 
 _EMPTY = 0
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def digest64(data: bytes) -> int:
+    """blake2b of ``data`` as a signed 64-bit integer (what the table and SQLite hold)."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
 
 
 def _slots(capacity: int) -> array[int]:

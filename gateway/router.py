@@ -165,6 +165,10 @@ class _RepeatBudget:
         """Full for the retry of a message in doubt (only its settling ends the doubt)."""
         return self.unrecorded + self.in_flight >= self.window
 
+    def blocks(self, *, retry: bool) -> bool:
+        """Full for the next send: of a message in doubt (``retry``) or of any other."""
+        return self.full_for_a_retry if retry else self.full
+
     def sending(self) -> None:
         """A message goes on the line to the receiver."""
         self.in_flight += 1
@@ -458,9 +462,7 @@ class Router:
         next_at = pending.next_attempt_at
         r, a = route.name, target.adapter
         outcome: Outcome | None = first
-        doubting = first is not None  # the message is in doubt until it is settled
-        if doubting:
-            state.budget.doubt()
+        doubting = False  # after an attempt without a confirmation, until it is settled
         try:
             while True:
                 if outcome is None:
@@ -480,7 +482,7 @@ class Router:
                         await trio.sleep(next_at - now)
                         next_at = 0.0  # due now, whatever a re-read clock says about the last ulp
                         continue
-                    if state.budget.full_for_a_retry if doubting else state.budget.full:
+                    if state.budget.blocks(retry=doubting):
                         await self._wait_recorded(state, retry=doubting)
                         continue  # the clock moved: look at the deadline again
                     # On the line it counts too: another target of the same receiver must not
@@ -577,7 +579,7 @@ class Router:
         """Pause ``state``'s target while too many of its receiver's confirmations wait to be
         recorded (or, ``retry`` aside, while an attempt in doubt waits for its retry)."""
         waited = False
-        while state.budget.full_for_a_retry if retry else state.budget.full:
+        while state.budget.blocks(retry=retry):
             waited = True
             if self._record_failing and state.budget.stuck:
                 state.last_error = PAUSED_UNRECORDED

@@ -13,9 +13,10 @@ original is among the last 65,536 messages and younger than the dedupe retention
 
 from __future__ import annotations
 
-import hashlib
 from array import array
 from collections.abc import Iterable, Sequence
+
+from gateway.digest_table import digest64
 
 # ~18 hours of messages at one a second, ~15 hours at the 100,000 a day the dedupe index is
 # sized for.
@@ -28,8 +29,7 @@ def salt_key(route: str, salt: bytes) -> int:
     Two different salts share it with probability ~n / 2^64 per message: about 4e-15 with
     :data:`MAX_SALTS` remembered.
     """
-    digest = hashlib.blake2b(route.encode() + b"\x00" + salt, digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    return digest64(route.encode() + b"\x00" + salt)
 
 
 class RecentSalts:

@@ -26,7 +26,6 @@ make a new one unless ``reset`` is given.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import sqlite3
@@ -43,7 +42,7 @@ from adapters.base import Message
 from fieldgate_common.logs import get_logger
 from gateway import policy, statedir
 from gateway.config import JournalConfig, RouteConfig
-from gateway.digest_table import DigestTable
+from gateway.digest_table import DigestTable, digest64
 from gateway.journal_files import JournalFiles, disk_size
 from gateway.routes import RouteTable
 from gateway.salt_memory import MAX_SALTS, RecentSalts, salt_key
@@ -191,8 +190,7 @@ def wal_budget(max_bytes: int, disk_size: int | None = None) -> int:
 
 def _url_key(url: str) -> int:
     """A push message URL's 64-bit digest (the in-memory dedupe index holds these)."""
-    digest = hashlib.blake2b(url.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    return digest64(url.encode())
 
 
 def _lost_journal(db: Path, marker: str, what: str) -> StoreError:
@@ -956,7 +954,8 @@ class Store:
         # Not worth an fsync of its own: one lost in a power loss is an acknowledgement sent
         # again after the restart, which the service answers 404.
         forget_at = policy.dedupe_forget_at(now)
-        rows = [(forget_at, self._index[k]) for k in map(_url_key, keys) if k in self._index]
+        found = (self._index.get(k) for k in map(_url_key, keys))
+        rows = [(forget_at, row_id) for row_id in found if row_id is not None]
         if rows:
             self._conn.executemany(
                 "UPDATE journal SET ack = NULL, forget_at = ? WHERE id = ? AND ack = 'owed'", rows
@@ -1124,16 +1123,16 @@ class Store:
                     (int(newest) - MAX_SALTS, now - retention),
                 ).fetchone()
             )
-            if not stale_salts and not self._prunable(retention, now, 0, 1):
+            rows = self._prunable(retention, now, 0, PRUNE_BATCH)
+            if not rows and not stale_salts:
                 return 0
             forgotten = 0
             # Not fsynced: a record that comes back after a power loss is forgotten again.
             with self._undone_by_rollback(), self._transaction(durable=False):
-                after = 0
-                while rows := self._prunable(retention, now, after, PRUNE_BATCH):
+                while rows:
                     self._forget(rows)
                     forgotten += len(rows)
-                    after = rows[-1][0]
+                    rows = self._prunable(retention, now, rows[-1][0], PRUNE_BATCH)
                 if stale_salts:
                     # Rowid order is arrival order: the stale ones are a prefix.
                     self._conn.execute(
