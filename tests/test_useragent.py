@@ -9,6 +9,7 @@ import h2.connection
 import h2.events
 import h2.settings
 import pytest
+from hpack import NeverIndexedHeaderTuple
 
 from gateway.webpush import useragent as ua
 from gateway.webpush.links import REL_PUSH, REL_SET, parse_link_header
@@ -30,6 +31,7 @@ class Server:
         )
         self.conn.initiate_connection()
         self.requests: dict[int, dict[str, str]] = {}
+        self.never_indexed: dict[int, set[str]] = {}  # names the client marked so (RFC 7541)
         self.order: list[int] = []
         self.resets: list[int] = []
 
@@ -37,6 +39,9 @@ class Server:
         for ev in self.conn.receive_data(data):
             if isinstance(ev, h2.events.RequestReceived):
                 self.requests[ev.stream_id] = dict(ev.headers)
+                self.never_indexed[ev.stream_id] = {
+                    h[0] for h in ev.headers if isinstance(h, NeverIndexedHeaderTuple)
+                }
                 self.order.append(ev.stream_id)
             elif isinstance(ev, h2.events.StreamReset):
                 self.resets.append(ev.stream_id)
@@ -282,6 +287,21 @@ def test_ack_statuses_that_mean_gone(status):
     server.respond(sid, status)
     (event,) = exchange(client, server)
     assert event == ua.AckCompleted(rid, f"{ORIGIN}/message/m1", status) and event.ok
+
+
+def test_capability_paths_are_never_indexed_and_stay_out_of_the_hpack_tables():
+    client, server = connect()
+    client.subscribe(f"{ORIGIN}/subscribe")
+    client.monitor(f"{ORIGIN}/set/s1")
+    for i in range(50):
+        client.acknowledge(f"{ORIGIN}/message/m{i}")
+    client.unsubscribe(f"{ORIGIN}/subscription/p1")
+    exchange(client, server)
+    assert len(server.order) == 53
+    assert all(server.never_indexed[sid] == {":path"} for sid in server.order)
+    # Nothing of any path entered the service's decoding table (nor, so, our encoding one).
+    table = server.conn.decoder.header_table.dynamic_entries
+    assert table and not any(b"/" in value for _, value in table)
 
 
 def test_ack_500_is_not_ok():

@@ -28,6 +28,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from hpack import NeverIndexedHeaderTuple
 
 from gateway.webpush.links import REL_PUSH, REL_SET, LinkParseError, find_links, format_link
 
@@ -444,11 +445,14 @@ class UserAgentProtocol:
 
     def _send(self, request: _Request) -> None:
         stream_id = self._conn.get_next_available_stream_id()
-        headers = [
+        headers: list[tuple[str, str] | NeverIndexedHeaderTuple] = [
             (":method", request.method),
             (":scheme", self.scheme),
             (":authority", self.authority),
-            (":path", request.path),
+            # A path here is a capability (a message, subscription or set URL): sent as "never
+            # indexed" (RFC 7541 §7.1.3), it stays out of both sides' HPACK tables and of any
+            # intermediary's; each is used once, so indexing it would only evict useful entries.
+            NeverIndexedHeaderTuple(":path", request.path),
             ("user-agent", self._user_agent),
             *request.headers,
         ]
