@@ -31,7 +31,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
-	scripts/system-deps.sh demo
+	scripts/system-deps.sh bench
 	$(MAKE) -C firmware-bridge
 	$(BIN)/python -m bench
 

@@ -134,6 +134,11 @@ RESULTS = Path(__file__).parent / "results"
 Report = dict[str, Any]
 
 
+def field_messages(rate: float, seconds: float) -> int:
+    """How many messages a field step at ``rate`` sends (gateway and bare client alike)."""
+    return max(FIELD_MIN_MESSAGES, round(rate * seconds))
+
+
 class Bench:
     """The peers and the children of one run."""
 
@@ -414,7 +419,7 @@ class Bench:
         """``rate`` msg/s for ``seconds`` through the connected gateway: what each message
         costs in the field (disk bytes, CPU, latency, memory), beside the append + fsync floor
         at the same rate in the same directory."""
-        count = max(FIELD_MIN_MESSAGES, round(rate * seconds))
+        count = field_messages(rate, seconds)
         pid = self.gateway.pid
         time.sleep(IDLE_SETTLE)  # deferred work of the previous phase is done
         report = self.latency(rate, pid, scrape=True, count=count)
@@ -563,7 +568,7 @@ def run(
     profile: Path | None = None,
     field_seconds: float = FIELD_SECONDS,
 ) -> Report:
-    phases = 5 + 2 * rounds + len(LOADS) * 2 + 2 + len(FIELD_RATES) + 1 + (1 if long else 0)
+    phases = 5 + 2 * rounds + len(LOADS) * 2 + 2 + 2 * len(FIELD_RATES) + 1 + (1 if long else 0)
     progress = Progress(phases)
     progress.next("start peers, subscribe")
     bench = Bench(workdir, messages, progress)
@@ -621,6 +626,14 @@ def run(
             progress.next(f"floor latency at {load:.0%}")
             report = bench.latency(load * sustained, floor.pid, scrape=False)
             latency.append({"variant": "floor", "load": load, **report})
+        # The bare client at the field's rates: what being woken for each message costs code
+        # that does nothing but receive, decrypt, DELETE and publish (beside its own drain).
+        floor_field: list[Report] = []
+        for field_rate in FIELD_RATES:
+            progress.next(f"floor in the field: {field_rate:g} msg/s")
+            time.sleep(IDLE_SETTLE)
+            count = field_messages(field_rate, field_seconds)
+            floor_field.append(bench.latency(field_rate, floor.pid, scrape=False, count=count))
         floor.stop()
     finally:
         progress.done()
@@ -638,6 +651,7 @@ def run(
         "live": live,
         "latency": latency,
         "field": field,
+        "floor_field": floor_field,
         "half_live": half_live,
         "serial": serial,
         "idle": idle,

@@ -18,6 +18,13 @@ and shutting down cancel out. Programs, with the processes of ``bench agent`` an
 Under valgrind a program runs ~50x slower while its peers do not, so the drains arrive in large
 batches (as a backlog does natively too); the count is for that regime.
 
+The field's regime, every message alone: each end-to-end program also runs connected under
+callgrind while ``PACED_MESSAGES`` arrive ``PACED_RATE`` a second (each is done long before the
+next comes, even at valgrind's pace); ``callgrind_control`` zeroes the counters before the first
+and dumps them after the last, so the window holds those messages and nothing else. Its count
+per message beside the drain's says how much more work a message does alone, on any machine;
+``bench e2e``'s CPU per message at field rates adds what a cold core costs on this one.
+
 Then the same drains run natively (median CPU of ``ROUNDS``, by the same difference), which gives
 this host's instructions per clock on the code (IPC = instructions / (CPU seconds * clock)), and
 the Raspberry Pi figures follow from time = instructions / (IPC * clock) with the per-clock
@@ -36,6 +43,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,6 +66,11 @@ COUNTED_LIMIT = 600.0
 STALL_LIMIT = 300.0  # no new message at the subscriber for this long: a failure
 SETTLE = 3.0  # after the last message: the commits that record the deliveries
 POLL = 0.2
+PACED_MESSAGES = 20  # the field's regime: one at a time ...
+PACED_RATE = 1.0  # ... a second apart (a message takes ~0.3 s under valgrind here)
+WARM_UP = 10.0  # after the first message: start-up's deferred work is done before counting
+DUMP_LIMIT = 60.0  # for callgrind to write a dump it was asked for
+PACED = "-paced"  # the suffix of a program's count one message at a time
 RESULTS = Path(__file__).parent / "results" / "instructions.json"
 
 
@@ -119,6 +132,23 @@ def instructions_in(out: Path) -> int:
         if line.startswith("summary:"):
             return int(line.split()[1])
     raise RuntimeError(f"no summary line in {out}")
+
+
+def callgrind_control(action: str, pid: int) -> None:
+    """``-z`` (zero the counters) or ``-d`` (dump them) in the running program ``pid``."""
+    subprocess.run(["callgrind_control", action, str(pid)], check=True, capture_output=True)
+
+
+def dumped(out: Path, before: set[Path]) -> Path:
+    """The dump callgrind wrote beside ``out`` (``out.1``, ``out.2``...) that is not in
+    ``before``, once it is complete."""
+    deadline = time.monotonic() + DUMP_LIMIT
+    while time.monotonic() < deadline:
+        for part in set(out.parent.glob(out.name + ".*")) - before:
+            if "summary:" in part.read_text():
+                return part
+        time.sleep(POLL)
+    raise RuntimeError(f"callgrind wrote no dump beside {out}")
 
 
 class IngestRig(AgentBench):
@@ -211,6 +241,41 @@ class EndToEndRig:
         self.drain(variant, messages, out)
         return Count(f"e2e-{variant}", messages, instructions_in(out))
 
+    def paced(self, variant: str, messages: int, out: Path) -> Count:
+        """The program connected under callgrind, ``messages`` arriving one at a time
+        (PACED_RATE); the count covers exactly the window from before the first to after the
+        last one's delivery and its deferred commits."""
+        shutil.rmtree(self.state)
+        shutil.copytree(self.template, self.state)
+        runs_log = self.workdir / "runs.log"
+        program = Child([*callgrind(out), *self._program(variant)], stderr=runs_log)
+        try:
+            self._send(1, 0.0, program)  # connected, subscribed, one message through
+            time.sleep(WARM_UP)
+            callgrind_control("-z", program.pid)
+            self._send(messages, PACED_RATE, program)
+            time.sleep(SETTLE)
+            before = set(out.parent.glob(out.name + ".*"))
+            callgrind_control("-d", program.pid)
+            counted = instructions_in(dumped(out, before))
+        finally:
+            program.stop(COUNTED_LIMIT)
+        return Count(f"e2e-{variant}{PACED}", messages, counted)
+
+    def _send(self, messages: int, rate: float, program: Child) -> None:
+        """POST ``messages`` at ``rate`` (0: at once) and wait until the subscriber has them."""
+        self.subscriber.ask("reset", COUNTED_LIMIT, cmd="reset")
+        self.sender.send(cmd="post", route=MQTT_ROUTE, count=messages, rate=rate, times=False)
+        self.sender.expect("sent", COUNTED_LIMIT + messages / max(rate, 1.0))
+        got, last_change = 0, time.monotonic()
+        while got < messages:
+            time.sleep(POLL)
+            now = int(self.subscriber.ask("count", COUNTED_LIMIT, cmd="count")["count"])
+            if now != got:
+                got, last_change = now, time.monotonic()
+            elif time.monotonic() - last_change > STALL_LIMIT or program.proc.poll() is not None:
+                raise RuntimeError(f"stuck at {got}/{messages}; see {self.workdir}")
+
     def close(self) -> None:
         self.peers.close()
 
@@ -270,6 +335,9 @@ def measure(workdir: Path, n_small: int, n_large: int, rounds: int) -> dict[str,
                 )
                 for _ in range(rounds)
             ]
+            print(f"  counting end to end {variant}, one at a time ...", flush=True)
+            paced_out = workdir / f"paced-{variant}.callgrind"
+            counts.append(e2e.paced(variant, PACED_MESSAGES, paced_out))
     finally:
         e2e.close()
     return {"counts": [asdict(c) for c in counts], "native_cpu_seconds_per_message": native}
@@ -278,8 +346,12 @@ def measure(workdir: Path, n_small: int, n_large: int, rounds: int) -> dict[str,
 def summarise(raw: dict[str, Any], n_small: int, n_large: int) -> dict[str, Any]:
     """Instructions and CPU per message per program, this host's IPC, the Pi estimates."""
     by_program: dict[str, dict[int, int]] = {}
+    paced: dict[str, float] = {}  # program -> instructions per message, one at a time
     for c in raw["counts"]:
-        by_program.setdefault(c["program"], {})[c["messages"]] = c["instructions"]
+        if c["program"].endswith(PACED):
+            paced[c["program"].removesuffix(PACED)] = c["instructions"] / c["messages"]
+        else:
+            by_program.setdefault(c["program"], {})[c["messages"]] = c["instructions"]
     clock = host_clock_ghz()
     programs: dict[str, Any] = {}
     for name, totals in by_program.items():
@@ -296,6 +368,7 @@ def summarise(raw: dict[str, Any], n_small: int, n_large: int) -> dict[str, Any]
             }
         programs[name] = {
             "instructions_per_message": instructions,
+            "paced_instructions_per_message": paced.get(name),
             "startup_instructions": totals[n_small] - instructions * n_small,
             "host_cpu_us_per_message": cpu * 1e6,
             "host_ipc": ipc,
@@ -330,6 +403,19 @@ def print_tables(result: dict[str, Any], n_small: int, n_large: int) -> None:
                 f"{path:12} {variant:8} {p['instructions_per_message'] / 1e6:>10.2f} M"
                 f" {ratio:>8.2f}x {native}"
             )
+    print(
+        f"\nOne at a time ({PACED_MESSAGES} messages {1 / PACED_RATE:g} s apart, the program"
+        " connected throughout): instructions per message beside its drain's\n"
+    )
+    head = f"{'program':8} {'alone':>10} {'drain':>10} {'alone / drain':>14}"
+    print(head)
+    print("-" * len(head))
+    for variant in ("floor", "gateway"):
+        p = programs[f"e2e-{variant}"]
+        alone, drained = p["paced_instructions_per_message"], p["instructions_per_message"]
+        if alone is not None:
+            ratio = alone / drained
+            print(f"{variant:8} {alone / 1e6:>8.2f} M {drained / 1e6:>8.2f} M {ratio:>13.2f}x")
     host_ipc = programs["e2e-gateway"]["host_ipc"]
     if host_ipc > 0:
         print(

@@ -77,23 +77,31 @@ def _field_lines(res: Report, drain_cpu: float) -> list[str]:
     field = res.get("field")
     if not field:
         return []
+    bare = {r["offered_rate"]: r for r in res.get("floor_field", [])}
     lines = [
         "",
-        "In the field (the connected gateway at a steady rate; the floor is a process that "
+        "In the field (the connected gateway at a steady rate; the disk floor is a process that "
         "appends a 200-byte record and fsyncs once per message, same directory, same rate: its "
         "disk writes, and its CPU, which is mostly the cost of being woken; CPU also beside the "
-        "drain's; wake-ups are the gateway's voluntary context switches):",
+        "drain's; the bare client is the floor of the live rows — h2 + cryptography + paho — at "
+        "the same rate, with the gateway's CPU over it; wake-ups are the gateway's voluntary "
+        "context switches):",
         "",
-        "| rate | disk B/msg | floor B/msg | ratio (goal ≤ 2 at 20/s) | CPU µs/msg | floor CPU "
-        "µs/msg | vs drain (goal ≤ 2 at 20/s) | wake-ups/msg | p50 / p99 ms | RSS MiB |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| rate | disk B/msg | floor B/msg | ratio (goal ≤ 2 at 20/s) | CPU µs/msg | fsync "
+        "floor CPU µs/msg | vs drain (goal ≤ 2 at 20/s) | bare client CPU µs/msg (gateway ÷ it) "
+        "| wake-ups/msg | p50 / p99 ms | RSS MiB |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in field:
         disk, floor = r["disk_bytes_per_message"], r["fsync_floor_bytes_per_message"]
+        b = bare.get(r["offered_rate"])
+        bare_cell = (
+            f"{b['cpu_us']:,.0f} ({r['cpu_us'] / b['cpu_us']:.2f})" if b is not None else NONE
+        )
         lines.append(
             f"| {r['offered_rate']:g}/s ({r['messages']}) | {disk:,.0f} | {floor:,.0f} | "
             f"{disk / floor if floor else float('nan'):.2f} | {r['cpu_us']:,.0f} | "
-            f"{r['fsync_floor_cpu_us']:,.0f} | {r['cpu_us'] / drain_cpu:.2f} | "
+            f"{r['fsync_floor_cpu_us']:,.0f} | {r['cpu_us'] / drain_cpu:.2f} | {bare_cell} | "
             f"{r.get('wakeups_per_message', nan):.1f} | "
             f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} | {_mib(r['rss_kib_after']):.1f} |"
         )
@@ -102,7 +110,7 @@ def _field_lines(res: Report, drain_cpu: float) -> list[str]:
         lines.append(
             f"| half the live capacity, {half['offered_rate']:,.0f}/s ({half['messages']}) | "
             f"{half['disk_bytes'] / half['messages']:,.0f} | - | - | {half['cpu_us']:,.0f} | - | "
-            f"{half['cpu_us'] / drain_cpu:.2f} | {half.get('wakeups_per_message', nan):.1f} | "
+            f"{half['cpu_us'] / drain_cpu:.2f} | - | {half.get('wakeups_per_message', nan):.1f} | "
             f"{half['p50_ms']:.1f} / {half['p99_ms']:.1f} (goal p99 < 10) | - |"
         )
     return lines

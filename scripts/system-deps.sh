@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the system packages the tests (or the demo) need are present.
 # As root: installs what is missing with apt-get. Otherwise: prints the exact command and fails.
-# Usage: scripts/system-deps.sh test|demo
+# Usage: scripts/system-deps.sh test|demo|bench
 set -euo pipefail
 what=${1:-test}
 
@@ -10,6 +10,10 @@ have() { command -v "$1" >/dev/null 2>&1; }
 have mosquitto || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 have cc || need+=(gcc)
 have make || need+=(make)
+# bench instructions counts instructions with valgrind's callgrind (and callgrind_control).
+if [ "$what" = bench ]; then
+  have valgrind || need+=(valgrind)
+fi
 if [ "$what" = test ]; then
   have nghttp || need+=(nghttp2-client)
   have clang || need+=(clang)
