@@ -219,19 +219,14 @@ class EndToEndRig:
         self.sender.send(cmd="post", route=MQTT_ROUTE, count=messages, rate=0.0, times=False)
         self.sender.expect("sent", COUNTED_LIMIT)
         self.subscriber.ask("reset", COUNTED_LIMIT, cmd="reset")
-        shutil.rmtree(self.state)
-        shutil.copytree(self.template, self.state)
+        self._restore_state()
         prefix = callgrind(counted) if counted is not None else []
         program = Child([*prefix, *self._program(variant)], stderr=self.workdir / "runs.log")
-        got, last_change = 0, time.monotonic()
-        while got < messages:
-            time.sleep(POLL)
-            now = int(self.subscriber.ask("count", COUNTED_LIMIT, cmd="count")["count"])
-            if now != got:
-                got, last_change = now, time.monotonic()
-            elif time.monotonic() - last_change > STALL_LIMIT or program.proc.poll() is not None:
-                program.stop()
-                raise RuntimeError(f"{variant} stuck at {got}/{messages}; see {self.workdir}")
+        try:
+            self._delivered(messages, program, variant)
+        except RuntimeError:
+            program.stop()
+            raise
         time.sleep(SETTLE)
         cpu = sample(program.pid).cpu
         program.stop(COUNTED_LIMIT)
@@ -245,15 +240,14 @@ class EndToEndRig:
         """The program connected under callgrind, ``messages`` arriving one at a time
         (PACED_RATE); the count covers exactly the window from before the first to after the
         last one's delivery and its deferred commits."""
-        shutil.rmtree(self.state)
-        shutil.copytree(self.template, self.state)
+        self._restore_state()
         runs_log = self.workdir / "runs.log"
         program = Child([*callgrind(out), *self._program(variant)], stderr=runs_log)
         try:
-            self._send(1, 0.0, program)  # connected, subscribed, one message through
+            self._send(1, 0.0, program, variant)  # connected, subscribed, one message through
             time.sleep(WARM_UP)
             callgrind_control("-z", program.pid)
-            self._send(messages, PACED_RATE, program)
+            self._send(messages, PACED_RATE, program, variant)
             time.sleep(SETTLE)
             before = set(out.parent.glob(out.name + ".*"))
             callgrind_control("-d", program.pid)
@@ -262,11 +256,21 @@ class EndToEndRig:
             program.stop(COUNTED_LIMIT)
         return Count(f"e2e-{variant}{PACED}", messages, counted)
 
-    def _send(self, messages: int, rate: float, program: Child) -> None:
+    def _restore_state(self) -> None:
+        """The gateway state as it was after subscribing: two subscriptions, no messages."""
+        shutil.rmtree(self.state)
+        shutil.copytree(self.template, self.state)
+
+    def _send(self, messages: int, rate: float, program: Child, variant: str) -> None:
         """POST ``messages`` at ``rate`` (0: at once) and wait until the subscriber has them."""
         self.subscriber.ask("reset", COUNTED_LIMIT, cmd="reset")
         self.sender.send(cmd="post", route=MQTT_ROUTE, count=messages, rate=rate, times=False)
         self.sender.expect("sent", COUNTED_LIMIT + messages / max(rate, 1.0))
+        self._delivered(messages, program, variant)
+
+    def _delivered(self, messages: int, program: Child, name: str) -> None:
+        """Wait until the subscriber has ``messages`` since its reset; a stall (or the program
+        gone) is a RuntimeError."""
         got, last_change = 0, time.monotonic()
         while got < messages:
             time.sleep(POLL)
@@ -274,7 +278,7 @@ class EndToEndRig:
             if now != got:
                 got, last_change = now, time.monotonic()
             elif time.monotonic() - last_change > STALL_LIMIT or program.proc.poll() is not None:
-                raise RuntimeError(f"stuck at {got}/{messages}; see {self.workdir}")
+                raise RuntimeError(f"{name} stuck at {got}/{messages}; see {self.workdir}")
 
     def close(self) -> None:
         self.peers.close()
