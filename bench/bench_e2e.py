@@ -29,8 +29,9 @@ Measured, each beside its floor from the same run:
   (so that no earlier phase's deferred work lands in theirs): disk bytes written per message
   beside the floor of acknowledging after a durable commit (one append of a 200-byte record and
   one fsync per message in the same directory, ``bench/e2e_fsync.py``, at the same rate), CPU
-  per message beside the drain's and the floor's, wake-ups per message, latency, resident
-  memory; and the latency at half the live capacity (the live flat-out rate measured first).
+  per message beside the drain's, the fsync floor's and the bare client's at the same rate
+  (the live floor: h2 + cryptography + paho), wake-ups per message, latency, resident memory;
+  and the latency at half the live capacity (the live flat-out rate measured first).
 
 ``FIELDGATE_BENCH_MESSAGES`` (N, default 3000), ``FIELDGATE_BENCH_ROUNDS`` (default 2),
 ``FIELDGATE_BENCH_IDLE`` (idle window, s, default 60), ``FIELDGATE_BENCH_FIELD_SECONDS`` (each
@@ -627,7 +628,7 @@ def run(
             report = bench.latency(load * sustained, floor.pid, scrape=False)
             latency.append({"variant": "floor", "load": load, **report})
         # The bare client at the field's rates: what being woken for each message costs code
-        # that does nothing but receive, decrypt, DELETE and publish (beside its own drain).
+        # that only receives, decrypts, DELETEs and publishes (the field rows divide by it).
         floor_field: list[Report] = []
         for field_rate in FIELD_RATES:
             progress.next(f"floor in the field: {field_rate:g} msg/s")
