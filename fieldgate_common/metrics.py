@@ -8,8 +8,10 @@ counters, base units (seconds, bytes).
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import TypeVar
 
 LabelValues = tuple[str, ...]
@@ -49,6 +51,8 @@ def _format_labels(names: Sequence[str], values: Sequence[str], extra: str = "")
 
 
 def _format_number(value: float) -> str:
+    if math.isnan(value):  # Prometheus' text format spells it so (int() would raise)
+        return "NaN"
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
     if value == int(value) and abs(value) < 1e15:
@@ -63,9 +67,15 @@ class _Metric:
     labelnames: tuple[str, ...]
 
     def _key(self, labels: dict[str, str]) -> LabelValues:
-        if set(labels) != set(self.labelnames):
+        # Every name present and no other: a lookup each and a length, no sets (several calls
+        # a message).
+        try:
+            key = tuple(str(labels[n]) for n in self.labelnames)
+        except KeyError:
+            key = None
+        if key is None or len(labels) != len(self.labelnames):
             raise ValueError(f"{self.name} takes labels {self.labelnames}, got {tuple(labels)}")
-        return tuple(str(labels[n]) for n in self.labelnames)
+        return key
 
 
 @dataclass
@@ -119,34 +129,37 @@ class Gauge(_Metric):
 class Histogram(_Metric):
     """Observations counted into cumulative buckets."""
 
-    buckets: tuple[float, ...] = DEFAULT_BUCKETS
+    buckets: tuple[float, ...] = DEFAULT_BUCKETS  # ascending
+    # Per series, observations in each bucket alone (the last: above every bound, or NaN);
+    # render() accumulates them into Prometheus' cumulative buckets.
     counts: dict[LabelValues, list[int]] = field(default_factory=dict)
     sums: dict[LabelValues, float] = field(default_factory=dict)
 
     def observe(self, value: float, **labels: str) -> None:
         """Record one observation."""
         key = self._key(labels)
-        counts = self.counts.setdefault(key, [0] * (len(self.buckets) + 1))
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                counts[i] += 1
-        counts[-1] += 1
+        counts = self.counts.get(key)
+        if counts is None:
+            counts = self.counts[key] = [0] * (len(self.buckets) + 1)
+        # The first bound >= value; NaN compares false and lands above every bound.
+        above = not value <= self.buckets[-1]
+        counts[len(self.buckets) if above else bisect_left(self.buckets, value)] += 1
         self.sums[key] = self.sums.get(key, 0.0) + value
 
     def count(self, **labels: str) -> int:
         """How many observations one series has."""
-        counts = self.counts.get(self._key(labels))
-        return counts[-1] if counts else 0
+        return sum(self.counts.get(self._key(labels), ()))
 
     def render(self) -> list[str]:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
         for key, counts in sorted(self.counts.items()):
-            for bound, n in zip((*self.buckets, math.inf), counts, strict=True):
+            cumulative = list(accumulate(counts))
+            for bound, n in zip((*self.buckets, math.inf), cumulative, strict=True):
                 le = f'le="{_format_number(bound)}"'
                 lines.append(f"{self.name}_bucket{_format_labels(self.labelnames, key, le)} {n}")
             labels = _format_labels(self.labelnames, key)
             lines.append(f"{self.name}_sum{labels} {_format_number(self.sums[key])}")
-            lines.append(f"{self.name}_count{labels} {counts[-1]}")
+            lines.append(f"{self.name}_count{labels} {cumulative[-1]}")
         return lines
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import random
+
 import pytest
 
 from fieldgate_common.metrics import Metrics
@@ -44,8 +47,32 @@ def test_registering_again_returns_the_same_metric_and_a_different_shape_is_refu
 
 def test_wrong_labels_are_refused():
     counter = Metrics().counter("c_total", "c", ["route"])
-    with pytest.raises(ValueError):
-        counter.inc(adapter="x")
+    for wrong in ({"adapter": "x"}, {}, {"route": "r", "adapter": "x"}):
+        with pytest.raises(ValueError):
+            counter.inc(**wrong)
+    counter.inc(route="r")
+    assert counter.get(route="r") == 1
+
+
+def test_histogram_buckets_are_cumulative_counts_of_value_at_most_each_bound():
+    bounds = (0.001, 0.01, 0.1, 1.0, 10.0)
+    latency = Metrics().histogram("h_seconds", "h", ["route"], buckets=bounds)
+    rng = random.Random(7)
+    values = [*bounds, 0.0, -1.0, 11.0, math.inf, math.nan]
+    values += [rng.choice((rng.uniform(0, 12), rng.choice(bounds))) for _ in range(2000)]
+    for v in values:
+        latency.observe(v, route="r")
+    buckets = {}
+    for line in latency.render():
+        if line.startswith("h_seconds_bucket"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[math.inf if le == "+Inf" else float(le)] = int(line.rsplit(" ", 1)[1])
+    # Each bound counts the values at most it; +Inf counts every observation, NaN included.
+    assert buckets == {b: sum(1 for v in values if v <= b) for b in bounds} | {
+        math.inf: len(values)
+    }
+    assert latency.count(route="r") == len(values)
+    assert f'h_seconds_count{{route="r"}} {len(values)}' in latency.render()
 
 
 def test_capability_urls_are_redacted_for_logs():
