@@ -11,7 +11,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, pairwise
 from typing import TypeVar
 
 LabelValues = tuple[str, ...]
@@ -142,7 +142,7 @@ class Histogram(_Metric):
         if counts is None:
             counts = self.counts[key] = [0] * (len(self.buckets) + 1)
         # The first bound >= value; NaN compares false and lands above every bound.
-        above = not value <= self.buckets[-1]
+        above = not self.buckets or not value <= self.buckets[-1]
         counts[len(self.buckets) if above else bisect_left(self.buckets, value)] += 1
         self.sums[key] = self.sums.get(key, 0.0) + value
 
@@ -195,8 +195,11 @@ class Metrics:
         labelnames: Sequence[str] = (),
         buckets: Sequence[float] = DEFAULT_BUCKETS,
     ) -> Histogram:
-        """Register a histogram, or return the existing one."""
-        return self._register(Histogram(name, help, tuple(labelnames), tuple(buckets)))
+        """Register a histogram (bounds strictly ascending), or return the existing one."""
+        bounds = tuple(buckets)
+        if any(not a < b for a, b in pairwise(bounds)):
+            raise ValueError(f"{name}: bucket bounds must ascend strictly, got {bounds}")
+        return self._register(Histogram(name, help, tuple(labelnames), bounds))
 
     def get(self, name: str) -> Counter | Gauge | Histogram:
         """A registered metric by name (KeyError when unknown)."""

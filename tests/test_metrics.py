@@ -75,6 +75,17 @@ def test_histogram_buckets_are_cumulative_counts_of_value_at_most_each_bound():
     assert f'h_seconds_count{{route="r"}} {len(values)}' in latency.render()
 
 
+def test_histogram_bounds_must_ascend_and_none_leaves_only_inf():
+    metrics = Metrics()
+    for bad in ((1.0, 0.5), (0.1, 0.1)):
+        with pytest.raises(ValueError):
+            metrics.histogram("bad_seconds", "b", buckets=bad)
+    only_inf = metrics.histogram("inf_seconds", "i", buckets=())
+    only_inf.observe(3.0)
+    assert only_inf.count() == 1
+    assert 'inf_seconds_bucket{le="+Inf"} 1' in only_inf.render()
+
+
 def test_capability_urls_are_redacted_for_logs():
     from fieldgate_common.logs import redact_url
 
