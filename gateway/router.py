@@ -157,17 +157,16 @@ class _RepeatBudget:
 
     @property
     def full(self) -> bool:
-        doubt = self.doubtful + self.since_doubt if self.doubtful else 0
-        return self.unrecorded + self.in_flight + doubt >= self.window
-
-    @property
-    def full_for_a_retry(self) -> bool:
-        """Full for the retry of a message in doubt (only its settling ends the doubt)."""
-        return self.unrecorded + self.in_flight >= self.window
+        """Full for the next send of a message not in doubt."""
+        return self.blocks(retry=False)
 
     def blocks(self, *, retry: bool) -> bool:
-        """Full for the next send: of a message in doubt (``retry``) or of any other."""
-        return self.full_for_a_retry if retry else self.full
+        """Full for the next send: of a message in doubt (``retry``: the doubt term left out,
+        since only its own settling ends the doubt) or of any other."""
+        load = self.unrecorded + self.in_flight
+        if self.doubtful and not retry:
+            load += self.doubtful + self.since_doubt
+        return load >= self.window
 
     def sending(self) -> None:
         """A message goes on the line to the receiver."""
@@ -583,7 +582,7 @@ class Router:
             waited = True
             if self._record_failing and state.budget.stuck:
                 state.last_error = PAUSED_UNRECORDED
-            elif not retry and not state.budget.full_for_a_retry:
+            elif not retry and not state.budget.blocks(retry=True):
                 state.last_error = PAUSED_DOUBT
             changed = state.budget.changed
             self._hurry(_Urgency.NOW)
