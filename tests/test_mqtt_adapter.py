@@ -20,6 +20,7 @@ import msgpack
 import paho.mqtt.client as paho
 import pytest
 import trio
+import trio.testing
 import trustme
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -293,6 +294,33 @@ async def test_concurrent_deliveries_all_confirmed(mosquitto: Mosquitto) -> None
     assert len(outcomes) == 200 and all(isinstance(o, Delivered) for o in outcomes)
     assert topics == {f"c/msg-{n}" for n in range(200)}
     assert adapter.health().counters["in_flight"] == 0
+
+
+async def test_a_free_slot_and_an_answered_publish_cost_no_scheduling_round(
+    mosquitto: Mosquitto,
+) -> None:
+    """A publish with a free slot in the broker's Receive Maximum goes out without a
+    checkpoint, and the outcome of one whose PUBACK was already read is taken without one:
+    with a checkpoint each, the router sent one message per scheduling round while an upstream
+    connection took in a backlog (bench e2e drain: ~100 publishes/s meanwhile)."""
+    adapter = MqttAdapter(config_for(mosquitto))
+    target = MqttTarget(adapter="mq", topic="f/{id}", qos=1)
+    with subscribed(mosquitto) as subscriber:
+        async with running(adapter):
+            with trio.testing.assert_no_checkpoints():
+                confirmations = [await adapter.send(make_message(n), target) for n in range(5)]
+            # PUBACKs come in order: once the last one is in, the others were read before it.
+            last = await confirmations[-1].outcome()
+            with trio.testing.assert_no_checkpoints():
+                outcomes = [await c.outcome() for c in confirmations[:-1]]
+            received = [await subscriber.get() for _ in range(5)]
+            # One not answered yet is waited for (a checkpoint, which the check notices).
+            waiting = await adapter.send(make_message(5), target)
+            with pytest.raises(AssertionError), trio.testing.assert_no_checkpoints():
+                later = await waiting.outcome()
+            received = [*received, await subscriber.get()]
+    assert all(isinstance(o, Delivered) for o in [*outcomes, last, later])
+    assert [m.topic for m in received] == [f"f/msg-{n}" for n in range(6)]
 
 
 def tcp_options(port: int) -> dict[int, tuple[int, int]]:

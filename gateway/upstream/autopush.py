@@ -44,6 +44,7 @@ from gateway.upstream.contract import (
     Pushed,
     SubscribeFailed,
 )
+from gateway.upstream.feeding import feed_in_slices
 from gateway.upstream.instruments import AutopushStats, UpstreamInstruments
 from gateway.upstream.rfc8030 import describe
 from gateway.webpush import autopush as ap
@@ -264,15 +265,18 @@ class WebSocketConnection:
     async def _reader(self, stream: trio.abc.Stream) -> None:
         while True:
             data = bytes(await stream.receive_some(READ_CHUNK))
-            before = self.proto.messages_received
-            events = self.proto.receive_data(data)
-            if events or self.proto.messages_received != before:
-                self._last_received = time.monotonic()
-            for event in events:
-                self._dispatch(event)
-            self._flush()  # the core's pongs, and anything the events queued
+            await feed_in_slices(data, self._received)
             if not data:
                 return
+
+    def _received(self, data: bytes) -> None:
+        before = self.proto.messages_received
+        events = self.proto.receive_data(data)
+        if events or self.proto.messages_received != before:
+            self._last_received = time.monotonic()
+        for event in events:
+            self._dispatch(event)
+        self._flush()  # the core's pongs, and anything the events queued
 
     async def _keepalive(self) -> None:
         # A WebSocket ping only when the line was quiet for an interval (an idle gateway wakes

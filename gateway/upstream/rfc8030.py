@@ -34,6 +34,7 @@ from gateway.upstream.contract import (
     Pushed,
     SubscribeFailed,
 )
+from gateway.upstream.feeding import feed_in_slices
 from gateway.upstream.instruments import UpstreamInstruments
 from gateway.webpush import useragent as ua
 
@@ -259,26 +260,29 @@ class Http2Connection:
     async def _reader(self, stream: trio.abc.Stream) -> None:
         while True:
             data = bytes(await stream.receive_some(READ_CHUNK))
-            events = self.proto.receive_data(data)
-            if events or self.proto.frames_received != self._frames_seen:
-                # Liveness is whole frames, not bytes: a peer trickling one byte at a time
-                # (slow-loris) never completes a PING answer and is found dead.
-                self._frames_seen = self.proto.frames_received
-                self._last_received = time.monotonic()
-            for event in events:
-                self._dispatch(event)
-            self._flush()
-            self._check_drained()
-            if self.proto.established:
-                self._established.set()
-            refused = self.proto.pushes_refused
-            if refused != self._pushes_refused_seen:
-                if self._pushes_refused_seen == 0:
-                    log.warning("the push service promised more pushes than allowed: refusing")
-                self._m.pushes_refused.inc(refused - self._pushes_refused_seen)
-                self._pushes_refused_seen = refused
+            await feed_in_slices(data, self._received)
             if not data:
                 return
+
+    def _received(self, data: bytes) -> None:
+        events = self.proto.receive_data(data)
+        if events or self.proto.frames_received != self._frames_seen:
+            # Liveness is whole frames, not bytes: a peer trickling one byte at a time
+            # (slow-loris) never completes a PING answer and is found dead.
+            self._frames_seen = self.proto.frames_received
+            self._last_received = time.monotonic()
+        for event in events:
+            self._dispatch(event)
+        self._flush()
+        self._check_drained()
+        if self.proto.established:
+            self._established.set()
+        refused = self.proto.pushes_refused
+        if refused != self._pushes_refused_seen:
+            if self._pushes_refused_seen == 0:
+                log.warning("the push service promised more pushes than allowed: refusing")
+            self._m.pushes_refused.inc(refused - self._pushes_refused_seen)
+            self._pushes_refused_seen = refused
 
     async def _keepalive(self) -> None:
         # Traffic counts as liveness; only a quiet line is pinged, so an idle gateway wakes once
