@@ -8,14 +8,18 @@ import sys
 import pytest
 
 # Eight threads that each allocate: glibc gives each new thread an arena of its own until its
-# limit, then malloc_stats() writes one "Arena N:" block per arena to stderr.
+# limit, then malloc_stats() writes one "Arena N:" block per arena to stderr. Each thread keeps
+# its blocks until all eight have allocated: glibc hands the arena of a thread that has ended to
+# the next new one, so threads that happened to run one after another shared one (flaky: 2).
 CHILD = """
 import ctypes, sys, threading
 from fieldgate_common import malloc
 if sys.argv[1] == "limit":
     assert malloc.limit_arenas()
+all_allocated = threading.Barrier(8)
 def work():
     blocks = [bytearray(4096) for _ in range(2000)]
+    all_allocated.wait()
     del blocks
 threads = [threading.Thread(target=work) for _ in range(8)]
 for t in threads: t.start()
