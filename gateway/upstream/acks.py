@@ -43,6 +43,11 @@ class Acknowledgements:
         """Acknowledgements handed to a connection, not yet answered."""
         return len(self._in_flight)
 
+    @property
+    def answered(self) -> frozenset[str]:
+        """Keys whose acknowledgement was answered and not yet taken for the journal's record."""
+        return frozenset(self._finished)
+
     def owe(self, acks: Iterable[Ack]) -> None:
         """These messages may be acknowledged now (each at most once however often owed)."""
         for ack in acks:
