@@ -57,7 +57,6 @@ class FloorClient:
         self.acked = 0  # 204s
         self.gone = 0  # 404s: a message pushed twice (again on the next monitor)
         self.decrypted_bytes = 0
-        self.decrypted = 0
         self.first_decrypted_at = 0.0  # time.monotonic() of the first and the last decryption
         self.last_decrypted_at = 0.0
 
@@ -119,10 +118,8 @@ class FloorClient:
             body = b"".join(self.bodies.pop(sid, ()))
             plaintext = self.decrypt[self.links.pop(sid)](body)
             self.decrypted_bytes += len(plaintext)
-            self.decrypted += 1
             self.last_decrypted_at = time.monotonic()
-            if self.decrypted == 1:
-                self.first_decrypted_at = self.last_decrypted_at
+            self.first_decrypted_at = self.first_decrypted_at or self.last_decrypted_at
             self.deletes.append(path)
         elif sid == self.monitor_stream:
             self.monitor(wait0=False)  # RFC 8030 §6: monitor again

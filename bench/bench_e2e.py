@@ -164,6 +164,7 @@ class Bench:
         self.procs.append(fbsim)
         status_port = free_port()
         self.config = write_config(workdir, self.service_url, self.mqtt_port, pty, status_port)
+        self.journal_db = load_config(self.config).push.state_dir / DB_NAME
         self.gateway = GatewayProcess(self.config, status_port, workdir / "gateway.log")
         self.gateway_runs = 0
 
@@ -264,7 +265,7 @@ class Bench:
         # first to the last 204 is the push service's pace of answering (it answers after it
         # pushed everything: faster than the client can take messages in), kept beside it.
         report["rate"] = (n - 1) / report["taken_seconds"]
-        report["answer_rate"] = (n - 1) / report["first_to_last_seconds"]
+        report["output_rate"] = (n - 1) / report["first_to_last_seconds"]
         report["window_rate"] = report["window"] / report["window_seconds"]
         report["cpu_us"] = report["cpu_seconds"] / n * 1e6
         return report
@@ -296,7 +297,7 @@ class Bench:
     def _first_taken(self, since: float) -> float:
         """When (``time.monotonic()``) the gateway took in its first message since ``since``
         (``time.time()``): the journal's ``received_at``, read beside the running gateway."""
-        db = load_config(self.config).push.state_dir / DB_NAME
+        db = self.journal_db
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         try:
             row = conn.execute(

@@ -259,10 +259,10 @@ def render_markdown(res: Report) -> str:
             if r["variant"] == "gateway"
             else f", service duplicates {r['duplicates']}"
         )
-        output = r.get("output_rate", r.get("answer_rate"))
         lines.append(
             f"- round {r['round']} {r['variant']:7}: {r['rate']:,.0f}/s (first to last output: "
-            f"{output:,.0f}/s, 10-90%: {r['window_rate']:,.0f}/s), {r['cpu_us']:,.0f} µs{extra}"
+            f"{r['output_rate']:,.0f}/s, 10-90%: {r['window_rate']:,.0f}/s), "
+            f"{r['cpu_us']:,.0f} µs{extra}"
         )
     lines += _field_lines(res, g_cpu)
     lines += [

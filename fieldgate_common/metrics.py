@@ -67,15 +67,14 @@ class _Metric:
     labelnames: tuple[str, ...]
 
     def _key(self, labels: dict[str, str]) -> LabelValues:
-        # Every name present and no other: a lookup each and a length, no sets (several calls
+        # Every name present and no other: a length and a lookup each, no sets (several calls
         # a message).
-        try:
-            key = tuple(str(labels[n]) for n in self.labelnames)
-        except KeyError:
-            key = None
-        if key is None or len(labels) != len(self.labelnames):
-            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {tuple(labels)}")
-        return key
+        if len(labels) == len(self.labelnames):
+            try:
+                return tuple(str(labels[n]) for n in self.labelnames)
+            except KeyError:
+                pass
+        raise ValueError(f"{self.name} takes labels {self.labelnames}, got {tuple(labels)}")
 
 
 @dataclass
@@ -141,9 +140,9 @@ class Histogram(_Metric):
         counts = self.counts.get(key)
         if counts is None:
             counts = self.counts[key] = [0] * (len(self.buckets) + 1)
-        # The first bound >= value; NaN compares false and lands above every bound.
-        above = not self.buckets or not value <= self.buckets[-1]
-        counts[len(self.buckets) if above else bisect_left(self.buckets, value)] += 1
+        # The first bound >= value (past the last: above every bound); NaN, which compares
+        # false with every bound, counts above them too.
+        counts[len(self.buckets) if math.isnan(value) else bisect_left(self.buckets, value)] += 1
         self.sums[key] = self.sums.get(key, 0.0) + value
 
     def count(self, **labels: str) -> int:

@@ -44,14 +44,13 @@ from gateway.upstream.contract import (
     Pushed,
     SubscribeFailed,
 )
-from gateway.upstream.feeding import feed_in_slices
+from gateway.upstream.feeding import feed_until_closed
 from gateway.upstream.instruments import AutopushStats, UpstreamInstruments
 from gateway.upstream.rfc8030 import describe
 from gateway.webpush import autopush as ap
 
 log = get_logger("autopush")
 
-READ_CHUNK = 64 * 1024
 KEY_PREFIX = "ap:"
 # How long a register or unregister may wait for its answer before the connection is deemed
 # broken (the service answers in milliseconds).
@@ -263,11 +262,7 @@ class WebSocketConnection:
                 await stream.send_all(data)
 
     async def _reader(self, stream: trio.abc.Stream) -> None:
-        while True:
-            data = bytes(await stream.receive_some(READ_CHUNK))
-            await feed_in_slices(data, self._received)
-            if not data:
-                return
+        await feed_until_closed(stream, self._received)
 
     def _received(self, data: bytes) -> None:
         before = self.proto.messages_received

@@ -34,13 +34,12 @@ from gateway.upstream.contract import (
     Pushed,
     SubscribeFailed,
 )
-from gateway.upstream.feeding import feed_in_slices
+from gateway.upstream.feeding import feed_until_closed
 from gateway.upstream.instruments import UpstreamInstruments
 from gateway.webpush import useragent as ua
 
 log = get_logger("rfc8030")
 
-READ_CHUNK = 64 * 1024
 # GOAWAY: how long the old connection may take to finish its streams once the next one is open.
 GOAWAY_GRACE = 30.0
 # A held monitoring GET that ends sooner than this is suspicious: re-issued with backoff.
@@ -258,11 +257,7 @@ class Http2Connection:
                 self._flushed.set()
 
     async def _reader(self, stream: trio.abc.Stream) -> None:
-        while True:
-            data = bytes(await stream.receive_some(READ_CHUNK))
-            await feed_in_slices(data, self._received)
-            if not data:
-                return
+        await feed_until_closed(stream, self._received)
 
     def _received(self, data: bytes) -> None:
         events = self.proto.receive_data(data)
