@@ -160,7 +160,28 @@ class JournalWriter:
         return armed
 
     async def run(self) -> None:
-        """Commit until cancelled (a failed commit is retried with backoff; nothing is lost)."""
+        """Commit until cancelled (a failed commit is retried with backoff; nothing is lost);
+        on the way out, record the acknowledgements that finished since the last commit."""
+        try:
+            await self._commit_until_cancelled()
+        finally:
+            # Shielded, as the router records its finished deliveries: without this a clean stop
+            # (SIGTERM, a restart) would send up to ACK_RECORD_DELAY's worth of acknowledgements
+            # again at the next start — after a drain, thousands, ahead of the new messages'.
+            with trio.CancelScope(shield=True):
+                await self._record_finished_acks()
+
+    async def _record_finished_acks(self) -> None:
+        acked = self._acks.take_finished()
+        if not acked:
+            return
+        try:
+            await trio.to_thread.run_sync(self._store.mark_acked, acked)
+        except (sqlite3.Error, OSError, StoreError) as exc:
+            # Nothing is lost: they are sent again after the restart, answered 404.
+            log.warning("%d confirmed acknowledgements not recorded: %s", len(acked), exc)
+
+    async def _commit_until_cancelled(self) -> None:
         backoff = Backoff(COMMIT_RETRY_BASE, COMMIT_RETRY_CAP, rng=self._rng)
         while True:
             due = self._ack_record_due
