@@ -44,10 +44,6 @@ from gateway.upstream.supervisor import Upstream
 
 log = get_logger("gateway")
 
-# SIGTERM: in-flight deliveries get this long to finish before the process exits; systemd's
-# TimeoutStopSec (90 s by default) stays well above it.
-SHUTDOWN_GRACE = 10.0
-
 _E = TypeVar("_E", bound=BaseException)
 
 
@@ -346,7 +342,9 @@ async def _run(
             log.info("%s: stopping", signal.Signals(signum).name)
             notifier.stopping()
             break
-        nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE
+        # Everything stops at once; on the way out the router records the deliveries that were
+        # confirmed and the journal the acknowledgements (both shielded). A delivery still
+        # awaiting its confirmation is sent again after the restart (at least once).
         nursery.cancel_scope.cancel()
 
 
