@@ -1,4 +1,5 @@
-"""SIGKILL at the two dangerous moments: nothing lost, nothing journalled twice.
+"""SIGKILL at the two dangerous moments: nothing lost, nothing journalled twice; SIGTERM: nothing
+sent again.
 
 The gateway runs as a real child process (``python -m gateway run``) against the reference push
 service on loopback; messages are sent with pywebpush. What reached the journal is read from the
@@ -110,4 +111,30 @@ async def test_killed_between_receipt_and_commit(tmp_path, stack):
         assert sorted(journal) == sorted(b.decode() for b in bodies)
         assert all(len(ids) == 1 for ids in journal.values()), journal
         assert restarted.terminate() == 0
+        nursery.cancel_scope.cancel()
+
+
+def _owed_acks(db: Path) -> int:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM journal WHERE ack = 'owed'").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def test_sigterm_records_the_confirmed_acknowledgements(tmp_path, stack):
+    # The contrast to SIGKILL: a clean stop leaves the next start nothing to send again.
+    async with trio.open_nursery() as nursery:
+        service, config, _deliveries, port = await _setup(tmp_path, nursery)
+        gateway = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
+        await gateway.start()
+        info = await subscription_of(gateway, config)
+        bodies = [b"stop-%d" % i for i in range(4)]
+        await send_all(info, bodies)
+        await wait_until(lambda: service.acked_count() == len(bodies), "every DELETE answered")
+        db = tmp_path / "state" / "journal.sqlite3"
+        # Confirmed, not yet recorded: that waits for the next commit (or 30 s).
+        assert _owed_acks(db) > 0
+        assert gateway.terminate() == 0
+        assert _owed_acks(db) == 0
         nursery.cancel_scope.cancel()
