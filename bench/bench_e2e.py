@@ -13,9 +13,11 @@ Measured, each beside its floor from the same run:
   them to the MQTT subscriber; rate from the first message taken in (the journal's
   received_at) to the last receipt (start-up excluded; first to last receipt beside it).
   Floor: the bare client draining N the same way (receive + decrypt + DELETE, no MQTT; from
-  the first to the last message taken in, first to last 204 beside it), and a bare paho QoS 1
-  publisher burst (the MQTT floor). Also "live": the gateway connected while the sender POSTs
-  N as fast as the service answers;
+  the first to the last message taken in, first to last 204 beside it); the bare client
+  draining N and publishing each decrypted message with bare paho (QoS 1, to the same
+  subscriber: what delivering costs the bare parts, timed like the gateway, to the last
+  receipt); and a bare paho QoS 1 publisher burst (the MQTT floor). Also "live": the gateway
+  connected while the sender POSTs N as fast as the service answers;
 * gateway CPU µs/message (``/proc/PID/stat``, all threads, minus what a start-up without
   messages costs) and disk bytes/message (``/proc/PID/io`` write_bytes) over the drain;
 * latency at 25%, 50% and 90% of the sustained rate: from the sender's POST (just before it
@@ -266,6 +268,30 @@ class Bench:
         # pushed everything: faster than the client can take messages in), kept beside it.
         report["rate"] = (n - 1) / report["taken_seconds"]
         report["output_rate"] = (n - 1) / report["first_to_last_seconds"]
+        report["window_rate"] = report["window"] / report["window_seconds"]
+        report["cpu_us"] = report["cpu_seconds"] / n * 1e6
+        return report
+
+    def floor_mqtt_drain(self) -> Report:
+        """The floor drain publishing each message with bare paho too, timed like the gateway's:
+        from its first message taken in to the subscriber's last receipt."""
+        self.post(MQTT_ROUTE, self.messages, 0.0)
+        self._wait_sent()
+        self.subscriber.ask("reset", RESULT_LIMIT, cmd="reset")
+        args = ["drain", str(self.keys_file), str(self.messages)]
+        args += [str(self.mqtt_port), TOPIC_PREFIX + MQTT_ROUTE]
+        floor = self.child(["-m", "bench.e2e_floor", *args], core=CORE_UNDER_TEST)
+        report = floor.expect("result", RESULT_LIMIT + self.messages * 0.01)
+        floor.proc.wait()
+        n = report["messages"]
+        deadline = time.monotonic() + RESULT_LIMIT
+        while (got := self.received()) < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the floor's publishes stuck at {got}/{n}; see {self.workdir}")
+            time.sleep(SAMPLE_EVERY)
+        last = max(self.receipts().values())
+        report["rate"] = (n - 1) / (last - report["first_decrypted_at"])
+        report["output_rate"] = (n - 1) / report["first_to_last_seconds"]  # its 204s
         report["window_rate"] = report["window"] / report["window_seconds"]
         report["cpu_us"] = report["cpu_seconds"] / n * 1e6
         return report
@@ -601,7 +627,7 @@ def run(
     profile: Path | None = None,
     field_seconds: float = FIELD_SECONDS,
 ) -> Report:
-    phases = 5 + 2 * rounds + len(LOADS) * 2 + 2 + 2 * len(FIELD_RATES) + 1 + (1 if long else 0)
+    phases = 5 + 3 * rounds + len(LOADS) * 2 + 2 + 2 * len(FIELD_RATES) + 1 + (1 if long else 0)
     progress = Progress(phases)
     progress.next("start peers, subscribe")
     bench = Bench(workdir, messages, progress)
@@ -615,6 +641,8 @@ def run(
                 bench.gateway.stop()
             progress.next(f"floor drain, round {round_no}")
             drains.append({"variant": "floor", "round": round_no, **bench.floor_drain()})
+            progress.next(f"floor drain publishing with paho, round {round_no}")
+            drains.append({"variant": "floor+paho", "round": round_no, **bench.floor_mqtt_drain()})
             progress.next(f"gateway drain, round {round_no}")
             last = round_no == rounds
             report = bench.gateway_drain(profile if last else None)
@@ -681,6 +709,9 @@ def run(
         "drains": drains,
         "sustained_rate": sustained,
         "floor_rate": statistics.median(d["rate"] for d in drains if d["variant"] == "floor"),
+        "floor_mqtt_rate": statistics.median(
+            d["rate"] for d in drains if d["variant"] == "floor+paho"
+        ),
         "live": live,
         "latency": latency,
         "field": field,
