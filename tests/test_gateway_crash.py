@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,44 @@ def stack() -> Iterator[ExitStack]:
         yield exit_stack
 
 
-async def _setup(tmp_path: Path, nursery: trio.Nursery) -> tuple[PushService, Path, Path, int]:
+@dataclass(frozen=True)
+class _Rig:
+    """The push service and one gateway configuration (a log route writing ``deliveries``)."""
+
+    service: PushService
+    config: Path
+    deliveries: Path
+    status_port: int
+    stack: ExitStack
+
+    @property
+    def journal(self) -> Path:
+        return self.config.parent / "state" / "journal.sqlite3"
+
+    async def started(self) -> GatewayProcess:
+        """A gateway process on this configuration, killed when the test ends."""
+        log = self.config.parent / "gateway.log"
+        gateway = self.stack.enter_context(GatewayProcess(self.config, self.status_port, log))
+        await gateway.start()
+        return gateway
+
+    def _delivered(self) -> int:
+        return len(journalled_ids(self.deliveries))
+
+    async def restarted_delivering_each_once(self, bodies: list[bytes]) -> GatewayProcess:
+        """A new gateway takes over: every message acknowledged, and journalled exactly once."""
+        restarted = await self.started()
+        pending = self.service.pending_messages
+        await wait_until(lambda: pending() == 0, "every message acknowledged")
+        # Stored policy: delivery follows the ack, so wait for the device side too.
+        await wait_until(lambda: self._delivered() == len(bodies), "every delivery")
+        journal = journalled_ids(self.deliveries)
+        assert sorted(journal) == sorted(b.decode() for b in bodies)
+        assert all(len(ids) == 1 for ids in journal.values()), journal
+        return restarted
+
+
+async def _setup(tmp_path: Path, nursery: trio.Nursery, stack: ExitStack) -> _Rig:
     service = PushService(ServiceSettings(redelivery_after=0.5))
     await nursery.start(service.serve, "127.0.0.1", 0)
     deliveries = tmp_path / "deliveries.jsonl"
@@ -49,34 +87,26 @@ async def _setup(tmp_path: Path, nursery: trio.Nursery) -> tuple[PushService, Pa
         status_port=status_port,
         body=LOG_ROUTE.format(deliveries=deliveries),
     )
-    return service, config, deliveries, status_port
+    return _Rig(service, config, deliveries, status_port, stack)
 
 
 async def test_killed_between_journal_commit_and_ack(tmp_path, stack):
     async with trio.open_nursery() as nursery:
-        service, config, deliveries, port = await _setup(tmp_path, nursery)
-        gateway = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
-        await gateway.start()
-        info = await subscription_of(gateway, config)
+        rig = await _setup(tmp_path, nursery, stack)
+        gateway = await rig.started()
+        info = await subscription_of(gateway, rig.config)
         # The service refuses the DELETEs: every message is journalled, none acknowledged.
-        service.faults.fail_requests(500, count=5, methods=("DELETE",), paths="message")
+        rig.service.faults.fail_requests(500, count=5, methods=("DELETE",), paths="message")
         bodies = [b"msg-%d" % i for i in range(5)]
         await send_all(info, bodies)
-        await wait_until(lambda: len(journalled_ids(deliveries)) == 5, "five journalled")
+        await wait_until(lambda: len(journalled_ids(rig.deliveries)) == 5, "five journalled")
         await wait_until(
             lambda: gateway.metric("fieldgate_ack_failures_total") >= 5, "five refused acks"
         )
         gateway.kill()
-        assert service.pending_messages() == 5
+        assert rig.service.pending_messages() == 5
 
-        restarted = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
-        await restarted.start()
-        await wait_until(lambda: service.pending_messages() == 0, "every message acknowledged")
-        # Stored policy: delivery follows the ack, so wait for the device side too.
-        await wait_until(lambda: len(journalled_ids(deliveries)) == len(bodies), "every delivery")
-        journal = journalled_ids(deliveries)
-        assert sorted(journal) == sorted(b.decode() for b in bodies)
-        assert all(len(ids) == 1 for ids in journal.values()), journal
+        restarted = await rig.restarted_delivering_each_once(bodies)
         assert restarted.metric("fieldgate_messages_journalled_total") == 0  # all duplicates
         assert restarted.terminate() == 0
         nursery.cancel_scope.cancel()
@@ -84,12 +114,11 @@ async def test_killed_between_journal_commit_and_ack(tmp_path, stack):
 
 async def test_killed_between_receipt_and_commit(tmp_path, stack):
     async with trio.open_nursery() as nursery:
-        service, config, deliveries, port = await _setup(tmp_path, nursery)
-        gateway = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
-        await gateway.start()
-        info = await subscription_of(gateway, config)
+        rig = await _setup(tmp_path, nursery, stack)
+        gateway = await rig.started()
+        info = await subscription_of(gateway, rig.config)
         # Hold the journal's write lock: messages arrive but cannot be committed.
-        blocker = sqlite3.connect(tmp_path / "state" / "journal.sqlite3", isolation_level=None)
+        blocker = sqlite3.connect(rig.journal, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
         bodies = [b"late-%d" % i for i in range(3)]
         await send_all(info, bodies)
@@ -99,17 +128,10 @@ async def test_killed_between_receipt_and_commit(tmp_path, stack):
         gateway.kill()
         blocker.rollback()
         blocker.close()
-        assert journalled_ids(deliveries) == {}
-        assert service.pending_messages() == 3  # never acknowledged
+        assert journalled_ids(rig.deliveries) == {}
+        assert rig.service.pending_messages() == 3  # never acknowledged
 
-        restarted = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
-        await restarted.start()
-        await wait_until(lambda: service.pending_messages() == 0, "every message acknowledged")
-        # Stored policy: delivery follows the ack, so wait for the device side too.
-        await wait_until(lambda: len(journalled_ids(deliveries)) == len(bodies), "every delivery")
-        journal = journalled_ids(deliveries)
-        assert sorted(journal) == sorted(b.decode() for b in bodies)
-        assert all(len(ids) == 1 for ids in journal.values()), journal
+        restarted = await rig.restarted_delivering_each_once(bodies)
         assert restarted.terminate() == 0
         nursery.cancel_scope.cancel()
 
@@ -125,16 +147,14 @@ def _owed_acks(db: Path) -> int:
 async def test_sigterm_records_the_confirmed_acknowledgements(tmp_path, stack):
     # The contrast to SIGKILL: a clean stop leaves the next start nothing to send again.
     async with trio.open_nursery() as nursery:
-        service, config, _deliveries, port = await _setup(tmp_path, nursery)
-        gateway = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
-        await gateway.start()
-        info = await subscription_of(gateway, config)
+        rig = await _setup(tmp_path, nursery, stack)
+        gateway = await rig.started()
+        info = await subscription_of(gateway, rig.config)
         bodies = [b"stop-%d" % i for i in range(4)]
         await send_all(info, bodies)
-        await wait_until(lambda: service.acked_count() == len(bodies), "every DELETE answered")
-        db = tmp_path / "state" / "journal.sqlite3"
+        await wait_until(lambda: rig.service.acked_count() == len(bodies), "every DELETE answered")
         # Confirmed, not yet recorded: that waits for the next commit (or 30 s).
-        assert _owed_acks(db) > 0
+        assert _owed_acks(rig.journal) > 0
         assert gateway.terminate() == 0
-        assert _owed_acks(db) == 0
+        assert _owed_acks(rig.journal) == 0
         nursery.cancel_scope.cancel()
