@@ -1,4 +1,5 @@
-"""The autopush path under SIGKILL at the two dangerous moments: nothing lost, nothing twice.
+"""The autopush path under SIGKILL at the two dangerous moments: nothing lost, nothing twice;
+under SIGTERM: nothing sent again.
 
 As tests/test_gateway_crash.py does for RFC 8030: the gateway is a real child process
 (``python -m gateway run``) against the autopush double on loopback (``ws://``), messages are
@@ -19,13 +20,11 @@ import trio
 from pushservice.autopush import AutopushService, AutopushSettings
 from tests.agent_harness import wait_until
 from tests.gateway_process import (
-    LOG_ROUTE,
-    GatewayProcess,
-    free_port,
+    GatewayRig,
     journalled_ids,
     send_all,
+    sigterm_records_confirmations,
     subscription_of,
-    write_config,
 )
 
 
@@ -36,19 +35,12 @@ def stack() -> Iterator[ExitStack]:
         yield exit_stack
 
 
-async def _setup(tmp_path: Path, nursery: trio.Nursery) -> tuple[AutopushService, Path, Path, int]:
+async def _setup(
+    tmp_path: Path, nursery: trio.Nursery, stack: ExitStack
+) -> tuple[AutopushService, GatewayRig]:
     service = AutopushService(AutopushSettings(), state_path=tmp_path / "autopush.sqlite3")
     await nursery.start(partial(service.serve, "127.0.0.1", 0))
-    deliveries = tmp_path / "deliveries.jsonl"
-    status_port = free_port()
-    config = write_config(
-        tmp_path / "config.toml",
-        service.ws_url,
-        tmp_path / "state",
-        status_port=status_port,
-        body=LOG_ROUTE.format(deliveries=deliveries),
-    )
-    return service, config, deliveries, status_port
+    return service, GatewayRig.create(tmp_path, service.ws_url, stack)
 
 
 def _stored(service: AutopushService) -> int:
@@ -57,26 +49,20 @@ def _stored(service: AutopushService) -> int:
 
 async def test_killed_between_journal_commit_and_ack(tmp_path, stack):
     async with trio.open_nursery() as nursery:
-        service, config, deliveries, port = await _setup(tmp_path, nursery)
-        gateway = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
-        await gateway.start()
-        info = await subscription_of(gateway, config)
+        service, rig = await _setup(tmp_path, nursery, stack)
+        gateway = await rig.started()
+        info = await subscription_of(gateway, rig.config)
         # The service drops the acks: every message is journalled, none acknowledged.
         service.ignore_acks = True
         bodies = [b"msg-%d" % i for i in range(5)]
         await send_all(info, bodies)
-        await wait_until(lambda: len(journalled_ids(deliveries)) == 5, "five journalled")
+        await wait_until(lambda: len(journalled_ids(rig.deliveries)) == 5, "five journalled")
         await wait_until(lambda: service.counters.acks_ignored >= 5, "five acks dropped")
         gateway.kill()
         assert _stored(service) == 5
         service.ignore_acks = False
 
-        restarted = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
-        await restarted.start()
-        await wait_until(lambda: _stored(service) == 0, "every message acknowledged")
-        journal = journalled_ids(deliveries)
-        assert sorted(journal) == sorted(b.decode() for b in bodies)
-        assert all(len(ids) == 1 for ids in journal.values()), journal
+        restarted = await rig.restarted_delivering_each_once(bodies, lambda: _stored(service) == 0)
         assert restarted.metric("fieldgate_messages_journalled_total") == 0  # all duplicates
         assert restarted.metric("fieldgate_messages_duplicate_total") == 5
         assert restarted.terminate() == 0
@@ -85,12 +71,11 @@ async def test_killed_between_journal_commit_and_ack(tmp_path, stack):
 
 async def test_killed_between_receipt_and_commit(tmp_path, stack):
     async with trio.open_nursery() as nursery:
-        service, config, deliveries, port = await _setup(tmp_path, nursery)
-        gateway = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
-        await gateway.start()
-        info = await subscription_of(gateway, config)
+        service, rig = await _setup(tmp_path, nursery, stack)
+        gateway = await rig.started()
+        info = await subscription_of(gateway, rig.config)
         # Hold the journal's write lock: messages arrive but cannot be committed.
-        blocker = sqlite3.connect(tmp_path / "state" / "journal.sqlite3", isolation_level=None)
+        blocker = sqlite3.connect(rig.journal, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
         bodies = [b"late-%d" % i for i in range(3)]
         await send_all(info, bodies)
@@ -100,15 +85,17 @@ async def test_killed_between_receipt_and_commit(tmp_path, stack):
         gateway.kill()
         blocker.rollback()
         blocker.close()
-        assert journalled_ids(deliveries) == {}
+        assert journalled_ids(rig.deliveries) == {}
         assert _stored(service) == 3  # never acknowledged
 
-        restarted = stack.enter_context(GatewayProcess(config, port, tmp_path / "gateway.log"))
-        await restarted.start()
-        await wait_until(lambda: _stored(service) == 0, "every message acknowledged")
-        await wait_until(lambda: len(journalled_ids(deliveries)) == len(bodies), "every delivery")
-        journal = journalled_ids(deliveries)
-        assert sorted(journal) == sorted(b.decode() for b in bodies)
-        assert all(len(ids) == 1 for ids in journal.values()), journal
+        restarted = await rig.restarted_delivering_each_once(bodies, lambda: _stored(service) == 0)
         assert restarted.terminate() == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_sigterm_records_the_confirmed_acknowledgements(tmp_path, stack):
+    # Confirmed here means the answer to the ping sent behind the acks (autopush has no other).
+    async with trio.open_nursery() as nursery:
+        _service, rig = await _setup(tmp_path, nursery, stack)
+        await sigterm_records_confirmations(rig)
         nursery.cancel_scope.cancel()
