@@ -172,6 +172,7 @@ class H2Session:
             await self._want_write.wait()
             self._want_write = trio.Event()
             await faults.wait_thawed()
+            self._flush()  # pushes queued since the last flush are promised now
             data = self.conn.data_to_send()
             if data:
                 try:
@@ -356,8 +357,8 @@ class H2Session:
             return False
         self._push_queue.append(_QueuedPush(parent, promise, response, body, on_withdrawn))
         self._queued_on[parent] = self._queued_on.get(parent, 0) + 1
-        self._drain_push_queue()
-        self._flush()
+        # Promised by the writer's flush: a page of stored messages is queued in one go and
+        # flushed once, not one walk of every stream and every buffered body per push.
         self._wake()
         return True
 
@@ -381,9 +382,12 @@ class H2Session:
         # Pushed streams count against the client's SETTINGS_MAX_CONCURRENT_STREAMS (RFC 7540
         # §8.2.2); h2 does not check that for pushes, so we queue beyond it.
         before = len(self._push_queue)
+        limit = self.conn.remote_settings.max_concurrent_streams
+        # Counted here as pushes open streams (h2 walks every stream to count them); nothing in
+        # this loop closes one, so the count only errs high, and the next call counts afresh.
+        open_streams = self.conn.open_outbound_streams
         while self._push_queue:
-            limit = self.conn.remote_settings.max_concurrent_streams
-            if self.conn.open_outbound_streams >= limit:
+            if open_streams >= limit:
                 break
             item = self._push_queue.popleft()
             self._dequeued(item.parent)
@@ -409,6 +413,7 @@ class H2Session:
             self.conn.send_headers(promised, headers, end_stream=not item.body)
             if item.body:
                 self._outbound[promised] = _Outbound(bytearray(item.body), True)
+                open_streams += 1
         queued = len(self._push_queue)
         if queued != before:
             self._push_progress.set()
