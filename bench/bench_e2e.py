@@ -254,35 +254,18 @@ class Bench:
             os.sched_setaffinity(0, own)
 
     def floor_drain(self) -> Report:
-        self.post(MQTT_ROUTE, self.messages, 0.0)
-        self._wait_sent()
-        floor = self.child(
-            ["-m", "bench.e2e_floor", "drain", str(self.keys_file), str(self.messages)],
-            core=CORE_UNDER_TEST,
-        )
-        report = floor.expect("result", RESULT_LIMIT + self.messages * 0.01)
-        floor.proc.wait()
-        n = report["messages"]
+        report = self._floor_child()
         # From the first message taken in to the last, as the gateway's drain is timed. The
         # first to the last 204 is the push service's pace of answering (it answers after it
         # pushed everything: faster than the client can take messages in), kept beside it.
-        report["rate"] = (n - 1) / report["taken_seconds"]
-        report["output_rate"] = (n - 1) / report["first_to_last_seconds"]
-        report["window_rate"] = report["window"] / report["window_seconds"]
-        report["cpu_us"] = report["cpu_seconds"] / n * 1e6
+        report["rate"] = (report["messages"] - 1) / report["taken_seconds"]
         return report
 
     def floor_mqtt_drain(self) -> Report:
         """The floor drain publishing each message with bare paho too, timed like the gateway's:
         from its first message taken in to the subscriber's last receipt."""
-        self.post(MQTT_ROUTE, self.messages, 0.0)
-        self._wait_sent()
         self.subscriber.ask("reset", RESULT_LIMIT, cmd="reset")
-        args = ["drain", str(self.keys_file), str(self.messages)]
-        args += [str(self.mqtt_port), TOPIC_PREFIX + MQTT_ROUTE]
-        floor = self.child(["-m", "bench.e2e_floor", *args], core=CORE_UNDER_TEST)
-        report = floor.expect("result", RESULT_LIMIT + self.messages * 0.01)
-        floor.proc.wait()
+        report = self._floor_child(str(self.mqtt_port), TOPIC_PREFIX + MQTT_ROUTE)
         n = report["messages"]
         deadline = time.monotonic() + RESULT_LIMIT
         while (got := self.received()) < n:
@@ -291,6 +274,18 @@ class Bench:
             time.sleep(SAMPLE_EVERY)
         last = max(self.receipts().values())
         report["rate"] = (n - 1) / (last - report["first_decrypted_at"])
+        return report
+
+    def _floor_child(self, *publish_to: str) -> Report:
+        """N messages waiting, then the bare client (``bench.e2e_floor drain``) takes them; its
+        report with the rates and CPU both floor drains share (not yet ``rate``)."""
+        self.post(MQTT_ROUTE, self.messages, 0.0)
+        self._wait_sent()
+        args = ["-m", "bench.e2e_floor", "drain", str(self.keys_file), str(self.messages)]
+        floor = self.child([*args, *publish_to], core=CORE_UNDER_TEST)
+        report = floor.expect("result", RESULT_LIMIT + self.messages * 0.01)
+        floor.proc.wait()
+        n = report["messages"]
         report["output_rate"] = (n - 1) / report["first_to_last_seconds"]  # its 204s
         report["window_rate"] = report["window"] / report["window_seconds"]
         report["cpu_us"] = report["cpu_seconds"] / n * 1e6

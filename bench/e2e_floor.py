@@ -182,10 +182,9 @@ async def live(keys_file: Path, mqtt_port: int, topic: str) -> None:
 def main() -> None:
     pin(CORE_UNDER_TEST)
     mode, keys_file = sys.argv[1], Path(sys.argv[2])
-    if mode == "drain" and len(sys.argv) > 4:
-        trio.run(drain, keys_file, int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
-    elif mode == "drain":
-        trio.run(drain, keys_file, int(sys.argv[3]))
+    if mode == "drain":
+        publish_to = (int(sys.argv[4]), sys.argv[5]) if len(sys.argv) > 4 else ()
+        trio.run(drain, keys_file, int(sys.argv[3]), *publish_to)
     else:
         trio.run(live, keys_file, int(sys.argv[3]), sys.argv[4])
 

@@ -383,9 +383,10 @@ class H2Session:
         # §8.2.2); h2 does not check that for pushes, so we queue beyond it.
         before = len(self._push_queue)
         limit = self.conn.remote_settings.max_concurrent_streams
-        # Counted here as pushes open streams (h2 walks every stream to count them); nothing in
-        # this loop closes one, so the count only errs high, and the next call counts afresh.
-        open_streams = self.conn.open_outbound_streams
+        # Counted here as pushes open streams (h2 walks every stream to count them, so not at
+        # all with nothing queued: every flush comes here); nothing in this loop closes one, so
+        # the count only errs high, and the next call counts afresh.
+        open_streams = self.conn.open_outbound_streams if self._push_queue else 0
         while self._push_queue:
             if open_streams >= limit:
                 break

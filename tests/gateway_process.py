@@ -18,6 +18,7 @@ from pathlib import Path
 
 import trio
 
+from gateway.store import DB_NAME
 from tests.agent_harness import wait_until
 
 START_LIMIT = 20.0
@@ -215,7 +216,7 @@ class GatewayRig:
 
     @property
     def journal(self) -> Path:
-        return self.config.parent / "state" / "journal.sqlite3"
+        return self.config.parent / "state" / DB_NAME
 
     async def started(self) -> GatewayProcess:
         """A gateway process on this configuration, ready."""
