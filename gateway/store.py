@@ -48,6 +48,7 @@ from gateway.routes import RouteTable
 from gateway.salt_memory import MAX_SALTS, RecentSalts, salt_key
 from gateway.store_schema import migrate, version
 from gateway.store_types import (
+    CarriedAcks,
     CarriedResolutions,
     DeadLetter,
     Incoming,
@@ -64,6 +65,7 @@ from gateway.store_types import (
 )
 
 __all__ = [
+    "CarriedAcks",
     "CarriedResolutions",
     "DeadLetter",
     "Incoming",
@@ -186,6 +188,11 @@ def wal_budget(max_bytes: int, disk_size: int | None = None) -> int:
     take half of a small partition)."""
     capacity = max_bytes if disk_size is None else min(max_bytes, disk_size)
     return max(WAL_BUDGET_MIN, min(WAL_BUDGET_MAX, capacity // WAL_SHARE))
+
+
+def _delivered(resolutions: Sequence[Resolution]) -> int:
+    """How many of ``resolutions`` are confirmed deliveries (what a power loss would repeat)."""
+    return sum(1 for r in resolutions if r.end == "delivered")
 
 
 def _url_key(url: str) -> int:
@@ -641,21 +648,27 @@ class Store:
         recorded in the same transaction (as :meth:`mark_acked` would); ``resolved`` are
         finished deliveries, recorded first (as :meth:`resolve` would; the acknowledgements
         they release are in :meth:`take_counts`). Both ride on the commit the batch needs
-        anyway: no transaction, no WAL pages of their own. Raises
-        :class:`StoreError` (nothing journalled, nothing to acknowledge) once the journal's files
-        have a problem (see :meth:`check_integrity`).
+        anyway: no transaction, no WAL pages of their own. Without a batch (the records alone,
+        when no message came to take them along) the commit is not fsynced, as theirs would
+        not be (:meth:`_sync_needed`). Raises :class:`StoreError` (nothing journalled,
+        nothing to acknowledge) once the journal's files have a problem (see
+        :meth:`check_integrity`).
         """
         counts = StoreCounts()
+        delivered = _delivered(resolved)
         with self._lock:
             problem = self._check_integrity_locked(deep=False)
             if problem is not None:
                 raise StoreError(str(problem))
             now = self._clock()
             space = self._measure_space()
-            with self._undone_by_rollback(), self._transaction():
+            durable = bool(batch) or self._sync_needed(delivered)
+            with self._undone_by_rollback(), self._transaction(durable=durable):
                 self._confirm_acks(acked, now)
                 self._resolve_locked(resolved, now, counts)
                 results = [self._ingest_one(admission, now, counts, space) for admission in batch]
+            if not durable:
+                self._unsynced += delivered
         self._publish(counts)
         return results
 
@@ -1010,9 +1023,10 @@ class Store:
                 (int(message_id), target, attempts, next_attempt_at, error),
             )
 
-    def resolve(self, resolutions: Sequence[Resolution]) -> list[str]:
+    def resolve(self, resolutions: Sequence[Resolution], *, acked: Sequence[str] = ()) -> list[str]:
         """Finish deliveries in one transaction; a message with none left keeps only its
-        dedupe record.
+        dedupe record. ``acked``: confirmed acknowledgements recorded in the same transaction
+        (as :meth:`mark_acked` would).
 
         Rejected deliveries become dead letters. Returns the keys of ``delivered``-policy
         messages whose every target is now done: their acknowledgement is owed.
@@ -1023,17 +1037,26 @@ class Store:
         Most resolutions do not come here at all: :meth:`ingest` takes them with its commit.
         """
         counts = StoreCounts()
-        delivered = sum(1 for r in resolutions if r.end == "delivered")
+        delivered = _delivered(resolutions)
         with self._lock:
-            durable = self._unsynced + delivered >= policy.REPEAT_WINDOW
+            durable = self._sync_needed(delivered)
+            now = self._clock()
             with self._transaction(durable=durable):
-                self._resolve_locked(resolutions, self._clock(), counts)
+                self._confirm_acks(acked, now)
+                self._resolve_locked(resolutions, now, counts)
             if not durable:
                 self._unsynced += delivered
         released = counts.released_acks
         counts.released_acks = []
         self._publish(counts)
         return released
+
+    def _sync_needed(self, delivered: int) -> bool:
+        """Whether a commit that journals nothing but records ``delivered`` more confirmed
+        deliveries must be fsynced: when a power loss could otherwise repeat more than
+        :data:`gateway.policy.REPEAT_WINDOW` of them. What else such a commit records (a
+        confirmed acknowledgement, a retry, a prune) only makes something happen again."""
+        return self._unsynced + delivered >= policy.REPEAT_WINDOW
 
     def _resolve_locked(
         self, resolutions: Sequence[Resolution], now: float, counts: StoreCounts

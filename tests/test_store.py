@@ -534,6 +534,29 @@ def test_one_fsync_per_ingest_and_at_most_8_deliveries_wait_for_one(tmp_path):
     store.close()
 
 
+def test_records_alone_ride_without_an_fsync_within_the_repeat_bound(tmp_path):
+    """A commit without messages (what the journal writer records when none came to take it
+    along: confirmed acknowledgements, finished deliveries) is not fsynced, as mark_acked and
+    resolve are not, until the confirmed deliveries at stake reach the repeat bound."""
+    store = open_store(tmp_path)
+    ids = [r.message_id for r in store.admit([incoming(f"u{i}") for i in range(10)])]
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+    store.ingest([], acked=["u0", "u1"])
+    seven = [Resolution(str(i), "r", "0:a", "delivered") for i in ids[:7]]
+    store.ingest([], acked=["u2"], resolved=seven)
+    assert commit_modes(statements) == ["NORMAL", "NORMAL"]
+    store.ingest([], resolved=[Resolution(str(ids[7]), "r", "0:a", "delivered")])  # the 8th
+    assert commit_modes(statements) == ["NORMAL", "NORMAL", "FULL"]
+    statements.clear()
+    store.ingest([], resolved=[Resolution(str(ids[8]), "r", "0:a", "delivered")])
+    assert commit_modes(statements) == ["NORMAL"]  # counted afresh after the fsync
+    store._conn.set_trace_callback(None)
+    assert store.pending_acks() == [f"u{i}" for i in range(3, 10)]
+    assert [d.message.id for d in store.pending_deliveries("r", "0:a")] == [ids[9]]
+    store.close()
+
+
 def journal_at_version(tmp_path: Path, old: int) -> tuple[Path, sqlite3.Connection]:
     """A journal as schema version ``old`` made it (the caller fills it and closes it)."""
     from gateway.store_schema import MIGRATIONS
