@@ -97,6 +97,7 @@ class Gateway:
             self.registry,
             on_ack=self.upstream.acknowledge,
             on_committed=self.upstream.committed_elsewhere,
+            carry_acks=self.upstream.carry_acks,
         )
 
     def _journalled(self, messages: Sequence[Message]) -> None:

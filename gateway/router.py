@@ -8,7 +8,7 @@ holds up nobody else. Retry times are written to the store, so a restart resumes
 Finished deliveries are recorded in batches: most ride on the next ingest commit, which is made
 anyway (:meth:`Router.carry`), so that a message costs one transaction in the field; what no
 ingest takes within RESOLVE_DEFER (or sooner, when an acknowledgement or a paused target waits
-for it) one task commits alone. A delivery confirmed by the device but not yet committed when the
+for it) one task commits alone, with the acknowledgements the service confirmed meanwhile. A delivery confirmed by the device but not yet committed when the
 gateway dies is delivered again after the restart (at least once, at most a receiver's repeat
 window: see MAX_UNRECORDED); a graceful stop commits everything confirmed.
 """
@@ -49,6 +49,7 @@ from gateway.status_model import RouteDelivery, TargetDelivery
 from gateway.store import (
     COMMIT_RETRY_BASE,
     COMMIT_RETRY_CAP,
+    CarriedAcks,
     CarriedResolutions,
     PendingDelivery,
     Resolution,
@@ -77,6 +78,14 @@ DROP_BURST_GAP = 10.0
 PRUNE_BUSY_INTERVAL = policy.DEDUPE_GRACE / 2
 PRUNE_IDLE_INTERVAL = 3600.0
 PRUNE_DUE_SLACK = 1.0  # past a record's forget_at, so that the prune finds it due
+# A prune is a transaction of its own (its WAL pages, their checkpoint). While the journal holds
+# fewer dedupe records than this (a few messages a minute: each one due on its own), the earliest
+# waits this long past its forget_at, so that one prune forgets the records of several minutes'
+# messages instead of one prune per message (~8 KB written each, measured). What they keep
+# meanwhile is a few hundred bytes a record, at most this many: memory follows the rate only
+# above it.
+PRUNE_LAZY_RECORDS = 1_000
+PRUNE_LAZY_DELAY = 600.0
 # Confirmed deliveries to one receiver that may wait to be recorded in the journal: a delivery
 # the receiver confirmed but the journal did not record yet is repeated after a crash. The
 # receiver suppresses a repeat by its message id but remembers only its last few ids (a
@@ -111,20 +120,47 @@ def retry_delay(
     return max(floor, full_jitter(attempt - 1, base, cap, rand))
 
 
+class Pruning(enum.Enum):
+    """How closely the journal's dedupe records are followed, by how many it holds."""
+
+    IDLE = "idle"  # only the newest row (it always stays: the id high-water mark)
+    LAZY = "lazy"  # fewer than PRUNE_LAZY_RECORDS: a trickle's records go a few minutes' at once
+    BUSY = "busy"
+
+
+def pruning(records: int) -> Pruning:
+    """The pruning that ``records`` dedupe records call for."""
+    if records <= 1:
+        return Pruning.IDLE
+    return Pruning.LAZY if records < PRUNE_LAZY_RECORDS else Pruning.BUSY
+
+
+def prune_within(mode: Pruning, retention: float) -> float:
+    """Once messages came, the journal is pruned at the latest this long after (``mode`` is
+    what they made it; an idle journal sleeps PRUNE_IDLE_INTERVAL). At least ten times per
+    retention period, and never a busy loop."""
+    interval = {
+        Pruning.IDLE: PRUNE_IDLE_INTERVAL,
+        Pruning.LAZY: PRUNE_LAZY_DELAY,
+        Pruning.BUSY: PRUNE_BUSY_INTERVAL,
+    }[mode]
+    return min(interval, max(retention / 10, 1.0))
+
+
 def prune_interval(records: int, due: float | None, now: float, retention: float) -> float:
     """Seconds until the journal is pruned again, given the dedupe records it holds and when
     the earliest confirmed one may go (``due``, on the same clock as ``now``; None: none is).
 
-    Not before that one is due: after the last message of a while one more prune forgets the
-    rest, and then the journal sleeps (PRUNE_IDLE_INTERVAL) instead of looking every
-    PRUNE_BUSY_INTERVAL. At least ten times per retention period either way.
+    Not before that one is due (with few records, PRUNE_LAZY_DELAY after): after the last
+    message of a while one more prune forgets the rest, and then the journal sleeps
+    (PRUNE_IDLE_INTERVAL) instead of looking every PRUNE_BUSY_INTERVAL. At least ten times per
+    retention period either way.
     """
-    if records <= 1:  # the newest row always stays (it carries the id high-water mark)
-        interval = PRUNE_IDLE_INTERVAL
-    elif due is None:  # undelivered, or acknowledgements not yet confirmed
-        interval = PRUNE_BUSY_INTERVAL
-    else:
-        interval = max(PRUNE_BUSY_INTERVAL, due - now + PRUNE_DUE_SLACK)
+    mode = pruning(records)
+    if mode is Pruning.IDLE or due is None:  # none confirmed yet: look again as messages do
+        return prune_within(mode, retention)
+    past_due = PRUNE_LAZY_DELAY if mode is Pruning.LAZY else PRUNE_DUE_SLACK
+    interval = max(PRUNE_BUSY_INTERVAL, due - now + past_due)
     return min(interval, max(retention / 10, 1.0))
 
 
@@ -239,6 +275,7 @@ class Router:
         *,
         on_ack: Callable[[Sequence[str]], None],
         on_committed: Callable[[], None] = lambda: None,
+        carry_acks: Callable[[], CarriedAcks | None] = lambda: None,
         clock: Callable[[], float] = time.time,
         retry_floor: float = RETRY_FLOOR,
         rng: random.Random | None = None,
@@ -255,6 +292,10 @@ class Router:
         # Told after each commit of the router's own (records, prunes): a burst of them may
         # have made a checkpoint due, which the journal writer takes in a quiet moment.
         self._on_committed = on_committed
+        # The acknowledgements the service confirmed since the journal's last commit: a record
+        # of deliveries takes them along (at a few messages a minute no ingest comes to take
+        # either, and one transaction writes what two would).
+        self._carry_acks = carry_acks
         self._clock = clock
         self._retry_floor = retry_floor
         self._rng = rng or random.Random()
@@ -267,7 +308,7 @@ class Router:
         self._record_now = trio.Event()  # ends a RESOLVE_GATHER early
         self._record_failing = False  # the last attempt to record deliveries failed
         self._housekeeping_wake = trio.Event()
-        self._pruning_idle = False  # housekeeping sleeps PRUNE_IDLE_INTERVAL
+        self._pruning = Pruning.LAZY  # what the last prune left (or the messages since made it)
         self._bursts: dict[tuple[str, str, str], _DropBurst] = {}  # (route, reason, action)
         budgets: dict[tuple[str, str], _RepeatBudget] = {}
         self._targets: dict[tuple[str, str], _TargetState] = {}
@@ -343,9 +384,13 @@ class Router:
         """Messages just committed (call from the trio thread): handed to their route's
         targets in memory, and only those targets' workers wake."""
         self._take_counts()
-        if self._pruning_idle and messages:
-            self._pruning_idle = False
-            self._housekeeping_wake.set()
+        if messages and self._pruning is not Pruning.BUSY:
+            # An idle journal has records to follow again; a trickle became a burst.
+            busy = pruning(self._store.dedupe_records()) is Pruning.BUSY
+            mode = Pruning.BUSY if busy else Pruning.LAZY
+            if mode is not self._pruning:
+                self._pruning = mode
+                self._housekeeping_wake.set()
         for message in messages:
             route = self._routes.get(message.route)
             if route is None:
@@ -627,11 +672,17 @@ class Router:
         if not self._resolved:
             return True
         batch, self._resolved = self._resolved, []
+        acks = self._carry_acks()
+        acked = acks.keys if acks is not None else ()
         # Shielded: a cancellation before the thread starts would lose confirmed deliveries.
         with trio.CancelScope(shield=True):
             try:
-                released = await trio.to_thread.run_sync(self._store.resolve, batch)
+                released = await trio.to_thread.run_sync(
+                    functools.partial(self._store.resolve, batch, acked=acked)
+                )
             except (sqlite3.Error, OSError) as exc:
+                if acks is not None:
+                    acks.done(False)
                 self._given_back(batch)  # retried by the committer after its backoff
                 log.error("journal: recording %d deliveries failed: %s", len(batch), exc)
                 self._record_failing = True
@@ -639,6 +690,8 @@ class Router:
                     if state.budget.stuck:
                         state.last_error = PAUSED_UNRECORDED
                 return False
+        if acks is not None:
+            acks.done(True)
         self._on_committed()
         self._recorded(batch, released)
         return True
@@ -749,8 +802,9 @@ class Router:
         next_prune = trio.current_time()
         while True:
             now = trio.current_time()
-            if not self._pruning_idle:
-                next_prune = min(next_prune, now + PRUNE_BUSY_INTERVAL)
+            retention = self._store.dedupe_retention
+            if self._pruning is not Pruning.IDLE:
+                next_prune = min(next_prune, now + prune_within(self._pruning, retention))
             if now >= next_prune:
                 try:
                     pruned, due = await trio.to_thread.run_sync(self._prune)
@@ -761,11 +815,8 @@ class Router:
                     log.debug("pruned %d dedupe records", pruned)
                     self._on_committed()
                 records = self._store.dedupe_records()
-                # The newest record always stays (it carries the id high-water mark).
-                self._pruning_idle = records <= 1
-                next_prune = now + prune_interval(
-                    records, due, self._clock(), self._store.dedupe_retention
-                )
+                self._pruning = pruning(records)
+                next_prune = now + prune_interval(records, due, self._clock(), retention)
             burst_end = self._end_bursts(now)
             wake_at = next_prune if burst_end is None else min(next_prune, burst_end)
             self._housekeeping_wake = trio.Event()

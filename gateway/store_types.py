@@ -114,6 +114,16 @@ class CarriedResolutions:
 
 
 @dataclass(frozen=True)
+class CarriedAcks:
+    """Confirmed acknowledgements handed to a journal commit that is made anyway (the router's
+    record of finished deliveries), so that they need no transaction of their own; ``done``
+    is told, once, whether that commit recorded them (False: they are the giver's again)."""
+
+    keys: tuple[str, ...]
+    done: Callable[[bool], None]
+
+
+@dataclass(frozen=True)
 class DeadLetter:
     """A message that will not be delivered: poison from upstream or rejected by a target."""
 

@@ -30,7 +30,7 @@ from gateway import policy
 from gateway.config import JournalConfig, RouteConfig
 from gateway.router import RESOLVE_DEFER, RESOLVE_GATHER, Router, retry_delay
 from gateway.routes import RouteTable
-from gateway.store import Incoming, IngestResult, Resolution, Store
+from gateway.store import COMMIT_RETRY_CAP, CarriedAcks, Incoming, IngestResult, Resolution, Store
 from tests.agent_harness import wait_until
 from tests.fake_adapters import FakeAdapter, PipelinedAdapter
 
@@ -105,7 +105,10 @@ def open_store(tmp_path: Path, routes: Sequence[RouteConfig], **journal: object)
 
 @asynccontextmanager
 async def running(
-    store: Store, routes: Sequence[RouteConfig], adapters: Sequence[Adapter]
+    store: Store,
+    routes: Sequence[RouteConfig],
+    adapters: Sequence[Adapter],
+    carry_acks: Callable[[], CarriedAcks | None] = lambda: None,
 ) -> AsyncIterator[Harness]:
     metrics = Metrics()
     harness: Harness
@@ -126,6 +129,7 @@ async def running(
         metrics,
         on_ack=on_ack,
         on_committed=on_committed,
+        carry_acks=carry_acks,
         clock=clock,
         retry_floor=0.01,
         rng=random.Random(7),
@@ -343,11 +347,11 @@ async def test_a_full_disk_while_recording_deliveries_loses_no_confirmation(
     real_resolve = store.resolve
     failures = {"left": 3}
 
-    def resolve(batch):  # the disk is full for the first three commits
+    def resolve(batch, **kw):  # the disk is full for the first three commits
         if failures["left"] > 0:
             failures["left"] -= 1
             raise sqlite3.OperationalError("database or disk is full")
-        return real_resolve(batch)
+        return real_resolve(batch, **kw)
 
     monkeypatch.setattr(store, "resolve", resolve)
     device = FakeAdapter("a")
@@ -374,10 +378,10 @@ async def test_a_target_pauses_while_its_confirmations_cannot_be_recorded(
     real_resolve = store.resolve
     disk_full = {"on": True}
 
-    def resolve(batch):
+    def resolve(batch, **kw):
         if disk_full["on"]:
             raise sqlite3.OperationalError("database or disk is full")
-        return real_resolve(batch)
+        return real_resolve(batch, **kw)
 
     monkeypatch.setattr(store, "resolve", resolve)
     device = FakeAdapter("a")
@@ -471,6 +475,70 @@ async def test_unclaimed_deliveries_are_recorded_alone_after_the_defer(tmp_path,
     store.close()
 
 
+class AckGiver:
+    """The journal writer's side of carry_acks: confirmed acknowledgements handed out once,
+    taken back when the commit that carried them failed."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.outcomes: list[bool] = []
+
+    def __call__(self) -> CarriedAcks | None:
+        if not self.keys:
+            return None
+        keys, self.keys = tuple(self.keys), []
+
+        def done(recorded: bool) -> None:
+            self.outcomes.append(recorded)
+            if not recorded:
+                self.keys[:0] = keys
+
+        return CarriedAcks(keys, done)
+
+
+@pytest.mark.parametrize("failures", [0, 1])
+async def test_a_record_of_deliveries_takes_the_confirmed_acknowledgements_along(
+    tmp_path, mock_clock, monkeypatch, failures
+):
+    """At a few messages a minute no ingest comes to take either along: the deliveries recorded
+    alone take the acknowledgements the service confirmed meanwhile (one transaction, not two);
+    a failed record gives them back to the journal writer, and the retry takes them again."""
+    import sqlite3
+
+    routes = [route()]
+    device = FakeAdapter("a")
+    store = open_store(tmp_path, routes)
+    real_resolve = store.resolve
+    left = {"failures": failures}
+
+    def resolve(batch, **kw):
+        if left["failures"]:
+            left["failures"] -= 1
+            raise sqlite3.OperationalError("disk I/O error")
+        return real_resolve(batch, **kw)
+
+    monkeypatch.setattr(store, "resolve", resolve)
+    giver = AckGiver()
+    async with running(store, routes, [device], carry_acks=giver) as h:
+        first_id = await deliver_one(h, device)
+        assert store.pending_acks() == ["u1"]
+        giver.keys.append("u1")  # the service confirmed the DELETE
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(RESOLVE_DEFER)
+        if failures:
+            await real_wait(lambda: giver.outcomes == [False], "the failed record gives back")
+            assert giver.keys == ["u1"]
+            await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(COMMIT_RETRY_CAP)  # the committer's backoff
+            await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(RESOLVE_GATHER)  # then it records soon
+        await recorded(store, first_id, "the committer records the delivery")
+        assert giver.outcomes == [False] * failures + [True]
+        assert giver.keys == []
+        assert store.pending_acks() == []  # recorded in the same transaction
+    store.close()
+
+
 async def test_the_router_says_when_it_committed_so_a_checkpoint_can_follow(tmp_path, mock_clock):
     """The router's own commits -- deliveries recorded alone, a prune -- are told (on_committed),
     so that the journal writer checkpoints what they wrote in a quiet moment, not the next
@@ -547,7 +615,9 @@ async def test_routes_to_one_device_share_its_repeat_window(
     routes = [route("one"), route("two")]
     store = open_store(tmp_path, routes)
     monkeypatch.setattr(
-        store, "resolve", lambda batch: (_ for _ in ()).throw(sqlite3.OperationalError("full"))
+        store,
+        "resolve",
+        lambda batch, **kw: (_ for _ in ()).throw(sqlite3.OperationalError("full")),
     )
     device = adapter("a")
     async with running(store, routes, [device]) as h:
@@ -593,7 +663,9 @@ async def test_routes_to_one_device_count_what_is_on_the_line_too(tmp_path, monk
     routes = [route("one"), route("two")]
     store = open_store(tmp_path, routes)
     monkeypatch.setattr(
-        store, "resolve", lambda batch: (_ for _ in ()).throw(sqlite3.OperationalError("full"))
+        store,
+        "resolve",
+        lambda batch, **kw: (_ for _ in ()).throw(sqlite3.OperationalError("full")),
     )
     device = _SlowDevice("a")
     async with running(store, routes, [device]) as h:
@@ -701,17 +773,29 @@ async def test_a_pipelined_retry_settles_the_window_then_retries_in_order(tmp_pa
 
 def test_prune_waits_for_the_earliest_confirmed_record_then_sleeps():
     """After the last message of a while one prune forgets the rest (when the earliest
-    confirmed record is due, not on a fixed beat), then the journal sleeps."""
-    from gateway.router import PRUNE_BUSY_INTERVAL, PRUNE_DUE_SLACK, PRUNE_IDLE_INTERVAL
+    confirmed record is due, not on a fixed beat; with few records, a while after, so that one
+    prune takes several), then the journal sleeps."""
+    from gateway.router import (
+        PRUNE_BUSY_INTERVAL,
+        PRUNE_DUE_SLACK,
+        PRUNE_IDLE_INTERVAL,
+        PRUNE_LAZY_DELAY,
+        PRUNE_LAZY_RECORDS,
+    )
     from gateway.router import prune_interval as interval
 
-    day = 86400.0
+    day, many = 86400.0, PRUNE_LAZY_RECORDS
     assert interval(1, None, 0.0, 28 * day) == PRUNE_IDLE_INTERVAL  # only the newest row
     assert interval(1, 50.0, 0.0, 28 * day) == PRUNE_IDLE_INTERVAL
-    assert interval(5, None, 0.0, 28 * day) == PRUNE_BUSY_INTERVAL  # nothing confirmed yet
-    assert interval(5, 1000.0 + 60, 1000.0, 28 * day) == 60 + PRUNE_DUE_SLACK  # due in 60 s
-    assert interval(5, 1000.0 + 1, 1000.0, 28 * day) == PRUNE_BUSY_INTERVAL  # never closer
-    assert interval(5, 900.0, 1000.0, 28 * day) == PRUNE_BUSY_INTERVAL  # overdue: soon
-    assert interval(5, 1000.0 + day, 1000.0, 28 * day) == day + PRUNE_DUE_SLACK
+    assert interval(5, None, 0.0, 28 * day) == PRUNE_LAZY_DELAY  # nothing confirmed yet
+    assert interval(many, None, 0.0, 28 * day) == PRUNE_BUSY_INTERVAL
+    assert interval(many, 1000.0 + 60, 1000.0, 28 * day) == 60 + PRUNE_DUE_SLACK  # due in 60 s
+    assert interval(many, 1000.0 + 1, 1000.0, 28 * day) == PRUNE_BUSY_INTERVAL  # never closer
+    assert interval(many, 900.0, 1000.0, 28 * day) == PRUNE_BUSY_INTERVAL  # overdue: soon
+    assert interval(many, 1000.0 + day, 1000.0, 28 * day) == day + PRUNE_DUE_SLACK
+    # A few messages a minute: the earliest record waits PRUNE_LAZY_DELAY past its due time.
+    assert interval(many - 1, 1000.0 + 60, 1000.0, 28 * day) == 60 + PRUNE_LAZY_DELAY
+    assert interval(5, 900.0, 1000.0, 28 * day) == PRUNE_LAZY_DELAY - 100
+    assert interval(5, 1000.0 - PRUNE_LAZY_DELAY, 1000.0, 28 * day) == PRUNE_BUSY_INTERVAL
     assert interval(5, 1000.0 + day, 1000.0, 600.0) == 60.0  # ten times per retention
     assert interval(1, None, 0.0, 5.0) == 1.0  # and never a busy loop

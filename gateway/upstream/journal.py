@@ -31,6 +31,7 @@ from gateway.routes import CurrentRoutes
 from gateway.store import (
     COMMIT_RETRY_BASE,
     COMMIT_RETRY_CAP,
+    CarriedAcks,
     CarriedResolutions,
     IngestResult,
     Store,
@@ -48,9 +49,10 @@ MAX_UNCOMMITTED = 5000
 # Keys committed by this process that are remembered in memory, so that a redelivery skips
 # decryption (an ECDH, the costliest step): a few MB at most, and redeliveries come soon.
 RECENT_MESSAGES = 10_000
-# Finished acknowledgements are recorded with the next commit of messages; when none comes,
-# alone after this long. Nothing needs them durable sooner: one lost in a crash is an
-# acknowledgement sent again after the restart, which the service answers 404.
+# Finished acknowledgements are recorded with the next commit of messages or of the router's
+# finished deliveries (carry_acks); when neither comes, alone after this long (not fsynced).
+# Nothing needs them durable sooner: one lost in a crash is an acknowledgement sent again after
+# the restart, which the service answers 404.
 ACK_RECORD_DELAY = 30.0
 # Quiet this long after a commit that left a checkpoint due (Store.checkpoint_due, a burst), the
 # journal is checkpointed: off the next message's critical path.
@@ -144,6 +146,20 @@ class JournalWriter:
             self._ack_record_due = trio.current_time() + ACK_RECORD_DELAY
             self._wanted.set()  # the committer re-arms its wait with this deadline
 
+    def carry_acks(self) -> CarriedAcks | None:
+        """The confirmed acknowledgements not yet recorded, for another part's commit to take
+        along (the router's record of deliveries); None when there are none. Given back, and
+        recorded with the next commit, if that commit fails."""
+        acked = self._acks.take_finished()
+        if not acked:
+            return None
+        return CarriedAcks(tuple(acked), partial(self._acks_carried, acked))
+
+    def _acks_carried(self, acked: list[str], recorded: bool) -> None:
+        if not recorded:
+            self._acks.restore_finished(acked)
+            self.acks_finished()
+
     def committed_elsewhere(self) -> None:
         """Another part committed (the router's records, a prune): what that made due is
         checkpointed in the next quiet moment too (see IDLE_CHECKPOINT_AFTER)."""
@@ -203,8 +219,8 @@ class JournalWriter:
             carried = self._carry()
             resolved = carried.resolutions if carried is not None else ()
             try:
-                # One transaction, so one fsync, for the acks and deliveries recorded and the
-                # batch journalled.
+                # One transaction for the acks and deliveries recorded and the batch journalled:
+                # one fsync when there is a batch, none for the records alone (Store.ingest).
                 results = await trio.to_thread.run_sync(
                     partial(self._store.ingest, batch, acked=acked, resolved=resolved)
                 )

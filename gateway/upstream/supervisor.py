@@ -31,7 +31,7 @@ from gateway.config import Config, is_websocket_service
 from gateway.ingest import Ingestor
 from gateway.routes import CurrentRoutes
 from gateway.status_model import AutopushSnapshot, UpstreamSnapshot
-from gateway.store import CarriedResolutions, Store, SubscriptionRecord
+from gateway.store import CarriedAcks, CarriedResolutions, Store, SubscriptionRecord
 from gateway.upstream.acks import Acknowledgements
 from gateway.upstream.contract import UAID_SINCE_KEY, Ack, Connection, Ended, Pushed
 from gateway.upstream.instruments import AutopushStats, UpstreamInstruments
@@ -155,6 +155,11 @@ class Upstream:
         """These messages may be acknowledged now (the router's ``delivered`` confirmations)."""
         self.acks.owe(Ack(key) for key in keys)
         self.m.acks_owed.set(self.acks.owed)
+
+    def carry_acks(self) -> CarriedAcks | None:
+        """Confirmed acknowledgements for the router's record of deliveries to take along
+        (see :meth:`JournalWriter.carry_acks`)."""
+        return self.journal.carry_acks()
 
     def committed_elsewhere(self) -> None:
         """The router committed to the journal: a checkpoint that commit made due waits for a quiet
