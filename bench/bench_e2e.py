@@ -39,7 +39,8 @@ Measured, each beside its floor from the same run:
 
 ``FIELDGATE_BENCH_MESSAGES`` (N, default 3000), ``FIELDGATE_BENCH_ROUNDS`` (default 2),
 ``FIELDGATE_BENCH_IDLE`` (idle window, s, default 60), ``FIELDGATE_BENCH_FIELD_SECONDS`` (each
-field-rate step, default 30), ``FIELDGATE_BENCH_LONG=1`` (also
+field-rate step, default 30; the gateway's at 20/s and more send at least FIELD_STEADY_MESSAGES,
+3,000), ``FIELDGATE_BENCH_LONG=1`` (also
 1,000,000 messages, or ``FIELDGATE_BENCH_LONG_MESSAGES``, at 90% of the live rate, RSS every
 100,000), ``FIELDGATE_BENCH_PROFILE=FILE`` (the last
 gateway process runs under cProfile; top functions printed). Results:
@@ -70,6 +71,7 @@ from bench.e2e_common import (
     pin,
     sample,
     thread_cpu,
+    wal_restarts,
 )
 from bench.e2e_measure import (
     WINDOW,
@@ -115,6 +117,14 @@ LOADS = (0.25, 0.5, 0.9)  # fractions of the gateway's sustained rate (issue 10)
 FIELD_RATES = (1.0, 20.0, 100.0)
 FIELD_SECONDS = 30.0  # each field step lasts this long (FIELDGATE_BENCH_FIELD_SECONDS) ...
 FIELD_MIN_MESSAGES = 20  # ... with at least this many messages
+# ... and the gateway's at 20/s or more at least this many: a trickle's WAL is checkpointed once
+# in ~1,400 messages (a checkpoint writes the pages touched since once more) and its dedupe
+# records are pruned every PRUNE_BUSY_INTERVAL, so a 600-message window held one checkpoint or
+# none, by chance (1.65x or 2.46x the fsync floor in runs of the same code); ~2 checkpoints and a
+# few prunes make the figure the steady state's. The bare client keeps nothing: its steps stay
+# rate x seconds.
+FIELD_STEADY_MESSAGES = 3000
+FIELD_STEADY_FROM = 20.0
 LATENCY_SECONDS = 4.0  # each load step lasts about this long ...
 LATENCY_MIN_MESSAGES = 200  # ... with at least this many samples for a p99
 SERIAL_MESSAGES = 600  # ~1 s over the pty
@@ -142,9 +152,13 @@ RESULTS = Path(__file__).parent / "results"
 Report = dict[str, Any]
 
 
-def field_messages(rate: float, seconds: float) -> int:
-    """How many messages a field step at ``rate`` sends (gateway and bare client alike)."""
-    return max(FIELD_MIN_MESSAGES, round(rate * seconds))
+def field_messages(rate: float, seconds: float, *, steady: bool = False) -> int:
+    """How many messages a field step at ``rate`` sends; ``steady``: the gateway's, long enough
+    at 20/s and more to hold its periodic disk work (FIELD_STEADY_MESSAGES)."""
+    count = max(FIELD_MIN_MESSAGES, round(rate * seconds))
+    if steady and rate >= FIELD_STEADY_FROM:
+        count = max(count, FIELD_STEADY_MESSAGES)
+    return count
 
 
 class Bench:
@@ -473,12 +487,14 @@ class Bench:
         """``rate`` msg/s for ``seconds`` through the connected gateway: what each message
         costs in the field (disk bytes, CPU, latency, memory), beside the append + fsync floor
         at the same rate in the same directory."""
-        count = field_messages(rate, seconds)
+        count = field_messages(rate, seconds, steady=True)
         pid = self.gateway.pid
         time.sleep(IDLE_SETTLE)  # deferred work of the previous phase is done
+        restarts = wal_restarts(self.journal_db)
         report = self.latency(rate, pid, scrape=True, count=count)
         time.sleep(IDLE_SETTLE)
         after = sample(pid)
+        checkpoints = wal_restarts(self.journal_db) - restarts
         floor = self.child(
             ["-m", "bench.e2e_fsync", str(self.workdir), str(count), str(rate)],
             core=CORE_UNDER_TEST,
@@ -488,6 +504,7 @@ class Bench:
         return {
             **report,
             "disk_bytes_per_message": report["disk_bytes"] / report["messages"],
+            "wal_restarts": checkpoints,
             "rss_kib_after": after.rss_kib,
             "fsync_floor_bytes_per_message": fsync["bytes_per_message"],
             "fsync_floor_cpu_us": fsync["cpu_us"],
@@ -644,7 +661,7 @@ def run(
             drains.append({"variant": "gateway", "round": round_no, **report})
         sustained = statistics.median(d["rate"] for d in drains if d["variant"] == "gateway")
         pool = max(LATENCY_MIN_MESSAGES, round(max(LOADS) * sustained * LATENCY_SECONDS))
-        field_pool = round(max(FIELD_RATES) * field_seconds)
+        field_pool = max(field_messages(r, field_seconds, steady=True) for r in FIELD_RATES)
         bench.encrypt(MQTT_ROUTE, max(pool, messages, field_pool))
         progress.next("gateway live, sender flat out")
         live = [{"variant": "gateway", **bench.live_max(bench.gateway.pid)}]

@@ -96,6 +96,18 @@ def sample(pid: int) -> ProcSample:
     return ProcSample(t, cpu, write_bytes, rss)
 
 
+def wal_restarts(db: Path) -> int:
+    """How often ``db``'s WAL was started afresh after a complete checkpoint: the checkpoint
+    sequence number of its header (bytes 12-15, big-endian; SQLite's file format, "WAL File
+    Format"). Read from outside, without SQLite; 0 while there is no WAL."""
+    try:
+        with open(f"{db}-wal", "rb") as wal:
+            header = wal.read(16)
+    except FileNotFoundError:
+        return 0
+    return int.from_bytes(header[12:16], "big") if len(header) == 16 else 0
+
+
 def thread_cpu(pid: int) -> dict[int, float]:
     """Per thread of ``pid``: user + system CPU seconds (threads that exited are not listed)."""
     ticks = os.sysconf("SC_CLK_TCK")

@@ -85,11 +85,11 @@ def _field_lines(res: Report, drain_cpu: float) -> list[str]:
         "disk writes, and its CPU, which is mostly the cost of being woken; CPU also beside the "
         "drain's; the bare client is the floor of the live rows — h2 + cryptography + paho — at "
         "the same rate, with the gateway's CPU over it; wake-ups are the gateway's voluntary "
-        "context switches):",
+        "context switches; WAL restarts are the checkpoints that completed in the window):",
         "",
-        "| rate | disk B/msg | floor B/msg | ratio (goal ≤ 2 at 20/s) | CPU µs/msg | fsync "
-        "floor CPU µs/msg | vs drain (goal ≤ 2 at 20/s) | bare client CPU µs/msg (gateway ÷ it) "
-        "| wake-ups/msg | p50 / p99 ms | RSS MiB |",
+        "| rate | disk B/msg (WAL restarts) | floor B/msg | ratio (goal ≤ 2 at 20/s) | CPU µs/msg "
+        "| fsync floor CPU µs/msg | vs drain (goal ≤ 2 at 20/s) | bare client CPU µs/msg "
+        "(gateway ÷ it) | wake-ups/msg | p50 / p99 ms | RSS MiB |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in field:
@@ -99,7 +99,8 @@ def _field_lines(res: Report, drain_cpu: float) -> list[str]:
             f"{b['cpu_us']:,.0f} ({r['cpu_us'] / b['cpu_us']:.2f})" if b is not None else NONE
         )
         lines.append(
-            f"| {r['offered_rate']:g}/s ({r['messages']}) | {disk:,.0f} | {floor:,.0f} | "
+            f"| {r['offered_rate']:g}/s ({r['messages']}) | {disk:,.0f} "
+            f"({r.get('wal_restarts', NONE)}) | {floor:,.0f} | "
             f"{disk / floor if floor else float('nan'):.2f} | {r['cpu_us']:,.0f} | "
             f"{r['fsync_floor_cpu_us']:,.0f} | {r['cpu_us'] / drain_cpu:.2f} | {bare_cell} | "
             f"{r.get('wakeups_per_message', nan):.1f} | "
