@@ -29,13 +29,14 @@ Measured, each beside its floor from the same run:
   for the same frames (computed; a pty has no baud rate);
 * RSS at start (connected, idle) and after the run; idle CPU and wake-ups (voluntary context
   switches) per minute with every keepalive at 60 s;
-* the field's rates, 1, 20 and 100 msg/s through the connected gateway, after the idle window
-  (so that no earlier phase's deferred work lands in theirs): disk bytes written per message
-  beside the floor of acknowledging after a durable commit (one append of a 200-byte record and
-  one fsync per message in the same directory, ``bench/e2e_fsync.py``, at the same rate), CPU
-  per message beside the drain's, the fsync floor's and the bare client's at the same rate
-  (the live floor: h2 + cryptography + paho), wake-ups per message, latency, resident memory;
-  and the latency at half the live capacity (the live flat-out rate measured first).
+* the field's rates, one message every 30 s (five), 1, 20 and 100 msg/s through the connected
+  gateway, after the idle window (so that no earlier phase's deferred work lands in theirs):
+  disk bytes written per message beside the floor of acknowledging after a durable commit (one
+  append of a 200-byte record and one fsync per message in the same directory,
+  ``bench/e2e_fsync.py``, at the same rate), CPU per message beside the drain's, the fsync
+  floor's and the bare client's at the same rate (the live floor: h2 + cryptography + paho;
+  from 1/s), wake-ups per message, latency, resident memory; and the latency at half the live
+  capacity (the live flat-out rate measured first).
 
 ``FIELDGATE_BENCH_MESSAGES`` (N, default 3000), ``FIELDGATE_BENCH_ROUNDS`` (default 2),
 ``FIELDGATE_BENCH_IDLE`` (idle window, s, default 60), ``FIELDGATE_BENCH_FIELD_SECONDS`` (each
@@ -103,7 +104,7 @@ from bench.e2e_procs import (
     stop_process,
     write_config,
 )
-from bench.e2e_report import Progress, render_markdown, write_chart
+from bench.e2e_report import Progress, rate_label, render_markdown, write_chart
 from gateway.config import load_config
 from gateway.policy import DEDUPE_GRACE
 from gateway.router import PRUNE_BUSY_INTERVAL, PRUNE_DUE_SLACK
@@ -114,7 +115,11 @@ DEFAULT_MESSAGES = 3000  # ~4-5 s of gateway drain at the ~700 msg/s seen here
 DEFAULT_ROUNDS = 2  # floor/gateway drains alternate; medians (the VM drifts 20-30%)
 LOADS = (0.25, 0.5, 0.9)  # fractions of the gateway's sustained rate (issue 10)
 # The field's rates (issue 20): a few messages a minute is the usual case, 100/s a busy site.
-FIELD_RATES = (1.0, 20.0, 100.0)
+# The sparse step sends FIELD_SPARSE_MESSAGES, each alone in the kernel's writeback window (30 s):
+# what a message costs when nothing it writes is shared with another's.
+FIELD_SPARSE_GAP = 30.0
+FIELD_SPARSE_MESSAGES = 5
+FIELD_RATES = (1.0 / FIELD_SPARSE_GAP, 1.0, 20.0, 100.0)
 FIELD_SECONDS = 30.0  # each field step lasts this long (FIELDGATE_BENCH_FIELD_SECONDS) ...
 FIELD_MIN_MESSAGES = 20  # ... with at least this many messages
 # ... and the gateway's at 20/s or more at least this many: a trickle's WAL is checkpointed once
@@ -155,6 +160,8 @@ Report = dict[str, Any]
 def field_messages(rate: float, seconds: float, *, steady: bool = False) -> int:
     """How many messages a field step at ``rate`` sends; ``steady``: the gateway's, long enough
     at 20/s and more to hold its periodic disk work (FIELD_STEADY_MESSAGES)."""
+    if rate < 1.0:
+        return FIELD_SPARSE_MESSAGES
     count = max(FIELD_MIN_MESSAGES, round(rate * seconds))
     if steady and rate >= FIELD_STEADY_FROM:
         count = max(count, FIELD_STEADY_MESSAGES)
@@ -639,7 +646,9 @@ def run(
     profile: Path | None = None,
     field_seconds: float = FIELD_SECONDS,
 ) -> Report:
-    phases = 5 + 3 * rounds + len(LOADS) * 2 + 2 + 2 * len(FIELD_RATES) + 1 + (1 if long else 0)
+    bare_rates = [r for r in FIELD_RATES if r >= 1.0]
+    phases = 5 + 3 * rounds + len(LOADS) * 2 + 2 + len(FIELD_RATES) + len(bare_rates) + 1
+    phases += 1 if long else 0
     progress = Progress(phases)
     progress.next("start peers, subscribe")
     bench = Bench(workdir, messages, progress)
@@ -684,7 +693,7 @@ def run(
         # would otherwise land in a field window and be counted as that window's messages'.
         field: list[Report] = []
         for field_rate in FIELD_RATES:
-            progress.next(f"the field: {field_rate:g} msg/s for {field_seconds:g} s")
+            progress.next(f"the field: {rate_label(field_rate)}")
             field.append(bench.field(field_rate, field_seconds))
         long_report = None
         if long:
@@ -702,8 +711,9 @@ def run(
         # The bare client at the field's rates: what being woken for each message costs code
         # that only receives, decrypts, DELETEs and publishes (the field rows divide by it).
         floor_field: list[Report] = []
-        for field_rate in FIELD_RATES:
-            progress.next(f"floor in the field: {field_rate:g} msg/s")
+        # Not at the sparse rate: there, too, it pays mostly for being woken (as at 1/s).
+        for field_rate in bare_rates:
+            progress.next(f"floor in the field: {rate_label(field_rate)}")
             time.sleep(IDLE_SETTLE)
             count = field_messages(field_rate, field_seconds)
             floor_field.append(bench.latency(field_rate, floor.pid, scrape=False, count=count))

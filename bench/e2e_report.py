@@ -72,6 +72,11 @@ def _latency_cells(r: Report | None) -> str:
     return f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} / {r['max_ms']:.1f}"
 
 
+def rate_label(rate: float) -> str:
+    """A field step's rate as people say it: "20/s", "1 per 30 s"."""
+    return f"1 per {1 / rate:g} s" if rate < 1.0 else f"{rate:g}/s"
+
+
 def _field_lines(res: Report, drain_cpu: float) -> list[str]:
     """The field's rates: every figure beside its floor (issue 20's goals)."""
     field = res.get("field")
@@ -99,7 +104,7 @@ def _field_lines(res: Report, drain_cpu: float) -> list[str]:
             f"{b['cpu_us']:,.0f} ({r['cpu_us'] / b['cpu_us']:.2f})" if b is not None else NONE
         )
         lines.append(
-            f"| {r['offered_rate']:g}/s ({r['messages']}) | {disk:,.0f} "
+            f"| {rate_label(r['offered_rate'])} ({r['messages']}) | {disk:,.0f} "
             f"({r.get('wal_restarts', NONE)}) | {floor:,.0f} | "
             f"{disk / floor if floor else float('nan'):.2f} | {r['cpu_us']:,.0f} | "
             f"{r['fsync_floor_cpu_us']:,.0f} | {r['cpu_us'] / drain_cpu:.2f} | {bare_cell} | "
