@@ -243,3 +243,36 @@ async def test_in_the_field_each_message_costs_one_transaction(
     # Each ingest recorded the delivery before it; the last one's waits for the next message
     # (or the committer; a graceful stop records it).
     assert waiting == [bodies[-1]]
+
+
+async def test_a_message_alone_costs_one_fsynced_commit_and_one_that_is_not(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """The field's usual case, a message now and then: its ingest is the one fsynced commit;
+    RESOLVE_DEFER later its delivery is recorded, not fsynced, together with the service's
+    confirmation of its acknowledgement (no ack-alone record 30 s later, no prune of its own);
+    then /status shows nothing waiting and nothing is owed."""
+    from tests.test_store import commit_modes
+
+    routes = [route("telemetry", MqttTarget(adapter="site-broker", topic="site/{route}", qos=1))]
+    subscriber = MqttSubscriber(mosquitto)
+    statements: list[str] = []
+    try:
+        async with running_gateway(
+            tmp_path, routes, {"site-broker": broker_adapter(mosquitto)}
+        ) as run:
+            store, router = run.gateway.store, run.gateway.router
+            store._conn.set_trace_callback(statements.append)
+            await run.send("telemetry", b"alone", ttl=TTL)
+            await wait_until(lambda: len(subscriber.messages) == 1, "the message")
+            await wait_until(lambda: run.service.acked_count() == 1, "its acknowledgement")
+
+            def settled() -> bool:
+                return router.snapshot()["telemetry"].queue_messages == 0
+
+            await wait_until(settled, "the delivery recorded", router_module.RESOLVE_DEFER + 5)
+            assert store.pending_acks() == []
+            store._conn.set_trace_callback(None)
+    finally:
+        subscriber.stop()
+    assert commit_modes(statements) == ["FULL", "NORMAL"]
