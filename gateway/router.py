@@ -8,9 +8,10 @@ holds up nobody else. Retry times are written to the store, so a restart resumes
 Finished deliveries are recorded in batches: most ride on the next ingest commit, which is made
 anyway (:meth:`Router.carry`), so that a message costs one transaction in the field; what no
 ingest takes within RESOLVE_DEFER (or sooner, when an acknowledgement or a paused target waits
-for it) one task commits alone, with the acknowledgements the service confirmed meanwhile. A delivery confirmed by the device but not yet committed when the
-gateway dies is delivered again after the restart (at least once, at most a receiver's repeat
-window: see MAX_UNRECORDED); a graceful stop commits everything confirmed.
+for it) one task commits alone, with the acknowledgements the service confirmed meanwhile. A
+delivery confirmed by the device but not yet committed when the gateway dies is delivered again
+after the restart (at least once, at most a receiver's repeat window: see MAX_UNRECORDED); a
+graceful stop commits everything confirmed.
 """
 
 from __future__ import annotations
