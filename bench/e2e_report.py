@@ -111,6 +111,17 @@ def _field_lines(res: Report, drain_cpu: float) -> list[str]:
             f"{r.get('wakeups_per_message', nan):.1f} | "
             f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} | {_mib(r['rss_kib_after']):.1f} |"
         )
+    idle = res.get("idle")
+    sparse = [r for r in field if r["offered_rate"] < 1.0]
+    if idle and sparse:
+        # At a message every 30 s the keepalives are a large share of the wake-ups (their CPU
+        # is below the clock tick's resolution over the idle window).
+        rate = sparse[0]["offered_rate"]
+        per_message = idle["wakeups_per_minute"] / 60.0 / rate
+        lines.append(
+            f"| (of {rate_label(rate)}: the keepalives alone, from the idle window) | - | - | - | "
+            f"- | - | - | - | {per_message:.1f} | - | - |"
+        )
     half = res.get("half_live")
     if half:
         lines.append(
