@@ -52,6 +52,26 @@ async def test_a_clean_stop_records_the_confirmed_acknowledgements(tmp_path):
         store.close()
 
 
+async def test_confirmed_acknowledgements_carried_by_a_failed_commit_are_given_back(tmp_path):
+    # What the router's record of deliveries takes along (carry_acks): handed out once; back
+    # with the journal writer when that commit failed, so a later commit records them.
+    async with running(tmp_path) as run:
+        await run.send("valves", b"one")
+        await wait_until(lambda: run.service.acked_count() == 1, "the ack")
+        await wait_until(lambda: run.upstream.acks.answered != frozenset(), "its answer")
+        [key] = run.store.pending_acks()  # confirmed, not recorded (ACK_RECORD_DELAY is 30 s)
+        carried = run.upstream.carry_acks()
+        assert carried is not None and carried.keys == (key,)
+        assert run.upstream.carry_acks() is None
+        carried.done(False)
+        again = run.upstream.carry_acks()
+        assert again is not None and again.keys == (key,)
+        run.store.resolve([], acked=again.keys)  # as the router's record does
+        again.done(True)
+        assert run.upstream.carry_acks() is None
+        assert run.store.pending_acks() == []
+
+
 async def test_routes_share_one_set_and_one_connection(tmp_path):
     async with running(tmp_path, routes=("a", "b", "c")) as run:
         records = run.store.subscriptions()
