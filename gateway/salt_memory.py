@@ -6,8 +6,9 @@ ciphertext POSTed again (a replay: a new push message with a new URL) carries th
 
 Memory is bounded: a 64-bit digest of (route, salt) for each of the last :data:`MAX_SALTS`
 journalled messages, in a ring and a table of positions in it (1 MB, allocated at start). The
-store keeps the same digests on disk (append-only, so a restart remembers them) and prunes them
-past that count or past ``journal.dedupe_retention``. A replay is therefore recognised while its
+store keeps the same digests on disk, so a restart remembers them: in each message's journal row,
+then, once the row is forgotten, in an append-only table that it prunes past that count or past
+``journal.dedupe_retention``. A replay is therefore recognised while its
 original is among the last 65,536 messages and younger than the dedupe retention.
 """
 

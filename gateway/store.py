@@ -195,6 +195,18 @@ def _delivered(resolutions: Sequence[Resolution]) -> int:
     return sum(1 for r in resolutions if r.end == "delivered")
 
 
+def _stored_salts(conn: sqlite3.Connection) -> list[int]:
+    """The newest MAX_SALTS salt digests on disk, oldest first: those of forgotten rows
+    (``salts``, in the order they were forgotten), then those of the journal's rows (by id)."""
+    in_rows = conn.execute(
+        "SELECT salt FROM journal WHERE salt IS NOT NULL ORDER BY id DESC LIMIT ?", (MAX_SALTS,)
+    ).fetchall()
+    moved = conn.execute(
+        "SELECT digest FROM salts ORDER BY id DESC LIMIT ?", (MAX_SALTS - len(in_rows),)
+    ).fetchall()
+    return [int(row[0]) for row in reversed(moved)] + [int(row[0]) for row in reversed(in_rows)]
+
+
 def _url_key(url: str) -> int:
     """A push message URL's 64-bit digest (the in-memory dedupe index holds these)."""
     return digest64(url.encode())
@@ -291,10 +303,7 @@ class Store:
         # Confirmed deliveries written since the last commit that was made durable (see
         # resolve): a power loss may repeat at most these.
         self._unsynced = 0
-        newest = conn.execute(
-            "SELECT digest FROM salts ORDER BY id DESC LIMIT ?", (MAX_SALTS,)
-        ).fetchall()
-        self._salts = RecentSalts(int(row[0]) for row in reversed(newest))
+        self._salts = RecentSalts(_stored_salts(conn))
         self._salted: list[int] = []
         self._files = JournalFiles(path)
         self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
@@ -697,14 +706,16 @@ class Store:
         expires_at: float | None = None,
         targets: Sequence[str] = (),
         held: bool = False,
+        salt: int | None = None,
     ) -> int:
         """One journal row: the dedupe record of ``incoming`` (and, with a body, the message
-        for ``targets``), its acknowledgement owed (or held until every target confirmed)."""
+        for ``targets`` and its record ``salt``'s digest), its acknowledgement owed (or held
+        until every target confirmed)."""
         self._next_id += 1
         row_id = self._next_id
         self._conn.execute(
-            "INSERT INTO journal (id, key, route, body, received_at, expires_at, targets, ack)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO journal (id, key, route, body, received_at, expires_at, targets, ack,"
+            " salt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 row_id,
                 incoming.push_message_url,
@@ -714,6 +725,7 @@ class Store:
                 expires_at,
                 " ".join(targets),
                 "held" if held else "owed",
+                salt,
             ),
         )
         key = _url_key(incoming.push_message_url)
@@ -721,8 +733,8 @@ class Store:
         self._remembered.append(key)
         return row_id
 
-    def _remember_salt(self, key: int, now: float) -> None:
-        self._conn.execute("INSERT INTO salts (digest, seen_at) VALUES (?, ?)", (key, now))
+    def _remember_salt(self, key: int) -> None:
+        """In memory; on disk it is the journal row's (see _forget)."""
         self._salts.add(key)
         self._salted.append(key)
 
@@ -823,12 +835,13 @@ class Store:
             expires_at=disposition.deadline,
             targets=targets,
             held=held,
+            salt=salt_digest,
         )
         self._count_in(route.name, size, incoming.received_at)
         space.add(policy.disk_cost(size))
         self._disk_full = False
         if salt_digest is not None:
-            self._remember_salt(salt_digest, now)
+            self._remember_salt(salt_digest)
         counts.journalled[route.name] = counts.journalled.get(route.name, 0) + 1
         return IngestResult(url, "journalled", str(message_id), ack_now=not held)
 
@@ -898,8 +911,15 @@ class Store:
         return bool(rows)
 
     def _forget(self, rows: Sequence[tuple[int, str]]) -> None:
-        """Delete these journal rows (id, key) and their dedupe index entries."""
-        self._conn.executemany("DELETE FROM journal WHERE id = ?", [(r[0],) for r in rows])
+        """Delete these journal rows (id, key) and their dedupe index entries; their salts
+        stay, in ``salts`` (pruned by count and age)."""
+        ids = [(r[0],) for r in rows]
+        self._conn.executemany(
+            "INSERT INTO salts (digest, seen_at) SELECT salt, received_at FROM journal"
+            " WHERE id = ? AND salt IS NOT NULL",
+            ids,
+        )
+        self._conn.executemany("DELETE FROM journal WHERE id = ?", ids)
         for row_id, key in rows:
             digest = _url_key(key)
             if self._index.get(digest) == row_id:
@@ -914,13 +934,13 @@ class Store:
         acknowledgement is confirmed goes whole (a redelivery of it would be journalled again,
         and delivered: it was never delivered)."""
         row = self._conn.execute(
-            "SELECT route, key, length(body), ack, received_at, expires_at, forget_at"
+            "SELECT route, key, length(body), ack, received_at, expires_at, forget_at, salt"
             " FROM journal WHERE id = ? AND body IS NOT NULL",
             (message_id,),
         ).fetchone()
         if row is None:
             return
-        route, key, size, ack, received_at, expires_at, forget_at = row
+        route, key, size, ack, received_at, expires_at, forget_at, salt = row
         if dropped and ack is None and message_id != self._next_id:  # the newest keeps the ids
             self._forget([(message_id, key)])
         elif self._next_id - message_id < IN_PLACE_ROWS or size * 3 < self._page_size:
@@ -935,7 +955,7 @@ class Store:
             self._conn.execute("DELETE FROM journal WHERE id = ?", (message_id,))
             self._conn.execute(
                 "INSERT INTO journal (id, key, route, body, received_at, expires_at, targets, ack,"
-                " forget_at) VALUES (?, ?, ?, NULL, ?, ?, '', ?, ?)",
+                " forget_at, salt) VALUES (?, ?, ?, NULL, ?, ?, '', ?, ?, ?)",
                 (
                     message_id,
                     key,
@@ -944,6 +964,7 @@ class Store:
                     expires_at,
                     "owed" if ack == "held" else ack,
                     forget_at,
+                    salt,
                 ),
             )
         self._conn.execute("DELETE FROM retries WHERE message_id = ?", (message_id,))

@@ -64,6 +64,57 @@ def test_salts_survive_a_restart_and_are_bounded(tmp_path: Path) -> None:
     assert salt_key("r", SALT_A) != salt_key("s", SALT_A)
 
 
+def test_a_salt_rides_in_its_row_and_outlives_it(tmp_path: Path) -> None:
+    """A journalled message's salt is written in its own journal row (no page of another table
+    per commit); forgotten with the row's dedupe record, it stays in ``salts``: a replay after
+    that, and after a restart, is still recognised."""
+    from gateway import policy
+    from tests.test_store import Clock
+
+    clock = Clock()
+    store = open_store(tmp_path, clock=clock)
+    [first] = store.admit([incoming("m1", raw_body=body(SALT_A))])
+    assert store._conn.execute("SELECT count(*) FROM salts").fetchone()[0] == 0
+    assert first.message_id is not None
+    store.admit([incoming("m2", raw_body=body(SALT_B))])  # the newest row always stays
+    store.resolve([Resolution(first.message_id, "r", "0:a", "delivered")])
+    store.mark_acked(["m1"])
+    clock.now += policy.DEDUPE_GRACE + 1
+    assert store.prune() == 1  # m1's dedupe record is gone ...
+    [[moved]] = store._conn.execute("SELECT digest FROM salts").fetchall()
+    assert moved == salt_key("r", SALT_A)  # ... its salt is not
+    [replay] = store.admit([incoming("m3", raw_body=body(SALT_A))])
+    assert replay.status == "replayed"
+    store.close()
+    store = open_store(tmp_path, clock=clock)
+    statuses = [
+        r.status
+        for r in store.admit(
+            [
+                incoming(f"m{i}", raw_body=body(s))
+                for i, s in ((4, SALT_A), (5, SALT_B), (6, b"C" * 16))
+            ]
+        )
+    ]
+    assert statuses == ["replayed", "replayed", "journalled"]
+    store.close()
+
+
+def test_salts_of_a_version_6_journal_are_still_recognised(tmp_path: Path) -> None:
+    from tests.test_store import journal_at_version
+
+    db, conn = journal_at_version(tmp_path, 6)
+    conn.execute(
+        "INSERT INTO salts (digest, seen_at) VALUES (?, ?)", (salt_key("r", SALT_A), 1.7e9)
+    )
+    conn.close()
+    db.chmod(0o600)
+    store = open_store(tmp_path)
+    statuses = [r.status for r in store.admit([incoming("m1", raw_body=body(SALT_A))])]
+    assert statuses == ["replayed"]
+    store.close()
+
+
 def test_a_refused_message_leaves_no_salt_behind(tmp_path: Path) -> None:
     store = open_store(tmp_path, route(queue_max_messages=1, queue_full="refuse-newest"))
     store.admit([incoming("m1", raw_body=body(SALT_B))])
