@@ -136,16 +136,20 @@ def pruning(records: int) -> Pruning:
     return Pruning.LAZY if records < PRUNE_LAZY_RECORDS else Pruning.BUSY
 
 
+def _often_enough(interval: float, retention: float) -> float:
+    """``interval``, but at least ten prunes per retention period, and never a busy loop."""
+    return min(interval, max(retention / 10, 1.0))
+
+
 def prune_within(mode: Pruning, retention: float) -> float:
     """Once messages came, the journal is pruned at the latest this long after (``mode`` is
-    what they made it; an idle journal sleeps PRUNE_IDLE_INTERVAL). At least ten times per
-    retention period, and never a busy loop."""
+    what they made it; an idle journal sleeps PRUNE_IDLE_INTERVAL)."""
     interval = {
         Pruning.IDLE: PRUNE_IDLE_INTERVAL,
         Pruning.LAZY: PRUNE_LAZY_DELAY,
         Pruning.BUSY: PRUNE_BUSY_INTERVAL,
     }[mode]
-    return min(interval, max(retention / 10, 1.0))
+    return _often_enough(interval, retention)
 
 
 def prune_interval(records: int, due: float | None, now: float, retention: float) -> float:
@@ -161,8 +165,7 @@ def prune_interval(records: int, due: float | None, now: float, retention: float
     if mode is Pruning.IDLE or due is None:  # none confirmed yet: look again as messages do
         return prune_within(mode, retention)
     past_due = PRUNE_LAZY_DELAY if mode is Pruning.LAZY else PRUNE_DUE_SLACK
-    interval = max(PRUNE_BUSY_INTERVAL, due - now + past_due)
-    return min(interval, max(retention / 10, 1.0))
+    return _often_enough(max(PRUNE_BUSY_INTERVAL, due - now + past_due), retention)
 
 
 class _Urgency(enum.IntEnum):

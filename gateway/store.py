@@ -399,10 +399,12 @@ class Store:
     # -- plumbing --------------------------------------------------------------------------
 
     @contextmanager
-    def _transaction(self, *, durable: bool = True) -> Iterator[None]:
+    def _transaction(self, *, durable: bool = True, delivered: int = 0) -> Iterator[None]:
         """One write transaction. ``durable``: fsynced at its commit (with everything written
         before it); otherwise written to the WAL only, and made durable by the next durable
-        commit (what a power loss in between may cost is the caller's to bound)."""
+        commit (what a power loss in between may cost is the caller's to bound: ``delivered``
+        confirmed deliveries it records join those a power loss may repeat, see
+        _sync_needed)."""
         if not durable:
             # Set outside the transaction (SQLite ignores it inside one); no I/O of its own.
             self._conn.execute("PRAGMA synchronous = NORMAL")
@@ -413,8 +415,7 @@ class Store:
             if not durable:
                 with contextlib.suppress(sqlite3.Error):
                     self._conn.execute("PRAGMA synchronous = FULL")
-        if durable:
-            self._unsynced = 0
+        self._unsynced = 0 if durable else self._unsynced + delivered
 
     @contextmanager
     def _write(self) -> Iterator[None]:
@@ -672,12 +673,13 @@ class Store:
             now = self._clock()
             space = self._measure_space()
             durable = bool(batch) or self._sync_needed(delivered)
-            with self._undone_by_rollback(), self._transaction(durable=durable):
+            with (
+                self._undone_by_rollback(),
+                self._transaction(durable=durable, delivered=delivered),
+            ):
                 self._confirm_acks(acked, now)
                 self._resolve_locked(resolved, now, counts)
                 results = [self._ingest_one(admission, now, counts, space) for admission in batch]
-            if not durable:
-                self._unsynced += delivered
         self._publish(counts)
         return results
 
@@ -1060,13 +1062,10 @@ class Store:
         counts = StoreCounts()
         delivered = _delivered(resolutions)
         with self._lock:
-            durable = self._sync_needed(delivered)
             now = self._clock()
-            with self._transaction(durable=durable):
+            with self._transaction(durable=self._sync_needed(delivered), delivered=delivered):
                 self._confirm_acks(acked, now)
                 self._resolve_locked(resolutions, now, counts)
-            if not durable:
-                self._unsynced += delivered
         released = counts.released_acks
         counts.released_acks = []
         self._publish(counts)
