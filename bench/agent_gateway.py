@@ -82,7 +82,7 @@ def _all_acked(agent: Upstream, expect: int) -> bool:
     The acknowledgement counter also counts the 404s of messages the service pushed twice, so it
     only gates the (store-locking) check of the dedupe records and the acks still owed: every
     acknowledgement the journal has not recorded is one answered and waiting for its record,
-    which comes with the next commit or alone ACK_RECORD_DELAY later (30 s, which the run does
+    which comes with the next commit or alone ACK_RECORD_DELAY later (a minute, which the run does
     not wait for: it did, and a drain of 3,000 read 95 msg/s). A batch just committed and not
     yet owed is in the journal's list and not answered, so it does not end the run early.
     """

@@ -7,17 +7,20 @@ holds up nobody else. Retry times are written to the store, so a restart resumes
 
 Finished deliveries are recorded in batches: most ride on the next ingest commit, which is made
 anyway (:meth:`Router.carry`), so that a message costs one transaction in the field; what no
-ingest takes within RESOLVE_DEFER (or sooner, when an acknowledgement or a paused target waits
-for it) one task commits alone, with the acknowledgements the service confirmed meanwhile. A
-delivery confirmed by the device but not yet committed when the gateway dies is delivered again
-after the restart (at least once, at most a receiver's repeat window: see MAX_UNRECORDED); a
-graceful stop commits everything confirmed.
+ingest takes within RESOLVE_DEFER (a minute; an expiry or a rejection RESOLVE_NOTICE; sooner
+when an acknowledgement or a paused target waits for it) one task commits alone, with the
+acknowledgements the service confirmed meanwhile. A message all of whose targets finished stops
+counting as waiting at once (Store.note_finished), not at its record. A delivery confirmed by
+the device but not yet committed when the gateway dies is delivered again after the restart (at
+least once, at most a receiver's repeat window: see MAX_UNRECORDED); a graceful stop commits
+everything confirmed.
 """
 
 from __future__ import annotations
 
 import enum
 import functools
+import math
 import random
 import sqlite3
 import time
@@ -98,12 +101,16 @@ PRUNE_LAZY_DELAY = 600.0
 MAX_UNRECORDED = policy.REPEAT_WINDOW
 PAUSED_UNRECORDED = "paused: the journal cannot record confirmed deliveries"
 PAUSED_DOUBT = "paused: a message to the same receiver waits for its retry"
-# How long finished deliveries wait for an ingest commit to take them along before they are
-# recorded in a transaction of their own. While messages come at least this often, a
-# resolution costs no transaction of its own (one per message saved: a thread hop, a commit and
-# ~1 KB written, a store run one message at a time); longer would leave the status page's queue
-# depth behind for longer. A crash meanwhile repeats them, within the repeat bound.
-RESOLVE_DEFER = 2.0
+# How long confirmed deliveries wait for an ingest commit to take them along before they are
+# recorded in a transaction of their own (policy.RECORD_DEFER). While messages come at least
+# this often, a delivery costs no transaction of its own (a thread hop, a commit and ~5 KB
+# written a message alone, measured); the queue counts leave a finished message out at once
+# (Store.note_finished), not at its record. A crash meanwhile repeats them, within the repeat
+# bound.
+RESOLVE_DEFER = policy.RECORD_DEFER
+# Expired and rejected deliveries are recorded this soon: the expiry counter and the dead
+# letter are what an operator looks for, and seldom come at field rates.
+RESOLVE_NOTICE = 2.0
 # When something waits for the record (the upstream acknowledgement of a `delivered`-policy
 # message, a target paused by its repeat bound), finished deliveries are gathered this long
 # only, so that a few share one commit.
@@ -171,7 +178,7 @@ def prune_interval(records: int, due: float | None, now: float, retention: float
 class _Urgency(enum.IntEnum):
     """How soon the committer records finished deliveries that no ingest took along."""
 
-    CALM = 0  # RESOLVE_DEFER after the oldest finished: an ingest commit usually comes first
+    CALM = 0  # by their deadline (RESOLVE_DEFER, RESOLVE_NOTICE): an ingest usually comes first
     SOON = 1  # an acknowledgement waits for the record (or a failed record is retried)
     NOW = 2  # a target is paused by its repeat bound
 
@@ -303,10 +310,13 @@ class Router:
         self._clock = clock
         self._retry_floor = retry_floor
         self._rng = rng or random.Random()
-        # Finished deliveries not yet recorded, since when (trio time; the oldest of them),
-        # how soon the committer must record them, and what wakes it when any of that changes.
+        # Finished deliveries not yet recorded, by when (trio time) at the latest, how soon
+        # the committer must record them, and what wakes it when any of that changes.
         self._resolved: list[Resolution] = []
-        self._resolved_since = 0.0
+        self._record_by = math.inf
+        # Per message of several targets: those of them finished and not recorded yet (until
+        # all are, see _note_finished).
+        self._finishing: dict[str, set[str]] = {}
         self._urgency = _Urgency.CALM
         self._committer_wake = trio.Event()
         self._record_now = trio.Event()  # ends a RESOLVE_GATHER early
@@ -314,6 +324,10 @@ class Router:
         self._housekeeping_wake = trio.Event()
         self._pruning = Pruning.LAZY  # what the last prune left (or the messages since made it)
         self._bursts: dict[tuple[str, str, str], _DropBurst] = {}  # (route, reason, action)
+        self._keys = {
+            route.name: tuple(target_key(i, t) for i, t in enumerate(route.deliver))
+            for route in routes
+        }
         budgets: dict[tuple[str, str], _RepeatBudget] = {}
         self._targets: dict[tuple[str, str], _TargetState] = {}
         for route, key, target in routes.targets():
@@ -399,12 +413,13 @@ class Router:
             route = self._routes.get(message.route)
             if route is None:
                 continue
-            for index, target in enumerate(route.deliver):
-                state = self._targets.get((route.name, target_key(index, target)))
+            keys = self._keys[route.name]  # the journal row's targets (Store.ingest)
+            for key in keys:
+                state = self._targets.get((route.name, key))
                 if state is None:
                     continue
                 if state.caught_up and len(state.inbox) < INBOX_MAX:
-                    state.inbox.append(PendingDelivery(message, "", 0, 0.0))
+                    state.inbox.append(PendingDelivery(message, "", 0, 0.0, keys))
                 else:
                     state.caught_up = False  # read it from the journal when the worker gets there
                 state.nudge()
@@ -463,22 +478,23 @@ class Router:
         key: str,
         target: TargetConfig,
         state: _TargetState,
-        message: Message,
+        pending: PendingDelivery,
         outcome: Outcome,
     ) -> bool:
         """Record a final outcome (True); False for RetryLater (the caller schedules it)."""
         r, a = route.name, target.adapter
+        message = pending.message
         if isinstance(outcome, Delivered):
             now = self._clock()
             self._m_deliveries.inc(route=r, adapter=a, outcome="delivered")
             self._m_latency.observe(max(now - message.received_at, 0.0), route=r, adapter=a)
-            self._resolve(Resolution(message.id, route.name, key, "delivered"))
+            self._resolve(Resolution(message.id, route.name, key, "delivered"), pending)
             state.last_delivery_at = now
             state.retrying = 0
             return True
         if isinstance(outcome, Expired):
             self._m_deliveries.inc(route=r, adapter=a, outcome="expired")
-            self._resolve(Resolution(message.id, route.name, key, "expired"))
+            self._resolve(Resolution(message.id, route.name, key, "expired"), pending)
             state.retrying = 0
             return True
         if isinstance(outcome, Rejected):
@@ -487,7 +503,9 @@ class Router:
                 "route %s target %s rejected message %s: %s",
                 route.name, key, message.id, outcome.reason,
             )  # fmt: skip
-            self._resolve(Resolution(message.id, route.name, key, "rejected", outcome.reason))
+            self._resolve(
+                Resolution(message.id, route.name, key, "rejected", outcome.reason), pending
+            )
             state.last_error = f"rejected: {outcome.reason}"
             state.retrying = 0
             return True
@@ -516,7 +534,7 @@ class Router:
                 if outcome is None:
                     now = self._clock()
                     if message.expired(now):
-                        self._resolve(Resolution(message.id, route.name, key, "expired"))
+                        self._resolve(Resolution(message.id, route.name, key, "expired"), pending)
                         state.retrying = 0
                         return
                     if next_at > now:
@@ -524,7 +542,9 @@ class Router:
                             # It expires before the next attempt is due: wait for that, then drop
                             # it (re-reading the clock could land a float ulp short and spin).
                             await trio.sleep(message.expires_at - now)
-                            self._resolve(Resolution(message.id, route.name, key, "expired"))
+                            self._resolve(
+                                Resolution(message.id, route.name, key, "expired"), pending
+                            )
                             state.retrying = 0
                             return
                         await trio.sleep(next_at - now)
@@ -540,7 +560,7 @@ class Router:
                         outcome = await self._attempt(adapter, message, target)
                     finally:
                         state.budget.landed()
-                if self._settled(route, key, target, state, message, outcome):
+                if self._settled(route, key, target, state, pending, outcome):
                     return
                 assert isinstance(outcome, RetryLater)
                 if not doubting:
@@ -598,22 +618,40 @@ class Router:
 
     # -- committing ------------------------------------------------------------------------
 
-    def _resolve(self, resolution: Resolution) -> None:
+    def _resolve(self, resolution: Resolution, pending: PendingDelivery) -> None:
         if resolution.end == "delivered":
             self._targets[(resolution.route, resolution.target)].budget.unrecorded += 1
         route = self._routes.get(resolution.route)
         # A `delivered`-policy message's acknowledgement waits for the record.
         urgent = route is not None and route.ack == "delivered"
         if not self._resolved:
-            self._resolved_since = trio.current_time()
+            self._record_by = math.inf
+        defer = RESOLVE_DEFER if resolution.end == "delivered" else RESOLVE_NOTICE
+        self._record_by = min(self._record_by, trio.current_time() + defer)
         self._resolved.append(resolution)
+        self._note_finished(resolution, pending)
         self._hurry(_Urgency.SOON if urgent else _Urgency.CALM)
+
+    def _note_finished(self, resolution: Resolution, pending: PendingDelivery) -> None:
+        """Once every target the message had left finished, the store's queue counts leave
+        it out, though its record may be RESOLVE_DEFER away. A target that finished in an
+        earlier record is not known here: such a message counts until its own record."""
+        targets = pending.targets
+        if resolution.target not in targets:
+            return
+        if len(targets) > 1:
+            finished = self._finishing.setdefault(resolution.message_id, set())
+            finished.add(resolution.target)
+            if not finished.issuperset(targets):
+                return
+            del self._finishing[resolution.message_id]
+        self._store.note_finished(
+            resolution.message_id, resolution.route, len(pending.message.body)
+        )
 
     def _given_back(self, batch: Sequence[Resolution]) -> None:
         """A commit that took ``batch`` failed: they wait again, before any newer ones, and
         are retried soon (not after another RESOLVE_DEFER)."""
-        if not self._resolved:
-            self._resolved_since = trio.current_time()
         self._resolved[:0] = batch
         self._hurry(_Urgency.SOON)
 
@@ -640,9 +678,10 @@ class Router:
             state.last_error = None
 
     async def _committer(self) -> None:
-        """Record what no ingest commit took along: RESOLVE_DEFER after the oldest of it
-        finished, after RESOLVE_GATHER when something waits for it, at once when a target is
-        paused. Each wake-up looks again at what is left (an ingest may have taken it all)."""
+        """Record what no ingest commit took along: by its deadline (RESOLVE_DEFER after a
+        delivery, RESOLVE_NOTICE after an expiry or a rejection), after RESOLVE_GATHER when
+        something waits for it, at once when a target is paused. Each wake-up looks again at
+        what is left (an ingest may have taken it all)."""
         backoff = Backoff(COMMIT_RETRY_BASE, COMMIT_RETRY_CAP, rng=self._rng)
         while True:
             self._committer_wake = trio.Event()
@@ -654,7 +693,7 @@ class Router:
                 # At field rates deliveries finish one at a time, and a transaction of their
                 # own costs a thread hop and a WAL page each (flash wear on an SD card): the
                 # next message's ingest commit usually takes them along first.
-                with trio.move_on_at(self._resolved_since + RESOLVE_DEFER) as deferred:
+                with trio.move_on_at(self._record_by) as deferred:
                     await self._committer_wake.wait()
                 if not deferred.cancelled_caught:
                     continue  # taken along, or hurried: look again
@@ -719,6 +758,8 @@ class Router:
         for resolution in batch:
             if resolution.end == "delivered":
                 self._targets[(resolution.route, resolution.target)].budget.unrecorded -= 1
+            if self._finishing:
+                self._finishing.pop(resolution.message_id, None)
         self._record_failing = False
         for state in self._targets.values():
             state.budget.wake()
@@ -898,7 +939,7 @@ class _Worker:
         await self.settle(window - 1)
         message = pending.message
         if message.expired(router._clock()):
-            router._resolve(Resolution(message.id, self.route.name, self.key, "expired"))
+            router._resolve(Resolution(message.id, self.route.name, self.key, "expired"), pending)
             return
         # What is on its way counts too: confirmed and then lost in a crash, it is repeated.
         budget = state.budget
@@ -920,9 +961,7 @@ class _Worker:
                 outcome = await router._confirmed(self.adapter, confirmation)
             finally:
                 self.state.budget.landed()
-            done = router._settled(
-                self.route, self.key, self.target, self.state, pending.message, outcome
-            )
+            done = router._settled(self.route, self.key, self.target, self.state, pending, outcome)
             if not done:
                 assert isinstance(outcome, RetryLater)
                 retry.append((pending, outcome))

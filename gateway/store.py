@@ -34,7 +34,7 @@ import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +272,13 @@ class Store:
         self._stats_lock = threading.Lock()
         self._counts = StoreCounts()
         self._usage: dict[str, _Usage] = {}
+        # Messages whose every delivery finished, not recorded yet (id -> route, body size):
+        # queue_usage leaves them out, as it will once they are (note_finished). Those a
+        # transaction took out are put back if it rolls back; per route, the newest message
+        # dropped for room (drop-oldest takes the oldest: none at or below it is queued).
+        self._finished: dict[int, tuple[str, int]] = {}
+        self._finished_taken: list[tuple[int, tuple[str, int]]] = []
+        self._dropped_through: dict[str, int] = {}
         self.transactions = 0  # committed write transactions (group commit is observable)
         self._changes = 0  # rows changed by this connection, after the last commit
         self._changes_at_checkpoint = 0
@@ -420,6 +427,8 @@ class Store:
     @contextmanager
     def _write(self) -> Iterator[None]:
         self._conn.execute("BEGIN IMMEDIATE")
+        self._finished_taken = []
+        dropped_through = dict(self._dropped_through)
         try:
             yield
             self._conn.execute("COMMIT")
@@ -431,6 +440,9 @@ class Store:
                     self._conn.execute("ROLLBACK")
             with contextlib.suppress(sqlite3.Error):
                 self._load_usage()
+            with self._stats_lock:
+                self._finished.update(self._finished_taken)
+                self._dropped_through = dropped_through
             raise
         self.transactions += 1
         self._changes = self._conn.total_changes
@@ -974,6 +986,9 @@ class Store:
             usage = self._usage_of(route)
             usage.messages -= 1
             usage.bytes -= int(size)
+            self._take_finished(message_id)
+            if dropped:
+                self._dropped_through[route] = max(message_id, self._dropped_through.get(route, 0))
         if ack == "held":
             counts.released_acks.append(key)
 
@@ -1015,7 +1030,8 @@ class Store:
         with self._lock:
             rows = self._conn.execute(
                 "SELECT j.id, j.route, j.body, j.received_at, j.expires_at, j.key,"
-                " coalesce(r.attempts, 0), coalesce(r.next_attempt_at, 0) FROM journal j"
+                " coalesce(r.attempts, 0), coalesce(r.next_attempt_at, 0), j.targets"
+                " FROM journal j"
                 " LEFT JOIN retries r ON r.message_id = j.id AND r.target = ?1"
                 " WHERE j.id > ?2 AND j.route = ?3 AND j.body IS NOT NULL"
                 " AND instr(' ' || j.targets || ' ', ' ' || ?1 || ' ') > 0"
@@ -1024,7 +1040,11 @@ class Store:
             ).fetchall()
         return [
             PendingDelivery(
-                Message(str(r[0]), r[1], bytes(r[2]), r[3], r[4]), r[5], int(r[6]), float(r[7])
+                Message(str(r[0]), r[1], bytes(r[2]), r[3], r[4]),
+                r[5],
+                int(r[6]),
+                float(r[7]),
+                tuple(str(r[8]).split()),
             )
             for r in rows
         ]
@@ -1089,6 +1109,8 @@ class Store:
                     "SELECT targets FROM journal WHERE id = ? AND body IS NOT NULL", (mid,)
                 ).fetchone()
                 if row is None:
+                    with self._stats_lock:
+                        self._take_finished(mid)  # gone already (dropped for room)
                     continue
                 left[mid] = (set(str(row[0]).split()), False)
             targets, expired = left[mid]
@@ -1141,12 +1163,34 @@ class Store:
         return counts
 
     def queue_usage(self) -> dict[str, QueueUsage]:
-        """Undelivered messages and bytes per route (never blocks on a commit)."""
+        """Messages and bytes per route that still wait for a delivery (never blocks on a
+        commit): what the journal holds less what finished but is not recorded yet."""
         with self._stats_lock:
-            return {
+            usage = {
                 route: QueueUsage(u.messages, u.bytes, u.last_received_at)
                 for route, u in self._usage.items()
             }
+            for route, size in self._finished.values():
+                q = usage.get(route)
+                if q is not None:
+                    usage[route] = replace(q, messages=q.messages - 1, bytes=q.bytes - size)
+        return usage
+
+    def note_finished(self, message_id: str, route: str, size: int) -> None:
+        """Every delivery of a journalled message finished (call from any thread), its
+        record still to come (the router defers it: policy.RECORD_DEFER): from now on
+        :meth:`queue_usage` no longer counts it as waiting. ``size``: its body's length."""
+        mid = int(message_id)
+        with self._stats_lock:
+            if mid > self._dropped_through.get(route, 0):  # else no longer in the journal
+                self._finished[mid] = (route, size)
+
+    def _take_finished(self, message_id: int) -> None:
+        """The message leaves the journal's queue (under the stats lock): its note goes
+        with it, put back if the transaction rolls back."""
+        noted = self._finished.pop(message_id, None)
+        if noted is not None:
+            self._finished_taken.append((message_id, noted))
 
     def prune(self) -> int:
         """Housekeeping: forget dedupe records (:func:`gateway.policy.dedupe_forget_at` after

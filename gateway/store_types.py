@@ -87,6 +87,9 @@ class PendingDelivery:
     push_message_url: str
     attempts: int
     next_attempt_at: float  # Unix time; 0 for "as soon as possible"
+    # The target keys the message still had when it was read (or journalled): once each of
+    # them finished, nothing of it waits (Store.note_finished). Empty: not known.
+    targets: tuple[str, ...] = ()
 
 
 DeliveryEnd = Literal["delivered", "expired", "rejected"]

@@ -199,6 +199,16 @@ class Pipeline:
                 return line
         return None
 
+    async def status(self) -> dict[str, Any]:
+        """The gateway's /status document, as a client of its status endpoint reads it."""
+
+        def get() -> dict[str, Any]:
+            url = f"http://{self.gateway.status_address}/status"
+            with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as response:
+                return dict(json.loads(response.read()))
+
+        return await trio.to_thread.run_sync(get)
+
     def queue_depth(self) -> int:
         """Undelivered messages in the journal, every route."""
         return sum(usage.messages for usage in self.gateway.store.queue_usage().values())

@@ -35,7 +35,7 @@ async def test_messages_arrive_decrypted_in_the_journal_and_are_acknowledged(tmp
 
 
 async def test_a_clean_stop_records_the_confirmed_acknowledgements(tmp_path):
-    # ACK_RECORD_DELAY (30 s) is left as it is: only the stop itself can record the last ones.
+    # ACK_RECORD_DELAY (a minute) is left as it is: only the stop itself can record the last ones.
     async with running(tmp_path) as run:
         for i in range(3):
             await run.send("valves", b"close %d" % i)
@@ -59,7 +59,7 @@ async def test_confirmed_acknowledgements_carried_by_a_failed_commit_are_given_b
         await run.send("valves", b"one")
         await wait_until(lambda: run.service.acked_count() == 1, "the ack")
         await wait_until(lambda: run.upstream.acks.answered != frozenset(), "its answer")
-        [key] = run.store.pending_acks()  # confirmed, not recorded (ACK_RECORD_DELAY is 30 s)
+        [key] = run.store.pending_acks()  # confirmed, not recorded (ACK_RECORD_DELAY is a minute)
         carried = run.upstream.carry_acks()
         assert carried is not None and carried.keys == (key,)
         assert run.upstream.carry_acks() is None

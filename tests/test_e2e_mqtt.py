@@ -8,6 +8,7 @@ agent and MQTT adapter, a mosquitto broker on a free port, and a paho MQTT 5 cli
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from tests.agent_harness import wait_until
 from tests.mosquitto import Mosquitto, MosquittoFactory, mosquitto, mosquitto_factory  # noqa: F401
 from tests.pipeline import (
     MqttSubscriber,
+    Pipeline,
     has_mqtt_property,
     mqtt_property,
     route,
@@ -217,8 +219,8 @@ async def test_in_the_field_each_message_costs_one_transaction(
 ) -> None:
     """Messages one at a time (the field's case): each costs its ingest commit only, which also
     records the previous message's delivery and acknowledgement. The committer's own commit is
-    kept out of the way (RESOLVE_DEFER a minute), so only the carry can have recorded them."""
-    monkeypatch.setattr(router_module, "RESOLVE_DEFER", 60.0)
+    kept out of the way (RESOLVE_DEFER ten minutes), so only the carry can have recorded them."""
+    monkeypatch.setattr(router_module, "RESOLVE_DEFER", 600.0)
     routes = [route("telemetry", MqttTarget(adapter="site-broker", topic="site/{route}", qos=1))]
     subscriber = MqttSubscriber(mosquitto)
     bodies = [b"reading %d" % i for i in range(8)]
@@ -245,34 +247,67 @@ async def test_in_the_field_each_message_costs_one_transaction(
     assert waiting == [bodies[-1]]
 
 
-async def test_a_message_alone_costs_one_fsynced_commit_and_one_that_is_not(
+async def test_a_message_alone_costs_one_fsynced_commit_and_waits_no_more_at_once(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    """The field's usual case, a message now and then: its ingest is the one fsynced commit;
-    RESOLVE_DEFER later its delivery is recorded, not fsynced, together with the service's
-    confirmation of its acknowledgement (no ack-alone record 30 s later, no prune of its own);
-    then /status shows nothing waiting and nothing is owed."""
+    """The field's usual case, a message now and then: its ingest is its one commit, fsynced.
+    The record of its delivery and of the service's confirmation of its acknowledgement waits
+    for the next message's commit (policy.RECORD_DEFER), yet /status and /metrics show nothing
+    waiting as soon as the device has it; the next message's ingest records both; a graceful
+    stop records the last one's, not fsynced."""
     from tests.test_store import commit_modes
 
     routes = [route("telemetry", MqttTarget(adapter="site-broker", topic="site/{route}", qos=1))]
+    key = target_key(0, routes[0].deliver[0])
     subscriber = MqttSubscriber(mosquitto)
     statements: list[str] = []
+    seen: list[tuple[int, int, str | None, list[bytes], int, list[str]]] = []
+
+    async def shown(run: Pipeline) -> None:
+        """What /status and /metrics say beside what the journal holds, now."""
+        store = run.gateway.store
+        document = await run.status()
+        [telemetry] = [r for r in document["routes"] if r["name"] == "telemetry"]
+        metrics = run.gateway.metrics()
+        depth = next(
+            line for line in metrics.splitlines() if line.startswith("fieldgate_queue_depth{")
+        )
+        seen.append(
+            (
+                telemetry["queue_depth"],
+                telemetry["queue_bytes"],
+                depth.rsplit(" ", 1)[1],
+                [p.message.body for p in store.pending_deliveries("telemetry", key)],
+                len(store.pending_acks()),
+                commit_modes(statements),
+            )
+        )
+
     try:
         async with running_gateway(
             tmp_path, routes, {"site-broker": broker_adapter(mosquitto)}
         ) as run:
-            store, router = run.gateway.store, run.gateway.router
-            store._conn.set_trace_callback(statements.append)
-            await run.send("telemetry", b"alone", ttl=TTL)
-            await wait_until(lambda: len(subscriber.messages) == 1, "the message")
-            await wait_until(lambda: run.service.acked_count() == 1, "its acknowledgement")
-
-            def settled() -> bool:
-                return router.snapshot()["telemetry"].queue_messages == 0
-
-            await wait_until(settled, "the delivery recorded", router_module.RESOLVE_DEFER + 5)
-            assert store.pending_acks() == []
-            store._conn.set_trace_callback(None)
+            run.gateway.store._conn.set_trace_callback(statements.append)
+            for n, body in enumerate([b"alone", b"next"], start=1):
+                await run.send("telemetry", body, ttl=TTL)
+                await wait_until(lambda n=n: len(subscriber.messages) == n, "the message")
+                await wait_until(lambda n=n: run.service.acked_count() == n, "its ack")
+                await shown(run)
     finally:
         subscriber.stop()
-    assert commit_modes(statements) == ["FULL", "NORMAL"]
+    assert seen == [
+        # Delivered and acknowledged: nothing waits, its record is still to come.
+        (0, 0, "0", [b"alone"], 1, ["FULL"]),
+        # The next one's ingest recorded the first's delivery and acknowledgement.
+        (0, 0, "0", [b"next"], 1, ["FULL", "FULL"]),
+    ]
+    stop_modes = commit_modes(statements)[2:]
+    assert stop_modes and set(stop_modes) == {"NORMAL"}
+    journal = sqlite3.connect(tmp_path / "state" / "journal.sqlite3")
+    try:
+        left = journal.execute(
+            "SELECT count(*) FROM journal WHERE body IS NOT NULL OR ack = 'owed'"
+        ).fetchone()[0]
+    finally:
+        journal.close()
+    assert left == 0  # the stop recorded the last delivery and its acknowledgement

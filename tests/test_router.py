@@ -28,7 +28,7 @@ from adapters.log_config import LogAdapterConfig, LogTarget
 from fieldgate_common.metrics import Counter, Metrics
 from gateway import policy
 from gateway.config import JournalConfig, RouteConfig
-from gateway.router import RESOLVE_DEFER, RESOLVE_GATHER, Router, retry_delay
+from gateway.router import RESOLVE_DEFER, RESOLVE_GATHER, RESOLVE_NOTICE, Router, retry_delay
 from gateway.routes import RouteTable
 from gateway.store import COMMIT_RETRY_CAP, CarriedAcks, Incoming, IngestResult, Resolution, Store
 from tests.agent_harness import wait_until
@@ -472,6 +472,82 @@ async def test_unclaimed_deliveries_are_recorded_alone_after_the_defer(tmp_path,
         assert delivery_waits(store, first_id)  # no ingest came: still waiting
         mock_clock.jump(0.2)
         await recorded(store, first_id, "the committer records it alone")
+    store.close()
+
+
+def waiting(h: Harness) -> tuple[int, int]:
+    """What the status page and the queue gauges show for route "r": (messages, bytes)."""
+    h.router.publish_gauges()
+    snap = h.router.snapshot()["r"]
+    gauge = h.metrics.get("fieldgate_queue_depth")
+    assert gauge.get(route="r") == snap.queue_messages  # type: ignore[attr-defined]
+    return snap.queue_messages, snap.queue_bytes
+
+
+async def test_a_delivered_message_waits_no_more_though_its_record_is_deferred(
+    tmp_path, mock_clock
+):
+    """Its record waits for the next message's commit (RESOLVE_DEFER, a minute), but the status
+    page and the gauges leave it out as soon as its delivery is confirmed; the record then
+    takes it out of the journal without counting it twice."""
+    routes = [route()]
+    device = FakeAdapter("a")
+    store = open_store(tmp_path, routes)
+    async with running(store, routes, [device]) as h:
+        first_id = await deliver_one(h, device)
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(30.0)  # a few messages a minute: the next one's commit comes first
+        await trio.testing.wait_all_tasks_blocked()
+        await trio.to_thread.run_sync(time.sleep, 0.05)
+        assert delivery_waits(store, first_id)  # in the journal, its record to come
+        assert waiting(h) == (0, 0)
+        device.failing = True
+        h.ingest(push("u2", b"second"))
+        await device.wait_until(lambda: len(device.attempts) == 2)
+        assert waiting(h) == (1, len(b"second"))
+        mock_clock.jump(RESOLVE_DEFER)
+        await recorded(store, first_id, "the committer records it")
+        assert waiting(h) == (1, len(b"second"))  # not counted out twice
+    store.close()
+
+
+async def test_a_message_of_two_targets_waits_until_both_finished(tmp_path, mock_clock):
+    """One target's confirmation alone leaves the message waiting; the other's ends it, before
+    either is recorded."""
+    routes = [route(targets=("a", "b"))]
+    a, b = FakeAdapter("a"), FakeAdapter("b")
+    b.failing = True
+    store = open_store(tmp_path, routes)
+    async with running(store, routes, [a, b]) as h:
+        h.ingest(push("u1", b"one"))
+        await a.wait_until(lambda: len(a.delivered) == 1)
+        await b.wait_until(lambda: len(b.attempts) >= 1)
+        assert waiting(h) == (1, 3)
+        b.failing = False
+        mock_clock.jump(COMMIT_RETRY_CAP)  # b's retry
+        await b.wait_until(lambda: len(b.delivered) == 1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert store.pending_deliveries("r", "1:b")  # neither recorded yet
+        assert waiting(h) == (0, 0)
+    store.close()
+
+
+async def test_an_expiry_or_a_rejection_is_recorded_soon(tmp_path, mock_clock):
+    """What an operator looks for -- the dead letter, the expiry counter -- is recorded
+    RESOLVE_NOTICE after, not a delivery's RESOLVE_DEFER."""
+    routes = [route()]
+    device = FakeAdapter("a")
+    device.reject_bodies.add(b"bad")
+    store = open_store(tmp_path, routes)
+    async with running(store, routes, [device]) as h:
+        h.ingest(push("u1", b"bad"))
+        await device.wait_until(lambda: len(device.attempts) == 1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert waiting(h) == (0, 0)
+        assert store.dead_letters() == []
+        mock_clock.jump(RESOLVE_NOTICE)
+        await real_wait(lambda: len(store.dead_letters()) == 1, "the dead letter")
+        assert RESOLVE_NOTICE < RESOLVE_DEFER
     store.close()
 
 

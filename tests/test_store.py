@@ -266,6 +266,56 @@ def test_a_failed_ingest_records_none_of_the_deliveries_it_carried(tmp_path):
     store.close()
 
 
+def test_a_finished_message_stops_waiting_before_its_record_and_is_counted_out_once(tmp_path):
+    """note_finished: the queue counts leave the message out at once; its record (here a failed
+    one first, which must put the note back) takes it out of the journal, not out of the counts
+    a second time."""
+    store = open_store(tmp_path)
+    [first, second] = store.admit([incoming("u1", b"a" * 10), incoming("u2", b"b" * 20)])
+    assert first.message_id is not None
+    store.note_finished(first.message_id, "r", 10)
+    assert store.queue_usage()["r"].messages == 1
+    assert store.queue_usage()["r"].bytes == 20
+    resolved = [Resolution(first.message_id, "r", "0:a", "delivered")]
+    admission = policy.admit(incoming("u3", b"c" * 30), store.routes, store._clock())
+    real_ingest_one = store._ingest_one
+
+    def full_disk(*args: object) -> object:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    store._ingest_one = full_disk  # type: ignore[method-assign]
+    with pytest.raises(sqlite3.OperationalError):
+        store.ingest([admission], resolved=resolved)  # rolled back: u1 back in the journal
+    store._ingest_one = real_ingest_one  # type: ignore[method-assign]
+    assert (store.queue_usage()["r"].messages, store.queue_usage()["r"].bytes) == (1, 20)
+    store.ingest([admission], resolved=resolved)
+    assert (store.queue_usage()["r"].messages, store.queue_usage()["r"].bytes) == (2, 50)
+    assert [p.message.id for p in store.pending_deliveries("r", "0:a")] == [
+        second.message_id,
+        str(int(second.message_id or 0) + 1),
+    ]
+    store.close()
+
+
+def test_a_message_dropped_for_room_before_its_delivery_finished_is_not_counted_out_twice(
+    tmp_path,
+):
+    """Drop-oldest took the message the router was delivering; the router's note that its
+    delivery finished comes after: the counts already left it out."""
+    store = open_store(tmp_path, route(queue_max_messages=2))
+    [first, _] = store.admit([incoming("u1"), incoming("u2")])
+    assert first.message_id is not None
+    pending = store.pending_deliveries("r", "0:a")
+    assert pending[0].targets == ("0:a",)  # what the router needs to know it finished
+    store.admit([incoming("u3")])  # drops u1
+    assert store.queue_usage()["r"].messages == 2
+    store.note_finished(first.message_id, "r", 100)
+    assert store.queue_usage()["r"].messages == 2
+    store.resolve([Resolution(first.message_id, "r", "0:a", "delivered")])
+    assert store.queue_usage()["r"].messages == 2
+    store.close()
+
+
 def test_poison_messages_are_dead_lettered_and_acked(tmp_path):
     store = open_store(tmp_path)
     results = store.admit(

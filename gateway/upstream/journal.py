@@ -50,10 +50,11 @@ MAX_UNCOMMITTED = 5000
 # decryption (an ECDH, the costliest step): a few MB at most, and redeliveries come soon.
 RECENT_MESSAGES = 10_000
 # Finished acknowledgements are recorded with the next commit of messages or of the router's
-# finished deliveries (carry_acks); when neither comes, alone after this long (not fsynced).
+# finished deliveries (carry_acks); when neither comes, alone after this long (not fsynced):
+# as long as the router waits with a delivery, so that a message alone costs one record.
 # Nothing needs them durable sooner: one lost in a crash is an acknowledgement sent again after
 # the restart, which the service answers 404.
-ACK_RECORD_DELAY = 30.0
+ACK_RECORD_DELAY = policy.RECORD_DEFER
 # Quiet this long after a commit that left a checkpoint due (Store.checkpoint_due, a burst), the
 # journal is checkpointed: off the next message's critical path.
 IDLE_CHECKPOINT_AFTER = 1.0
