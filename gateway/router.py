@@ -453,6 +453,7 @@ class Router:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the adapters, then deliver until cancelled (committing what was confirmed)."""
+        self._store.clear_finished()
         try:
             async with trio.open_nursery() as adapter_nursery:
                 for adapter in self._adapters.values():

@@ -1185,6 +1185,12 @@ class Store:
             if mid > self._dropped_through.get(route, 0):  # else no longer in the journal
                 self._finished[mid] = (route, size)
 
+    def clear_finished(self) -> None:
+        """A router starts (a reload's new one): what an earlier one noted finished but did
+        not record is delivered again, so it counts as waiting again."""
+        with self._stats_lock:
+            self._finished.clear()
+
     def _take_finished(self, message_id: int) -> None:
         """The message leaves the journal's queue (under the stats lock): its note goes
         with it, put back if the transaction rolls back."""

@@ -532,6 +532,24 @@ async def test_a_message_of_two_targets_waits_until_both_finished(tmp_path, mock
     store.close()
 
 
+async def test_a_new_router_counts_what_an_earlier_one_did_not_record_as_waiting(tmp_path):
+    """A reload's new router delivers again what the old one confirmed but could not record (a
+    full disk at its stop): the old one's note that it finished no longer holds."""
+    routes = [route()]
+    device = FakeAdapter("a")
+    device.failing = True
+    store = open_store(tmp_path, routes)
+    [result] = store.ingest([policy.admit(push("u1", b"one"), RouteTable(routes), clock())])
+    assert result.message_id is not None
+    store.note_finished(result.message_id, "r", 3)  # the old router's, never recorded
+    assert store.queue_usage()["r"].messages == 0
+    async with running(store, routes, [device]) as h:
+        h.router.notify()
+        await device.wait_until(lambda: len(device.attempts) >= 1)
+        assert waiting(h) == (1, 3)
+    store.close()
+
+
 async def test_an_expiry_or_a_rejection_is_recorded_soon(tmp_path, mock_clock):
     """What an operator looks for -- the dead letter, the expiry counter -- is recorded
     RESOLVE_NOTICE after, not a delivery's RESOLVE_DEFER."""
