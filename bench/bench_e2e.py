@@ -116,7 +116,8 @@ DEFAULT_ROUNDS = 2  # floor/gateway drains alternate; medians (the VM drifts 20-
 LOADS = (0.25, 0.5, 0.9)  # fractions of the gateway's sustained rate (issue 10)
 # The field's rates (issue 20): a few messages a minute is the usual case, 100/s a busy site.
 # The sparse step sends FIELD_SPARSE_MESSAGES, each alone in the kernel's writeback window (30 s):
-# what a message costs when nothing it writes is shared with another's.
+# what a message costs when nothing it writes is shared with another's. Each one's record rides
+# on the next one's commit (policy.RECORD_DEFER), the last one's on the next step's first.
 FIELD_SPARSE_GAP = 30.0
 FIELD_SPARSE_MESSAGES = 5
 FIELD_RATES = (1.0 / FIELD_SPARSE_GAP, 1.0, 20.0, 100.0)
