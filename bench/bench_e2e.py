@@ -104,7 +104,7 @@ from bench.e2e_procs import (
     stop_process,
     write_config,
 )
-from bench.e2e_report import Progress, rate_label, render_markdown, write_chart
+from bench.e2e_report import Progress, is_sparse, rate_label, render_markdown, write_chart
 from gateway.config import load_config
 from gateway.policy import DEDUPE_GRACE
 from gateway.router import PRUNE_BUSY_INTERVAL, PRUNE_DUE_SLACK
@@ -161,7 +161,7 @@ Report = dict[str, Any]
 def field_messages(rate: float, seconds: float, *, steady: bool = False) -> int:
     """How many messages a field step at ``rate`` sends; ``steady``: the gateway's, long enough
     at 20/s and more to hold its periodic disk work (FIELD_STEADY_MESSAGES)."""
-    if rate < 1.0:
+    if is_sparse(rate):
         return FIELD_SPARSE_MESSAGES
     count = max(FIELD_MIN_MESSAGES, round(rate * seconds))
     if steady and rate >= FIELD_STEADY_FROM:
@@ -647,7 +647,7 @@ def run(
     profile: Path | None = None,
     field_seconds: float = FIELD_SECONDS,
 ) -> Report:
-    bare_rates = [r for r in FIELD_RATES if r >= 1.0]
+    bare_rates = [r for r in FIELD_RATES if not is_sparse(r)]
     phases = 5 + 3 * rounds + len(LOADS) * 2 + 2 + len(FIELD_RATES) + len(bare_rates) + 1
     phases += 1 if long else 0
     progress = Progress(phases)

@@ -72,9 +72,15 @@ def _latency_cells(r: Report | None) -> str:
     return f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} / {r['max_ms']:.1f}"
 
 
+def is_sparse(rate: float) -> bool:
+    """Whether a field step at ``rate`` is the sparse one (a message now and then, each alone:
+    a fixed few messages, no bare client beside it)."""
+    return rate < 1.0
+
+
 def rate_label(rate: float) -> str:
     """A field step's rate as people say it: "20/s", "1 per 30 s"."""
-    return f"1 per {1 / rate:g} s" if rate < 1.0 else f"{rate:g}/s"
+    return f"1 per {1 / rate:g} s" if is_sparse(rate) else f"{rate:g}/s"
 
 
 def _field_lines(res: Report, drain_cpu: float) -> list[str]:
@@ -112,7 +118,7 @@ def _field_lines(res: Report, drain_cpu: float) -> list[str]:
             f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} | {_mib(r['rss_kib_after']):.1f} |"
         )
     idle = res.get("idle")
-    sparse = [r for r in field if r["offered_rate"] < 1.0]
+    sparse = [r for r in field if is_sparse(r["offered_rate"])]
     if idle and sparse:
         # At a message every 30 s the keepalives are a large share of the wake-ups (their CPU
         # is below the clock tick's resolution over the idle window).

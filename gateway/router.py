@@ -59,7 +59,7 @@ from gateway.store import (
     Resolution,
     Store,
     StoreCounts,
-    target_key,
+    target_keys,
 )
 
 log = get_logger("router")
@@ -324,10 +324,7 @@ class Router:
         self._housekeeping_wake = trio.Event()
         self._pruning = Pruning.LAZY  # what the last prune left (or the messages since made it)
         self._bursts: dict[tuple[str, str, str], _DropBurst] = {}  # (route, reason, action)
-        self._keys = {
-            route.name: tuple(target_key(i, t) for i, t in enumerate(route.deliver))
-            for route in routes
-        }
+        self._keys = {route.name: target_keys(route) for route in routes}
         budgets: dict[tuple[str, str], _RepeatBudget] = {}
         self._targets: dict[tuple[str, str], _TargetState] = {}
         for route, key, target in routes.targets():

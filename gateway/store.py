@@ -62,6 +62,7 @@ from gateway.store_types import (
     StoreError,
     SubscriptionRecord,
     target_key,
+    target_keys,
 )
 
 __all__ = [
@@ -80,6 +81,7 @@ __all__ = [
     "StoreError",
     "SubscriptionRecord",
     "target_key",
+    "target_keys",
 ]
 
 DB_NAME = "journal.sqlite3"
@@ -274,11 +276,9 @@ class Store:
         self._usage: dict[str, _Usage] = {}
         # Messages whose every delivery finished, not recorded yet (id -> route, body size):
         # queue_usage leaves them out, as it will once they are (note_finished). Those a
-        # transaction took out are put back if it rolls back; per route, the newest message
-        # dropped for room (drop-oldest takes the oldest: none at or below it is queued).
+        # transaction took out are put back if it rolls back.
         self._finished: dict[int, tuple[str, int]] = {}
         self._finished_taken: list[tuple[int, tuple[str, int]]] = []
-        self._dropped_through: dict[str, int] = {}
         self.transactions = 0  # committed write transactions (group commit is observable)
         self._changes = 0  # rows changed by this connection, after the last commit
         self._changes_at_checkpoint = 0
@@ -305,7 +305,9 @@ class Store:
         self._next_id = int(conn.execute("SELECT coalesce(max(id), 0) FROM journal").fetchone()[0])
         # Per route, an id below which the route queues nothing (a row's body never comes back
         # and new rows get larger ids): where drop-oldest starts looking, instead of walking
-        # past every dedupe record from the start of the journal for each message it drops.
+        # past every dedupe record from the start of the journal for each message it drops;
+        # past a message it dropped (under the stats lock), so that a note that the message
+        # finished, coming after, is known to be late (note_finished).
         self._queued_from: dict[str, int] = {}
         # Confirmed deliveries written since the last commit that was made durable (see
         # resolve): a power loss may repeat at most these.
@@ -428,7 +430,6 @@ class Store:
     def _write(self) -> Iterator[None]:
         self._conn.execute("BEGIN IMMEDIATE")
         self._finished_taken = []
-        dropped_through = dict(self._dropped_through)
         try:
             yield
             self._conn.execute("COMMIT")
@@ -442,7 +443,6 @@ class Store:
                 self._load_usage()
             with self._stats_lock:
                 self._finished.update(self._finished_taken)
-                self._dropped_through = dropped_through
             raise
         self.transactions += 1
         self._changes = self._conn.total_changes
@@ -837,7 +837,7 @@ class Store:
                 self._disk_full = True
             return IngestResult(url, "refused", None, ack_now=False)
 
-        targets = [target_key(i, t) for i, t in enumerate(route.deliver)]
+        targets = target_keys(route)
         if not targets:  # a route that delivers nowhere: only the dedupe record is kept
             self._record(incoming, route=route.name)
             return IngestResult(url, "journalled", "", ack_now=True)
@@ -987,8 +987,8 @@ class Store:
             usage.messages -= 1
             usage.bytes -= int(size)
             self._take_finished(message_id)
-            if dropped:
-                self._dropped_through[route] = max(message_id, self._dropped_through.get(route, 0))
+            if dropped:  # the route's oldest: nothing at or below it is queued now
+                self._queued_from[route] = message_id + 1
         if ack == "held":
             counts.released_acks.append(key)
 
@@ -1182,7 +1182,7 @@ class Store:
         :meth:`queue_usage` no longer counts it as waiting. ``size``: its body's length."""
         mid = int(message_id)
         with self._stats_lock:
-            if mid > self._dropped_through.get(route, 0):  # else no longer in the journal
+            if mid >= self._queued_from.get(route, 0):  # else dropped for room already
                 self._finished[mid] = (route, size)
 
     def clear_finished(self) -> None:
@@ -1348,9 +1348,9 @@ class Store:
                         f"route {route.name}: the {what} is full, not replayed (try again once "
                         "the gateway has delivered some)"
                     )
-                targets = [target_key(i, t) for i, t in enumerate(route.deliver)]
+                targets = target_keys(route)
                 if dead.target in targets:
-                    targets = [dead.target]
+                    targets = (dead.target,)
                 self._conn.execute("DELETE FROM dead_letters WHERE id = ?", (dead_id,))
                 if not targets:
                     return ""  # a route that delivers nowhere: nothing to keep

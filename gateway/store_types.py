@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from adapters.base import Message, TargetConfig
+from gateway.config import RouteConfig
 
 
 class StoreError(Exception):
@@ -206,3 +207,8 @@ def target_key(index: int, target: TargetConfig) -> str:
     configuration moves queues between targets; adding a target at the end does not.
     """
     return f"{index}:{target.adapter}"
+
+
+def target_keys(route: RouteConfig) -> tuple[str, ...]:
+    """The keys of every target of ``route``, in order: what its journal rows list."""
+    return tuple(target_key(index, target) for index, target in enumerate(route.deliver))

@@ -158,6 +158,12 @@ class JournalWriter:
 
     def _acks_carried(self, acked: list[str], recorded: bool) -> None:
         if not recorded:
+            self._give_back_acks(acked)
+
+    def _give_back_acks(self, acked: list[str]) -> None:
+        """A commit that took these confirmed acknowledgements failed: the next one takes
+        them (or, ACK_RECORD_DELAY on, one for them alone)."""
+        if acked:
             self._acks.restore_finished(acked)
             self.acks_finished()
 
@@ -231,9 +237,7 @@ class JournalWriter:
                 if carried is not None:
                     carried.done(False)
                 self._batch[:0] = batch
-                self._acks.restore_finished(acked)
-                if acked:
-                    self.acks_finished()
+                self._give_back_acks(acked)
                 self._m.commit_failed.inc()
                 delay = backoff.next_delay()
                 self.problem = f"journal commits fail: {exc}"
